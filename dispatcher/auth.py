@@ -1,0 +1,68 @@
+"""Shared-secret authentication by challenge and HMAC-SHA256.
+
+The secret never crosses the wire: the server sends a random nonce, the client answers
+with HMAC(secret, server nonce | client nonce | role | name), and the server proves it
+knows the secret too with HMAC over the nonces in the other order, so a runner cannot
+be lured into handing its results to an impostor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from .errors import AuthError
+
+SECRET_BYTES = 32
+
+
+def load_secret(path: Path, create: bool = False) -> bytes:
+    """Read the shared secret; with `create`, make it (mode 0600) when it is absent."""
+    path = Path(path)
+    if create and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process made it first: read theirs
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(SECRET_BYTES) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+    try:
+        st = path.stat()
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise AuthError(f"{path}: secret file missing (start the dispatcher once to create it, "
+                        "or copy it from the dispatcher host)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AuthError(f"{path}: cannot read secret file: {exc}") from None
+    if st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
+        raise AuthError(f"{path}: secret file is readable by others; run: chmod 600 {path}")
+    if len(text) < 16:
+        raise AuthError(f"{path}: secret is shorter than 16 characters")
+    return text.encode("utf-8")
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(16)
+
+
+def client_mac(secret: bytes, server_nonce: str, client_nonce: str, role: str, name: str) -> str:
+    msg = "|".join(("polyarch-auth-1", server_nonce, client_nonce, role, name)).encode()
+    return hmac.new(secret, msg, hashlib.sha256).hexdigest()
+
+
+def server_proof(secret: bytes, server_nonce: str, client_nonce: str) -> str:
+    msg = "|".join(("polyarch-proof-1", client_nonce, server_nonce)).encode()
+    return hmac.new(secret, msg, hashlib.sha256).hexdigest()
+
+
+def verify(expected: str, given: str) -> bool:
+    """Constant-time comparison, so the time taken says nothing about the secret."""
+    return hmac.compare_digest(expected.encode(), given.encode())

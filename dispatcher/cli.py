@@ -1,0 +1,92 @@
+"""`polyarch-dispatcher`: serve, status, submit."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import click
+
+from . import __version__
+from .cliutil import config_option, load, one_line_errors, verbose_option
+from .logs import setup_logging
+
+
+@click.group()
+@click.version_option(__version__, prog_name="polyarch-dispatcher")
+def main() -> None:
+    """The polyarch dispatcher: queues every (commit, architecture) and hands it to a runner."""
+
+
+@main.command()
+@config_option
+@verbose_option
+@one_line_errors
+def serve(config_path: str, verbose: bool) -> None:
+    """Run the dispatcher until SIGTERM."""
+    from .server import serve as run
+
+    config = load(config_path)
+    setup_logging(verbose)
+    run(config)
+
+
+@main.command()
+@config_option
+@click.option("--repo", help="Only this repository.")
+@click.option("--commit", help="Only this commit (a prefix is enough).")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10000), help="Commits to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@one_line_errors
+def status(config_path: str, repo: Optional[str], commit: Optional[str], limit: int, as_json: bool) -> None:
+    """Show recent commits by architecture (reads the state database)."""
+    from rich.console import Console
+
+    from .server import db_path
+    from .status import collect, render, to_json
+    from .store import Store
+
+    config = load(config_path)
+    store = Store(db_path(config), readonly=True)
+    try:
+        report = collect(store, repo, commit, limit)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(to_json(report), indent=2))
+    else:
+        Console().print(render(report))
+
+
+@main.command()
+@config_option
+@click.option("--repo", required=True, help="Repository name from the config.")
+@click.option("--commit", required=True, help="Full commit SHA (40 or 64 hex digits).")
+@click.option("--branch", default="", help="Branch to record (default: the repo's first branch).")
+@click.option("--arch", "archs", multiple=True, help="Architecture (repeatable; default: all configured).")
+@one_line_errors
+def submit(config_path: str, repo: str, commit: str, branch: str, archs: tuple[str, ...]) -> None:
+    """Queue one commit by hand."""
+    from .auth import load_secret
+    from .client import Connection
+    from .config import dispatcher_address
+    from .names import check_commit, parse_arch
+    from .protocol import Ack, Role, Submit
+
+    config = load(config_path)
+    if config.repo(repo) is None:
+        raise click.exceptions.UsageError(f"unknown repo {repo!r} (not in {config.path})")
+    check_commit(commit)
+    for a in archs:
+        parse_arch(a)
+    address = dispatcher_address(config, "observer")
+    with Connection(address, Role.CLIENT, "submit", load_secret(config.token_for("observer"))) as conn:
+        reply = conn.request(Submit(repo=repo, commit=commit, branch=branch, archs=list(archs)))
+    assert isinstance(reply, Ack)
+    click.echo(f"{repo} {commit[:12]}: {reply.created} job(s) queued" if reply.created
+               else f"{repo} {commit[:12]}: already known, nothing queued")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+

@@ -1,0 +1,68 @@
+"""The client side of the protocol, shared by the observer, the runner and the CLI."""
+
+from __future__ import annotations
+
+import socket
+from typing import Optional, TypeVar
+
+from .auth import client_mac, new_nonce, server_proof, verify
+from .config import Address
+from .errors import AuthError, ProtocolError, RemoteError
+from .protocol import Auth, Channel, Error, ErrorCode, Hello, Message, Role, Welcome
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT = 5.0
+
+
+class Connection:
+    """An authenticated connection to the dispatcher: one request, one reply."""
+
+    def __init__(self, address: Address, role: Role, name: str, secret: bytes,
+                 timeout: float = CONNECT_TIMEOUT) -> None:
+        self.address = address
+        sock = socket.create_connection((address.host, address.port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.channel = Channel(sock)
+        try:
+            self.heartbeat_interval = self._handshake(role, name, secret, timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _handshake(self, role: Role, name: str, secret: bytes, timeout: float) -> float:
+        hello = self.channel.recv(timeout)
+        if not isinstance(hello, Hello):
+            raise ProtocolError(f"{self.address}: expected hello from the dispatcher, got {hello!r:.80}")
+        nonce = new_nonce()
+        self.channel.send(Auth(role=role, name=name, nonce=nonce,
+                               mac=client_mac(secret, hello.nonce, nonce, role.value, name)))
+        reply = self.channel.recv(timeout)
+        if isinstance(reply, Error):
+            if reply.code == ErrorCode.AUTH_FAILED:
+                raise AuthError(f"dispatcher at {self.address} refused our secret: {reply.message}")
+            raise RemoteError(reply.code.value, reply.message)
+        if not isinstance(reply, Welcome):
+            raise ProtocolError(f"{self.address}: expected welcome, got {reply!r:.80}")
+        if not verify(server_proof(secret, hello.nonce, nonce), reply.proof):
+            raise AuthError(f"{self.address} does not know the shared secret: not our dispatcher")
+        return reply.heartbeat_interval
+
+    def request(self, msg: Message, timeout: Optional[float] = 30.0) -> Message:
+        """Send one request; return the reply, raising RemoteError for an error reply."""
+        self.channel.send(msg)
+        reply = self.channel.recv(timeout)
+        if reply is None:
+            raise ConnectionError(f"dispatcher at {self.address} closed the connection")
+        if isinstance(reply, Error):
+            raise RemoteError(reply.code.value, reply.message)
+        return reply
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

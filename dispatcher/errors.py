@@ -1,0 +1,50 @@
+"""Typed errors shared by the three daemons.
+
+Library code raises these; only the CLI edge turns them into a one-line message and an
+exit code, so every failure names its culprit in one place.
+"""
+
+from __future__ import annotations
+
+
+class PolyarchError(Exception):
+    """Base of every error polyarch raises on purpose."""
+
+
+class ConfigError(PolyarchError):
+    """A config file (or a repository's .polyarch.toml) is unusable."""
+
+    def __init__(self, path: object, key: str, message: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.message = message
+        where = f"{self.path}: {key}: " if key else f"{self.path}: "
+        super().__init__(where + message)
+
+
+class InvalidName(PolyarchError):
+    """A repo, branch, arch or commit name that does not match its strict pattern."""
+
+
+class ProtocolError(PolyarchError):
+    """A message that cannot be framed, decoded or accepted in this state."""
+
+
+class MessageTooLarge(ProtocolError):
+    """A frame announced a size above the hard limit."""
+
+
+class AuthError(PolyarchError):
+    """The peer failed the challenge (wrong secret) or the secret file is unsafe."""
+
+
+class StateError(PolyarchError):
+    """The state database or a cursor file is unreadable; never silently reset."""
+
+
+class RemoteError(PolyarchError):
+    """The dispatcher answered with an error message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(f"{code}: {message}")

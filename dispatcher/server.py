@@ -1,0 +1,380 @@
+"""The dispatcher daemon: a threading socketserver over the Store.
+
+One handler thread per connection. Runners long-poll for work: a LEASE request waits on
+a condition that every enqueue notifies, so a new job reaches a waiting runner within
+milliseconds. Periodic work (expiring leases, writing result files that a crash or a
+full disk left unwritten) runs in `service_actions`, on the serve_forever thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import socketserver
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+from . import __version__
+from .auth import client_mac, load_secret, new_nonce, server_proof, verify
+from .config import Config, RepoConfig, write_address_file
+from .errors import InvalidName, MessageTooLarge, PolyarchError, ProtocolError
+from .fsutil import remove_stale_temporaries
+from .names import check_branch, check_commit, check_repo, check_runner, parse_arch
+from .protocol import (Ack, Auth, Channel, Dispatch, Error, ErrorCode, Heartbeat, Hello, Job, Lease,
+                       Message, NoJob, Register, Release, Result, Role, Status, Submit, Welcome)
+from .results import ResultRecord, parse_junit, write_result, write_summary
+from .store import FinishedJob, Store
+
+log = logging.getLogger("polyarch.dispatcher")
+
+AUTH_TIMEOUT = 10.0
+MAX_LEASE_WAIT = 30.0
+SERVICE_INTERVAL = 0.2
+PUBLISH_RETRY = 5.0
+MAX_COMMITS_PER_DISPATCH = 1000
+
+
+def db_path(config: Config) -> Path:
+    return config.dispatcher.state_dir / "polyarch.sqlite3"
+
+
+class _Reply(Exception):
+    """Raised inside a request handler to answer with an error and keep the connection."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DispatcherServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, config: Config, store: Store, secret: bytes) -> None:
+        self.config = config
+        self.store = store
+        self.secret = secret
+        self.results_dir = config.dispatcher.results_dir
+        self.heartbeat_timeout = config.dispatcher.heartbeat_timeout
+        self.stopping = threading.Event()
+        self._work = threading.Condition()
+        self._generation = 0
+        self._active = 0
+        self._active_lock = threading.Lock()
+        self._publish_lock = threading.Lock()
+        self._next_service = 0.0
+        self._next_publish = 0.0
+        addr = config.dispatcher.listen
+        self.address_family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+        super().__init__((addr.host, addr.port), _Handler)
+
+    # --- connection accounting ----------------------------------------------------------
+
+    def verify_request(self, request, client_address) -> bool:
+        with self._active_lock:
+            if self._active >= self.config.dispatcher.max_connections:
+                log.warning("refusing connection from %s: %d connections open (max_connections)",
+                            client_address[0], self._active)
+                return False
+            self._active += 1
+            return True
+
+    def connection_closed(self) -> None:
+        with self._active_lock:
+            self._active -= 1
+
+    # --- work queue ---------------------------------------------------------------------
+
+    def notify_work(self) -> None:
+        with self._work:
+            self._generation += 1
+            self._work.notify_all()
+
+    def wait_for_job(self, arch: str, runner: str, wait: float) -> Optional[Job]:
+        deadline = time.monotonic() + min(max(wait, 0.0), MAX_LEASE_WAIT)
+        while not self.stopping.is_set():
+            with self._work:
+                generation = self._generation
+            row = self.store.claim(arch, runner, self.heartbeat_timeout)
+            if row is not None:
+                repo = self.config.repo(row.repo)
+                if repo is None:
+                    self._finish_orphan(row.lease_id, row.repo)
+                    continue
+                log.info("leased %s %s %s to %s (attempt %d)", row.repo, row.sha[:12], arch, runner, row.attempt)
+                return Job(lease_id=row.lease_id or "", repo=row.repo, url=repo.url, branch=row.branch,
+                           commit=row.sha, arch=arch, attempt=row.attempt, test_command=repo.test_command,
+                           timeout=repo.timeout)
+            with self._work:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                if self._generation == generation:
+                    self._work.wait(remaining)
+        return None
+
+    def _finish_orphan(self, lease_id: Optional[str], repo: str) -> None:
+        now = time.time()
+        reason = f"repo {repo!r} is no longer in {self.config.path}"
+        self.store.finish(lease_id or "", Status.ERROR, None, now, now, reason.encode() + b"\n", False, b"", reason)
+        self.publish_pending()
+
+    # --- results ------------------------------------------------------------------------
+
+    def publish_pending(self) -> None:
+        """Write the files of every durable result that has none yet. Safe to call often."""
+        with self._publish_lock:
+            for finished in self.store.unpublished():
+                try:
+                    self._publish(finished)
+                except OSError as exc:
+                    log.error("cannot write result files for %s %s %s under %s: %s; will retry",
+                              finished.job.repo, finished.job.sha[:12], finished.job.arch, self.results_dir, exc)
+                    self._next_publish = time.monotonic() + PUBLISH_RETRY
+                    return
+
+    def _publish(self, finished: FinishedJob) -> None:
+        job = finished.job
+        runner = self.store.runner(job.runner) if job.runner else None
+        junit = finished.junit
+        record = ResultRecord(
+            repo=job.repo, branch=job.branch, commit=job.sha, arch=job.arch, runner=job.runner or "",
+            status=job.status or Status.ERROR, exit_code=job.exit_code, started_at=job.started_at or 0.0,
+            finished_at=job.finished_at or 0.0, attempt=job.attempt, reason=job.reason,
+            log_truncated=job.log_truncated, tests=parse_junit(junit) if junit else None,
+            runner_host=runner.host if runner else "", runner_machine=runner.machine if runner else "")
+        write_result(self.results_dir, record, finished.log, junit)
+        write_summary(self.results_dir, job.repo, job.sha, job.branch, self.store.commit_states(job.repo, job.sha))
+        self.store.mark_published(job.id)
+        log.info("result %s %s %s: %s (attempt %d, runner %s)", job.repo, job.sha[:12], job.arch,
+                 record.status.value, job.attempt, job.runner)
+
+    # --- periodic work ------------------------------------------------------------------
+
+    def service_actions(self) -> None:
+        now = time.monotonic()
+        if now < self._next_service:
+            return
+        self._next_service = now + SERVICE_INTERVAL
+        try:
+            expired = self.store.expire(self.config.dispatcher.max_attempts)
+            for e in expired:
+                what = "re-queued" if e.requeued else "given up (status error)"
+                log.warning("lease of %s %s %s expired: runner %s sent no heartbeat for %.0f s; job %s",
+                            e.job.repo, e.job.sha[:12], e.job.arch, e.job.runner, self.heartbeat_timeout, what)
+            if expired:
+                self.notify_work()
+            if now >= self._next_publish:
+                self.publish_pending()
+        except PolyarchError as exc:
+            log.error("periodic work failed: %s", exc)
+        except Exception:  # noqa: BLE001 - the serve loop must survive anything here
+            log.exception("periodic work failed")
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.notify_work()
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: DispatcherServer
+
+    def setup(self) -> None:
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.channel = Channel(self.request)
+        self.peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        self.role: Optional[Role] = None
+        self.name = ""
+        self.runner_arch: Optional[str] = None
+
+    def finish(self) -> None:
+        self.channel.close()
+        self.server.connection_closed()
+
+    def handle(self) -> None:
+        try:
+            if not self._authenticate():
+                return
+            while not self.server.stopping.is_set():
+                msg = self.channel.recv(self.server.config.dispatcher.idle_timeout)
+                if msg is None:
+                    return
+                try:
+                    reply = self._dispatch(msg)
+                except _Reply as exc:
+                    reply = Error(exc.code, str(exc))
+                    log.warning("refused %s from %s (%s): %s", msg.KIND.value, self.peer, self.name, exc)
+                self.channel.send(reply)
+        except MessageTooLarge as exc:
+            self._fail(ErrorCode.TOO_LARGE, str(exc))
+        except ProtocolError as exc:
+            self._fail(ErrorCode.BAD_MESSAGE, str(exc))
+        except (TimeoutError, socket.timeout):
+            log.info("closing idle or slow connection from %s %s", self.peer, self.name)
+        except OSError as exc:
+            log.info("connection from %s %s lost: %s", self.peer, self.name, exc)
+
+    def _fail(self, code: ErrorCode, message: str) -> None:
+        log.warning("closing connection from %s %s: %s", self.peer, self.name, message)
+        try:
+            self.channel.send(Error(code, message))
+        except OSError:
+            pass
+
+    def _authenticate(self) -> bool:
+        nonce = new_nonce()
+        self.channel.send(Hello(nonce=nonce, server=f"polyarch-dispatcher {__version__}"))
+        msg = self.channel.recv(AUTH_TIMEOUT)
+        if msg is None:
+            return False
+        if not isinstance(msg, Auth):
+            raise ProtocolError(f"expected auth, got {msg.KIND.value}")
+        expected = client_mac(self.server.secret, nonce, msg.nonce, msg.role.value, msg.name)
+        if not verify(expected, msg.mac):
+            self._fail(ErrorCode.AUTH_FAILED, "authentication failed: wrong shared secret")
+            return False
+        self.role, self.name = msg.role, msg.name
+        self.channel.send(Welcome(proof=server_proof(self.server.secret, nonce, msg.nonce),
+                                  heartbeat_interval=max(0.2, self.server.heartbeat_timeout / 3)))
+        log.debug("%s %s authenticated from %s", msg.role.value, msg.name, self.peer)
+        return True
+
+    # --- requests -----------------------------------------------------------------------
+
+    def _dispatch(self, msg: Message) -> Message:
+        allowed = {
+            Role.OBSERVER: (Dispatch, Submit),
+            Role.CLIENT: (Submit,),
+            Role.RUNNER: (Register, Lease, Heartbeat, Result, Release),
+        }[self.role or Role.CLIENT]
+        if not isinstance(msg, allowed):
+            raise _Reply(ErrorCode.NOT_ALLOWED, f"{msg.KIND.value} is not allowed for a {self.role.value}")
+        try:
+            if isinstance(msg, Dispatch):
+                return self._on_dispatch(msg)
+            if isinstance(msg, Submit):
+                return self._on_submit(msg)
+            if isinstance(msg, Register):
+                return self._on_register(msg)
+            if self.runner_arch is None:
+                raise _Reply(ErrorCode.NOT_ALLOWED, "register first")
+            if isinstance(msg, Lease):
+                job = self.server.wait_for_job(self.runner_arch, self.name, msg.wait)
+                return job if job is not None else NoJob()
+            if isinstance(msg, Heartbeat):
+                if self.server.store.heartbeat(msg.lease_id, self.server.heartbeat_timeout):
+                    return Ack()
+                raise _Reply(ErrorCode.LEASE_LOST, "lease is no longer yours")
+            if isinstance(msg, Result):
+                return self._on_result(msg)
+            assert isinstance(msg, Release)
+            job = self.server.store.release(msg.lease_id)
+            if job is not None:
+                log.info("runner %s handed back %s %s %s: %s", self.name, job.repo, job.sha[:12], job.arch,
+                         msg.reason or "stopping")
+                self.server.notify_work()
+            return Ack()
+        except InvalidName as exc:
+            raise _Reply(ErrorCode.INVALID_NAME, str(exc)) from None
+
+    def _repo(self, name: str) -> RepoConfig:
+        repo = self.server.config.repo(check_repo(name))
+        if repo is None:
+            raise _Reply(ErrorCode.UNKNOWN_REPO, f"unknown repo {name!r} (not in {self.server.config.path})")
+        return repo
+
+    def _on_dispatch(self, msg: Dispatch) -> Message:
+        repo = self._repo(msg.repo)
+        check_branch(msg.branch)
+        if len(msg.commits) > MAX_COMMITS_PER_DISPATCH:
+            raise _Reply(ErrorCode.BAD_MESSAGE, f"more than {MAX_COMMITS_PER_DISPATCH} commits in one message")
+        for c in msg.commits:
+            check_commit(c.sha)
+        created = self.server.store.enqueue(repo.name, msg.branch, msg.commits, [a.value for a in repo.architectures])
+        if created:
+            log.info("queued %d job(s) for %d commit(s) of %s/%s", created, len(msg.commits), repo.name, msg.branch)
+            self.server.notify_work()
+        return Ack(created=created)
+
+    def _on_submit(self, msg: Submit) -> Message:
+        repo = self._repo(msg.repo)
+        from .protocol import CommitInfo
+
+        check_commit(msg.commit)
+        branch = check_branch(msg.branch) if msg.branch else repo.branches[0]
+        archs = [parse_arch(a) for a in msg.archs] or list(repo.architectures)
+        unknown = [a.value for a in archs if a not in repo.architectures]
+        if unknown:
+            raise _Reply(ErrorCode.UNKNOWN_ARCH, f"{', '.join(unknown)} not configured for repo {repo.name}")
+        created = self.server.store.enqueue(repo.name, branch, [CommitInfo(msg.commit)], [a.value for a in archs])
+        if created:
+            log.info("queued %d job(s) for %s %s (manual submit by %s)", created, repo.name, msg.commit[:12], self.name)
+            self.server.notify_work()
+        return Ack(created=created, message="queued" if created else "already known")
+
+    def _on_register(self, msg: Register) -> Message:
+        check_runner(self.name)
+        arch = parse_arch(msg.arch).value
+        self.server.store.register_runner(self.name, arch, msg.host[:200], msg.machine[:50], msg.version[:50],
+                                          msg.emulated)
+        self.runner_arch = arch
+        log.info("runner %s registered from %s: %s (%s%s), polyarch %s", self.name, self.peer, arch, msg.machine,
+                 ", emulated" if msg.emulated else "", msg.version)
+        self.server.notify_work()
+        return Ack()
+
+    def _on_result(self, msg: Result) -> Message:
+        job = self.server.store.finish(msg.lease_id, msg.status, msg.exit_code, msg.started_at, msg.finished_at,
+                                       msg.log.encode("utf-8", "replace"), msg.log_truncated,
+                                       msg.junit.encode("utf-8", "replace"), msg.reason)
+        if job is None:
+            late = self.server.store.job_by_lease(msg.lease_id)
+            what = f"{late.repo} {late.sha[:12]} {late.arch}" if late else "an unknown lease"
+            log.warning("dropped late or duplicate result from %s for %s", self.name, what)
+            return Ack(created=0, message="late or duplicate result: discarded")
+        self.server.publish_pending()
+        return Ack(created=1, message="recorded")
+
+
+def serve(config: Config) -> None:
+    """Run the dispatcher until SIGTERM/SIGINT. Raises PolyarchError on bad state or secret."""
+    secret = load_secret(config.dispatcher.token_file, create=True)
+    store = Store(db_path(config))
+    removed = remove_stale_temporaries(config.dispatcher.results_dir)
+    if removed:
+        log.info("removed %d temporary file(s) a crash left in %s", removed, config.dispatcher.results_dir)
+    config.dispatcher.results_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        server = DispatcherServer(config, store, secret)
+    except OSError as exc:
+        store.close()
+        raise PolyarchError(f"cannot listen on {config.dispatcher.listen} ({config.path}: dispatcher.listen): "
+                            f"{exc.strerror}") from None
+    stop = threading.Event()
+
+    def on_signal(signum, frame) -> None:  # only records; the main thread acts
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    host, port = server.server_address[:2]
+    write_address_file(config, f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="serve")
+    thread.start()
+    log.info("dispatcher listening on %s:%d, state %s, results %s", host, port, db_path(config),
+             config.dispatcher.results_dir)
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        log.info("stopping")
+        server.stop()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+        # The store is not closed: handler threads may still be finishing a request, and
+        # every acknowledged change is already committed.

@@ -1,0 +1,410 @@
+"""The dispatcher's durable state: SQLite in WAL mode, one writer connection.
+
+Jobs move queued -> leased -> finished -> done. `finished` means the result is
+committed to the database; `done` means its files are in test_results/ too. Splitting
+the two lets the dispatcher acknowledge a result the moment it is durable and write the
+files again after a crash or a full disk, from the database, without ever running the
+job twice.
+
+Heartbeat deadlines live in memory: they change every few seconds per runner and are
+worthless after a restart, when every lease simply gets a fresh deadline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import secrets
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Iterable, Optional
+
+from .errors import StateError
+from .protocol import CommitInfo, Status
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS commits (
+    repo TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    author TEXT NOT NULL DEFAULT '',
+    subject TEXT NOT NULL DEFAULT '',
+    timestamp INTEGER NOT NULL DEFAULT 0,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (repo, sha)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    repo TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    lease_id TEXT,
+    runner TEXT,
+    created_at REAL NOT NULL,
+    leased_at REAL,
+    status TEXT,
+    exit_code INTEGER,
+    started_at REAL,
+    finished_at REAL,
+    reason TEXT NOT NULL DEFAULT '',
+    log BLOB,
+    log_truncated INTEGER NOT NULL DEFAULT 0,
+    junit BLOB,
+    UNIQUE (repo, sha, arch)
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, arch, id);
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (lease_id);
+CREATE TABLE IF NOT EXISTS runners (
+    name TEXT PRIMARY KEY,
+    arch TEXT NOT NULL,
+    host TEXT NOT NULL,
+    machine TEXT NOT NULL,
+    version TEXT NOT NULL,
+    emulated INTEGER NOT NULL DEFAULT 0,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+"""
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    LEASED = "leased"
+    FINISHED = "finished"  # result durable in SQLite, files not yet written
+    DONE = "done"  # files written
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRow:
+    id: int
+    repo: str
+    sha: str
+    arch: str
+    state: JobState
+    attempt: int
+    lease_id: Optional[str]
+    runner: Optional[str]
+    created_at: float
+    leased_at: Optional[float]
+    status: Optional[Status]
+    exit_code: Optional[int]
+    started_at: Optional[float]
+    finished_at: Optional[float]
+    reason: str
+    log_truncated: bool
+    branch: str
+    author: str
+    subject: str
+    timestamp: int
+
+
+_JOB_COLUMNS = ("j.id, j.repo, j.sha, j.arch, j.state, j.attempt, j.lease_id, j.runner, "
+                "j.created_at, j.leased_at, j.status, j.exit_code, j.started_at, j.finished_at, "
+                "j.reason, j.log_truncated, c.branch, c.author, c.subject, c.timestamp")
+_JOB_FROM = "jobs j JOIN commits c ON c.repo = j.repo AND c.sha = j.sha"
+
+
+def _job(row: tuple) -> JobRow:
+    values = list(row)
+    values[4] = JobState(values[4])
+    values[10] = Status(values[10]) if values[10] else None
+    values[15] = bool(values[15])
+    return JobRow(*values)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishedJob:
+    """A job whose result is durable, with what its files need."""
+
+    job: JobRow
+    log: bytes
+    junit: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Expired:
+    job: JobRow
+    requeued: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerRow:
+    name: str
+    arch: str
+    host: str
+    machine: str
+    version: str
+    emulated: bool
+    first_seen: float
+    last_seen: float
+
+
+class Store:
+    """All SQL lives here. Thread-safe: one connection behind one lock."""
+
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._deadlines: dict[str, float] = {}
+        try:
+            if readonly:
+                if not self.path.exists():
+                    raise StateError(f"{self.path}: no state database (has the dispatcher run with this config?)")
+                self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                           check_same_thread=False, isolation_level=None)
+                self._db.execute("PRAGMA query_only = 1")
+                self._check_schema()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                           timeout=30)
+                self._open_writer()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                f"{self.path}: unreadable state database ({exc}); restore it from a backup, or move "
+                "it aside to start empty (every queued commit would then be forgotten)") from None
+
+    def _open_writer(self) -> None:
+        db = self._db
+        # FULL, not NORMAL: an acknowledged commit must survive a power cut in WAL mode.
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA foreign_keys = ON")
+        result = db.execute("PRAGMA quick_check").fetchone()[0]
+        if result != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {result}")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._check_schema()
+        now = time.time()
+        # Leases survive a restart; their runners get a full heartbeat period to come back.
+        for (lease_id,) in db.execute("SELECT lease_id FROM jobs WHERE state = ?", (JobState.LEASED.value,)):
+            self._deadlines[lease_id] = now
+
+    def _check_schema(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"schema version {version}, this polyarch expects {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _tx(self) -> "_Transaction":
+        return _Transaction(self._db, self._lock)
+
+    # --- commits and jobs ------------------------------------------------------------
+
+    def enqueue(self, repo: str, branch: str, commits: Iterable[CommitInfo], archs: Iterable[str]) -> int:
+        """Record commits and one job per arch; returns how many jobs are new. Idempotent."""
+        now = time.time()
+        archs = list(archs)
+        created = 0
+        with self._tx() as db:
+            for c in commits:
+                db.execute("INSERT OR IGNORE INTO commits (repo, sha, branch, author, subject, timestamp, "
+                           "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (repo, c.sha, branch, c.author, c.subject, c.timestamp, now))
+                for arch in archs:
+                    cur = db.execute("INSERT OR IGNORE INTO jobs (repo, sha, arch, state, created_at) "
+                                     "VALUES (?, ?, ?, ?, ?)", (repo, c.sha, arch, JobState.QUEUED.value, now))
+                    created += cur.rowcount
+        return created
+
+    def claim(self, arch: str, runner: str, heartbeat_timeout: float) -> Optional[JobRow]:
+        """Lease the oldest queued job of `arch` to `runner`, or None."""
+        lease_id = secrets.token_hex(12)
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT id FROM jobs WHERE state = ? AND arch = ? ORDER BY id LIMIT 1",
+                             (JobState.QUEUED.value, arch)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET state = ?, attempt = attempt + 1, lease_id = ?, runner = ?, "
+                       "leased_at = ? WHERE id = ?", (JobState.LEASED.value, lease_id, runner, now, row[0]))
+            self._deadlines[lease_id] = now + heartbeat_timeout
+            return self._job_by("j.id = ?", row[0], db)
+
+    def heartbeat(self, lease_id: str, heartbeat_timeout: float) -> bool:
+        """Extend a lease; False when it is no longer current (expired or finished)."""
+        with self._lock:
+            if lease_id not in self._deadlines:
+                return False
+            self._deadlines[lease_id] = time.time() + heartbeat_timeout
+            return True
+
+    def lease_is_current(self, lease_id: str) -> bool:
+        with self._lock:
+            return lease_id in self._deadlines
+
+    def expire(self, max_attempts: int, now: Optional[float] = None) -> list[Expired]:
+        """Take back every lease past its deadline; requeue, or end as error after max_attempts."""
+        now = time.time() if now is None else now
+        out: list[Expired] = []
+        with self._lock:
+            late = [k for k, d in self._deadlines.items() if d < now]
+            if not late:
+                return out
+            with self._tx() as db:
+                out = self._expire(db, late, max_attempts, now)
+            # Only after the commit: a failed write leaves the leases to expire next time.
+            for lease_id in late:
+                del self._deadlines[lease_id]
+        return out
+
+    def _expire(self, db: sqlite3.Connection, late: list[str], max_attempts: int, now: float) -> list[Expired]:
+        out: list[Expired] = []
+        for lease_id in late:
+            job = self._job_by("j.lease_id = ? AND j.state = 'leased'", lease_id, db)
+            if job is None:
+                continue
+            if job.attempt >= max_attempts:
+                reason = (f"runner {job.runner} lost (no heartbeat); gave up after "
+                          f"{job.attempt} attempt(s), max_attempts = {max_attempts}")
+                db.execute("UPDATE jobs SET state = ?, status = ?, reason = ?, started_at = leased_at, "
+                           "finished_at = ?, log = ? WHERE id = ?",
+                           (JobState.FINISHED.value, Status.ERROR.value, reason, now,
+                            (reason + "\n").encode(), job.id))
+                out.append(Expired(job, requeued=False))
+            else:
+                db.execute("UPDATE jobs SET state = ?, lease_id = NULL WHERE id = ?",
+                           (JobState.QUEUED.value, job.id))
+                out.append(Expired(job, requeued=True))
+        return out
+
+    def finish(self, lease_id: str, status: Status, exit_code: Optional[int], started_at: float,
+               finished_at: float, log: bytes, log_truncated: bool, junit: bytes, reason: str) -> Optional[JobRow]:
+        """Record the result of a current lease; None for a late or duplicate result."""
+        with self._lock:
+            if lease_id not in self._deadlines:
+                return None
+            with self._tx() as db:
+                job = self._job_by("j.lease_id = ? AND j.state = 'leased'", lease_id, db)
+                if job is None:
+                    return None
+                db.execute("UPDATE jobs SET state = ?, status = ?, exit_code = ?, started_at = ?, "
+                           "finished_at = ?, log = ?, log_truncated = ?, junit = ?, reason = ? WHERE id = ?",
+                           (JobState.FINISHED.value, status.value, exit_code, started_at, finished_at, log,
+                            int(log_truncated), junit or None, reason, job.id))
+                job = self._job_by("j.id = ?", job.id, db)
+            del self._deadlines[lease_id]
+            return job
+
+    def release(self, lease_id: str) -> Optional[JobRow]:
+        """A runner handed a job back: requeue it without spending an attempt."""
+        with self._lock:
+            with self._tx() as db:
+                job = self._job_by("j.lease_id = ? AND j.state = 'leased'", lease_id, db)
+                if job is None:
+                    return None
+                db.execute("UPDATE jobs SET state = ?, lease_id = NULL, attempt = attempt - 1 WHERE id = ?",
+                           (JobState.QUEUED.value, job.id))
+            self._deadlines.pop(lease_id, None)
+            return job
+
+    def unpublished(self, limit: int = 100) -> list[FinishedJob]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_JOB_COLUMNS}, j.log, j.junit FROM {_JOB_FROM} "
+                                    "WHERE j.state = ? ORDER BY j.id LIMIT ?",
+                                    (JobState.FINISHED.value, limit)).fetchall()
+        return [FinishedJob(_job(r[:-2]), r[-2] or b"", r[-1] or b"") for r in rows]
+
+    def mark_published(self, job_id: int) -> None:
+        """The files are written: drop the copies of log and JUnit kept for them."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET state = ?, log = NULL, junit = NULL WHERE id = ? AND state = ?",
+                       (JobState.DONE.value, job_id, JobState.FINISHED.value))
+
+    def commit_states(self, repo: str, sha: str) -> dict[str, Optional[str]]:
+        """arch -> final status (None while not finished) for one commit."""
+        with self._lock:
+            rows = self._db.execute("SELECT arch, state, status FROM jobs WHERE repo = ? AND sha = ?",
+                                    (repo, sha)).fetchall()
+        return {arch: (status if state in (JobState.FINISHED.value, JobState.DONE.value) else None)
+                for arch, state, status in rows}
+
+    def jobs(self, repo: Optional[str] = None, sha: Optional[str] = None, limit_commits: int = 20) -> list[JobRow]:
+        """Jobs of the newest `limit_commits` commits (filtered), newest commit first."""
+        where, args = ["1 = 1"], []
+        if repo:
+            where.append("repo = ?")
+            args.append(repo)
+        if sha:
+            where.append("sha LIKE ?")
+            args.append(sha + "%")
+        cond = " AND ".join(where)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} WHERE (j.repo, j.sha) IN "
+                f"(SELECT repo, sha FROM commits WHERE {cond} ORDER BY received_at DESC, rowid DESC LIMIT ?) "
+                "ORDER BY c.received_at DESC, c.rowid DESC, j.arch", (*args, limit_commits)).fetchall()
+        return [_job(r) for r in rows]
+
+    def job_by_lease(self, lease_id: str) -> Optional[JobRow]:
+        with self._lock:
+            return self._job_by("j.lease_id = ?", lease_id, self._db)
+
+    def _job_by(self, cond: str, value: object, db: sqlite3.Connection) -> Optional[JobRow]:
+        row = db.execute(f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} WHERE {cond}", (value,)).fetchone()
+        return _job(row) if row else None
+
+    def queued_count(self, arch: str) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM jobs WHERE state = ? AND arch = ?",
+                                    (JobState.QUEUED.value, arch)).fetchone()[0]
+
+    # --- runners -----------------------------------------------------------------------
+
+    def register_runner(self, name: str, arch: str, host: str, machine: str, version: str, emulated: bool) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute("INSERT INTO runners (name, arch, host, machine, version, emulated, first_seen, last_seen) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET arch = excluded.arch, "
+                       "host = excluded.host, machine = excluded.machine, version = excluded.version, "
+                       "emulated = excluded.emulated, last_seen = excluded.last_seen",
+                       (name, arch, host, machine, version, int(emulated), now, now))
+
+    def runner(self, name: str) -> Optional[RunnerRow]:
+        with self._lock:
+            row = self._db.execute("SELECT name, arch, host, machine, version, emulated, first_seen, last_seen "
+                                   "FROM runners WHERE name = ?", (name,)).fetchone()
+        return RunnerRow(*row[:5], bool(row[5]), *row[6:]) if row else None
+
+    def runners(self) -> list[RunnerRow]:
+        with self._lock:
+            rows = self._db.execute("SELECT name, arch, host, machine, version, emulated, first_seen, last_seen "
+                                    "FROM runners ORDER BY name").fetchall()
+        return [RunnerRow(*r[:5], bool(r[5]), *r[6:]) for r in rows]
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT under the store's lock; rolls back on any error."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
+        self.db, self.lock = db, lock
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.lock.acquire()
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.lock.release()
+            raise
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.db.execute("COMMIT")
+            else:
+                self.db.execute("ROLLBACK")
+        finally:
+            self.lock.release()
