@@ -25,6 +25,6 @@ def setup_logging(verbose: bool = False) -> None:
             fmt = "%(asctime)s " + fmt
         handler.setFormatter(logging.Formatter(fmt))
     root.addHandler(handler)
-    # GitPython and watchfiles are chatty at DEBUG; keep our own lines readable.
+    # GitPython and watchfiles log every command and every file event; keep our lines readable.
     for noisy in ("git", "watchfiles"):
-        logging.getLogger(noisy).setLevel(max(level, logging.INFO))
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,1 @@
+"""polyarch observer: watches git remotes and reports every new commit to the dispatcher."""

@@ -1,0 +1,54 @@
+"""`polyarch-observer`: serve, once."""
+
+from __future__ import annotations
+
+import click
+
+from dispatcher import __version__
+from dispatcher.cliutil import config_option, load, one_line_errors, verbose_option
+from dispatcher.errors import ConfigError
+from dispatcher.logs import setup_logging
+
+
+@click.group()
+@click.version_option(__version__, prog_name="polyarch-observer")
+def main() -> None:
+    """The polyarch observer: reports every new commit of the watched branches."""
+
+
+def _config(path: str):
+    config = load(path)
+    if not config.repos:
+        raise ConfigError(config.path, "repos", "no [[repos]] to observe")
+    return config
+
+
+@main.command()
+@config_option
+@verbose_option
+@one_line_errors
+def serve(config_path: str, verbose: bool) -> None:
+    """Poll (and watch) the repositories until SIGTERM."""
+    from .service import serve as run
+
+    config = _config(config_path)
+    setup_logging(verbose)
+    run(config)
+
+
+@main.command()
+@config_option
+@verbose_option
+@one_line_errors
+def once(config_path: str, verbose: bool) -> None:
+    """Poll every repository once; exit 1 if any could not be fetched or reported."""
+    from .service import once as poll
+
+    config = _config(config_path)
+    setup_logging(verbose)
+    if not poll(config):
+        raise click.exceptions.Exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,112 @@
+"""A bare mirror of one watched repository, and what is new on its branches."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+from pathlib import Path
+from typing import Optional
+
+import git
+
+from dispatcher.errors import PolyarchError
+from dispatcher.protocol import CommitInfo
+
+# Never wait for a password prompt or an unknown host key: a daemon has no terminal.
+GIT_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=15"),
+}
+SUBJECT_LIMIT = 200
+
+
+class FetchError(PolyarchError):
+    """The remote could not be fetched (unreachable, refused, timed out)."""
+
+
+class Change(str, enum.Enum):
+    NONE = "none"
+    FIRST_SIGHTING = "first-sighting"
+    NEW_COMMITS = "new-commits"
+    FORCE_PUSHED = "force-pushed"
+
+
+@dataclasses.dataclass(frozen=True)
+class BranchUpdate:
+    branch: str
+    change: Change
+    commits: tuple[CommitInfo, ...]  # oldest first, at most max_backfill
+    skipped: int  # new commits left out by the backfill cap
+
+
+class Mirror:
+    def __init__(self, path: Path, url: str, fetch_timeout: float) -> None:
+        self.path, self.url, self.fetch_timeout = path, url, fetch_timeout
+        if (path / "HEAD").exists():
+            self.repo = git.Repo(path)
+        else:
+            self.repo = git.Repo.init(path, bare=True, mkdir=True)
+        self.repo.git.update_environment(**GIT_ENV)
+
+    def fetch(self) -> None:
+        try:
+            self.repo.git.fetch("--quiet", "--prune", "--no-tags", self.url, "+refs/heads/*:refs/heads/*",
+                                kill_after_timeout=self.fetch_timeout)
+        except git.GitCommandError as exc:
+            detail = str(exc.stderr or "").strip().replace("\n", " ")[-300:] or f"exit status {exc.status}"
+            if exc.status == -9 or "timeout" in str(exc).lower():
+                detail = f"no answer within {self.fetch_timeout:g} s (fetch_timeout)"
+            raise FetchError(f"git fetch {self.url}: {detail}") from None
+
+    def heads(self) -> dict[str, str]:
+        out = self.repo.git.for_each_ref("--format=%(refname:lstrip=2) %(objectname)", "refs/heads/")
+        return dict(line.split(" ", 1) for line in out.splitlines() if line)
+
+    def update(self, branch: str, cursor: Optional[str], head: str, max_backfill: int) -> BranchUpdate:
+        if cursor == head:
+            return BranchUpdate(branch, Change.NONE, (), 0)
+        if cursor is None:
+            return BranchUpdate(branch, Change.FIRST_SIGHTING, (self.info(head),), 0)
+        if not self._is_ancestor(cursor, head):
+            return BranchUpdate(branch, Change.FORCE_PUSHED, (self.info(head),), 0)
+        total = int(self.repo.git.rev_list("--count", f"{cursor}..{head}"))
+        commits = self._log(f"{cursor}..{head}", max_backfill)
+        return BranchUpdate(branch, Change.NEW_COMMITS, commits, max(0, total - len(commits)))
+
+    def info(self, sha: str) -> CommitInfo:
+        return self._log(sha, 1, no_walk=True)[0]
+
+    def _log(self, rev_range: str, limit: int, no_walk: bool = False) -> tuple[CommitInfo, ...]:
+        # -n takes the newest `limit`; --reverse then lists them oldest first.
+        args = ["--format=%H%x1f%an%x1f%ct%x1f%s", f"-n{limit}", "--topo-order", "--reverse"]
+        if no_walk:
+            args.append("--no-walk")
+        out = self.repo.git.log(*args, rev_range, "--")
+        commits = []
+        for line in out.splitlines():
+            sha, author, ts, subject = (line.split("\x1f", 3) + ["", "", ""])[:4]
+            commits.append(CommitInfo(sha=sha, author=author[:100], subject=subject[:SUBJECT_LIMIT],
+                                      timestamp=int(ts or 0)))
+        return tuple(commits)
+
+    def _is_ancestor(self, old: str, new: str) -> bool:
+        try:
+            self.repo.git.merge_base("--is-ancestor", old, new)
+            return True
+        except git.GitCommandError:
+            return False  # not an ancestor, or `old` no longer exists here at all
+
+
+def local_git_dir(url: str) -> Optional[Path]:
+    """The git folder of a repository on a local path (what a watch can see), else None."""
+    if url.startswith("file://"):
+        url = url[len("file://"):]
+    elif "://" in url:
+        return None
+    path = Path(url)
+    if (path / ".git").is_dir():
+        return path / ".git"
+    if (path / "HEAD").is_file() and (path / "refs").is_dir():
+        return path
+    return None

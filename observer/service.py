@@ -1,0 +1,187 @@
+"""The observer daemon: fetch each repo, find what is new, report it, then advance.
+
+The cursor of a branch moves only after the dispatcher acknowledged the commits as
+durably stored, so whatever happens between (dispatcher down, observer killed) the next
+poll finds the same commits again: the cursor file is the outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import socket
+import threading
+import time
+from typing import Optional
+
+from dispatcher.auth import load_secret
+from dispatcher.client import Connection
+from dispatcher.config import Config, RepoConfig, dispatcher_address
+from dispatcher.errors import ConfigError, InvalidName, ProtocolError, RemoteError
+from dispatcher.protocol import Ack, Dispatch, Role
+
+from .cursors import Cursors
+from .mirror import BranchUpdate, Change, FetchError, Mirror, local_git_dir
+from .watch import RefWatcher
+
+log = logging.getLogger("polyarch.observer")
+
+BATCH = 500
+MAX_REPO_BACKOFF = 300.0
+MAX_DISPATCHER_BACKOFF = 30.0
+
+
+class DispatcherDown(Exception):
+    """The dispatcher could not take our commits; nothing advanced, try again later."""
+
+
+class Observer:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.settings = config.observer
+        self.secret = load_secret(config.token_for("observer"))
+        self.cursors = Cursors(self.settings.state_dir / "cursors.json")
+        self.mirrors: dict[str, Mirror] = {}
+        self.conn: Optional[Connection] = None
+        self.name = f"observer@{socket.gethostname()}"
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.triggered: set[str] = set()
+        self._trigger_lock = threading.Lock()
+        self.failures: dict[str, int] = {}
+        self.next_poll: dict[str, float] = {r.name: 0.0 for r in config.repos}
+
+    # --- one poll -----------------------------------------------------------------------
+
+    def poll_repo(self, repo: RepoConfig) -> None:
+        """Fetch one repo and report its new commits. Raises FetchError or DispatcherDown."""
+        mirror = self.mirrors.get(repo.name)
+        if mirror is None:
+            mirror = Mirror(self.settings.state_dir / "mirrors" / f"{repo.name}.git", repo.url,
+                            self.settings.fetch_timeout)
+            self.mirrors[repo.name] = mirror
+        mirror.fetch()
+        heads = mirror.heads()
+        for branch in self.cursors.branches(repo.name):
+            if branch not in heads or branch not in repo.branches:
+                log.info("%s: branch %s %s; dropping its cursor", repo.name, branch,
+                         "was deleted" if branch not in heads else "is no longer watched")
+                self.cursors.drop(repo.name, branch)
+        for branch in repo.branches:
+            head = heads.get(branch)
+            if head is None:
+                continue
+            update = mirror.update(branch, self.cursors.get(repo.name, branch), head, self.settings.max_backfill)
+            if update.change != Change.NONE:
+                self._report(repo, update, head)
+
+    def _report(self, repo: RepoConfig, update: BranchUpdate, head: str) -> None:
+        if update.change == Change.FORCE_PUSHED:
+            log.warning("%s/%s was force-pushed (the old head is not an ancestor of %s): testing the new head only",
+                        repo.name, update.branch, head[:12])
+        if update.skipped:
+            log.warning("%s/%s: %d new commits, more than max_backfill = %d: testing the newest %d, skipping %d "
+                        "older ones", repo.name, update.branch, update.skipped + len(update.commits),
+                        self.settings.max_backfill, len(update.commits), update.skipped)
+        for start in range(0, len(update.commits), BATCH):
+            batch = update.commits[start:start + BATCH]
+            reply = self._send(Dispatch(repo=repo.name, branch=update.branch, commits=list(batch)))
+            # Acknowledged means committed to SQLite: only now may the cursor move.
+            self.cursors.set(repo.name, update.branch, batch[-1].sha)
+            log.info("%s/%s: reported %d commit(s) up to %s (%d new job(s))", repo.name, update.branch,
+                     len(batch), batch[-1].sha[:12], reply.created)
+
+    def _send(self, msg: Dispatch) -> Ack:
+        try:
+            if self.conn is None:
+                self.conn = Connection(dispatcher_address(self.config, "observer"), Role.OBSERVER, self.name,
+                                       self.secret)
+            reply = self.conn.request(msg)
+        except RemoteError:
+            raise
+        except (OSError, ProtocolError, ConfigError) as exc:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+            raise DispatcherDown(str(exc)) from None
+        assert isinstance(reply, Ack)
+        return reply
+
+    def poll_once(self, repos: Optional[list[RepoConfig]] = None) -> bool:
+        """Poll the given repos (default all) once; True when every one succeeded."""
+        ok = True
+        for repo in repos if repos is not None else list(self.config.repos):
+            if self.stop.is_set():
+                break
+            try:
+                self.poll_repo(repo)
+                self.failures.pop(repo.name, None)
+                self.next_poll[repo.name] = time.monotonic() + self.settings.poll_interval
+            except FetchError as exc:
+                ok = False
+                self._backoff(repo.name, MAX_REPO_BACKOFF, f"{repo.name}: {exc}")
+            except DispatcherDown as exc:
+                ok = False
+                self._backoff(repo.name, MAX_DISPATCHER_BACKOFF,
+                              f"{repo.name}: dispatcher unreachable ({exc}); commits kept for the next try")
+            except (RemoteError, InvalidName) as exc:
+                ok = False
+                self._backoff(repo.name, MAX_REPO_BACKOFF, f"{repo.name}: dispatcher refused: {exc}")
+        return ok
+
+    def _backoff(self, name: str, cap: float, message: str) -> None:
+        n = self.failures[name] = self.failures.get(name, 0) + 1
+        delay = min(cap, self.settings.poll_interval * 2 ** (n - 1)) * random.uniform(0.8, 1.2)
+        delay = min(delay, 1.0) if n == 1 else delay  # first retry soon: most outages are short
+        self.next_poll[name] = time.monotonic() + delay
+        log.warning("%s; retry in %.1f s", message, delay)
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def trigger(self, name: str) -> None:
+        with self._trigger_lock:
+            self.triggered.add(name)
+        self.wake.set()
+
+    def run(self) -> None:
+        watcher = RefWatcher(self.trigger)
+        if self.settings.watch:
+            for repo in self.config.repos:
+                git_dir = local_git_dir(repo.url)
+                if git_dir is not None:
+                    watcher.watch(repo.name, git_dir)
+                    log.info("%s: watching %s for pushes", repo.name, git_dir)
+        log.info("observer polling %d repo(s) every %g s", len(self.config.repos), self.settings.poll_interval)
+        try:
+            while not self.stop.is_set():
+                now = time.monotonic()
+                with self._trigger_lock:
+                    triggered, self.triggered = self.triggered, set()
+                    self.wake.clear()
+                due = [r for r in self.config.repos
+                       if self.next_poll[r.name] <= now or (r.name in triggered and r.name not in self.failures)]
+                if due:
+                    self.poll_once(due)
+                timeout = max(0.0, min(self.next_poll.values(), default=now + 60) - time.monotonic())
+                self.wake.wait(timeout)
+        finally:
+            watcher.stop()
+            if self.conn is not None:
+                self.conn.close()
+        log.info("observer stopped")
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        self.stop.set()
+        self.wake.set()
+
+
+def serve(config: Config) -> None:
+    observer = Observer(config)
+    signal.signal(signal.SIGTERM, observer.on_signal)
+    signal.signal(signal.SIGINT, observer.on_signal)
+    observer.run()
+
+
+def once(config: Config) -> bool:
+    return Observer(config).poll_once()

@@ -1,0 +1,76 @@
+"""Mirrors and clean checkouts on the runner: fetch only what is missing."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import git
+
+from dispatcher.errors import PolyarchError
+from dispatcher.names import check_repo
+
+log = logging.getLogger("polyarch.runner")
+
+FETCH_REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+
+
+class CheckoutError(PolyarchError):
+    """The commit could not be fetched or checked out; the job ends as `error`."""
+
+
+class Mirrors:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _mirror(self, repo: str) -> git.Repo:
+        path = self.root / f"{check_repo(repo)}.git"
+        if (path / "HEAD").exists():
+            return git.Repo(path)
+        return git.Repo.init(path, bare=True, mkdir=True)
+
+    def checkout(self, repo: str, url: str, commit: str, dest: Path) -> None:
+        """A clean worktree of exactly `commit` at `dest`, fetching it first if missing."""
+        mirror = self._mirror(repo)
+        if not self._has(mirror, commit):
+            try:
+                mirror.git.fetch("--quiet", "--no-tags", "--prune", url, *FETCH_REFSPECS)
+            except git.GitCommandError as exc:
+                raise CheckoutError(f"git fetch {url} failed: {_git_error(exc)}") from None
+            if not self._has(mirror, commit):
+                raise CheckoutError(f"commit {commit} is not on any branch or tag of {url} (force-pushed away?)")
+        try:
+            mirror.git.worktree("add", "--detach", "--force", str(dest), commit)
+        except git.GitCommandError as exc:
+            raise CheckoutError(f"git worktree add {commit} failed: {_git_error(exc)}") from None
+
+    def remove(self, repo: str, dest: Path) -> None:
+        shutil.rmtree(dest, ignore_errors=True)
+        try:
+            self._mirror(repo).git.worktree("prune")
+        except git.GitCommandError as exc:
+            log.warning("git worktree prune failed for %s: %s", repo, _git_error(exc))
+
+    def prune_all(self) -> None:
+        """After a crash: forget the worktrees whose folders were removed."""
+        if not self.root.is_dir():
+            return
+        for path in self.root.glob("*.git"):
+            try:
+                git.Repo(path).git.worktree("prune")
+            except (git.GitCommandError, git.InvalidGitRepositoryError) as exc:
+                log.warning("cannot prune worktrees of %s: %s", path, exc)
+
+    @staticmethod
+    def _has(mirror: git.Repo, commit: str) -> bool:
+        try:
+            mirror.git.cat_file("-e", f"{commit}^{{commit}}")
+            return True
+        except git.GitCommandError:
+            return False
+
+
+def _git_error(exc: git.GitCommandError) -> str:
+    text = str(exc.stderr or exc).strip().replace("\n", " ")
+    return text[-300:]

@@ -1,0 +1,308 @@
+"""The runner daemon: connect out, register, lease, run, heartbeat, report.
+
+The main thread owns the connection (leases, heartbeats, results); a job runs in a
+worker thread. A result is spooled to disk before it is sent and removed only when the
+dispatcher acknowledged it, so a dispatcher that is down when a job ends loses nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+from dispatcher import __version__
+from dispatcher.auth import load_secret
+from dispatcher.client import Connection
+from dispatcher.config import Config, dispatcher_address
+from dispatcher.errors import ConfigError, MessageTooLarge, ProtocolError, RemoteError
+from dispatcher.fsutil import atomic_write
+from dispatcher.names import Arch
+from dispatcher.protocol import Ack, Heartbeat, Job, Lease, Register, Release, Result, Role, Status, encode
+
+from .checkout import CheckoutError, Mirrors
+from .execute import Outcome, Process
+from .repoconf import JobSettings, settings_for
+from .spool import Spool
+
+log = logging.getLogger("polyarch.runner")
+
+LEASE_WAIT = 5.0  # bounds how long an idle runner takes to notice SIGTERM
+MAX_BACKOFF = 5.0
+JUNIT_LIMIT = 4 * 1024 * 1024
+
+
+class Runner:
+    def __init__(self, config: Config, arch: Arch, name: str) -> None:
+        self.config = config
+        self.settings = config.runner
+        self.arch = arch
+        self.name = name
+        self.secret = load_secret(config.token_for("runner"))
+        work = self.settings.work_dir
+        self.jobs_dir = work / "jobs"
+        self.marker = work / "current-job.json"
+        self.mirrors = Mirrors(work / "mirrors")
+        self.spool = Spool(work / "outbox")
+        self.conn: Optional[Connection] = None
+        self.heartbeat_interval = 1.0
+        self.stop = threading.Event()
+        self.stop_count = 0
+        self.stop_since = 0.0
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        """Only records: the first request stops leasing, the second stops the job too."""
+        self.stop_count += 1
+        self.stop_since = self.stop_since or time.monotonic()
+        self.stop.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.on_signal)
+        signal.signal(signal.SIGINT, self.on_signal)
+
+    def run(self) -> None:
+        self.clean_after_crash()
+        log.info("runner %s (%s, %s) starting; work dir %s", self.name, self.arch.value, platform.machine(),
+                 self.settings.work_dir)
+        backoff = 0.1
+        while not self.stop.is_set():
+            try:
+                self._connect()
+                self._flush_spool()
+                reply = self._request(Lease(wait=LEASE_WAIT), timeout=LEASE_WAIT + 30)
+                backoff = 0.1
+                if isinstance(reply, Job):
+                    self._run_job(reply)
+            except (OSError, ProtocolError, RemoteError, ConfigError) as exc:
+                self._disconnect()
+                log.warning("dispatcher unavailable (%s); retrying in %.1f s", exc, backoff)
+                self.stop.wait(backoff * random.uniform(0.8, 1.2))
+                backoff = min(backoff * 2, MAX_BACKOFF)
+        if self.conn is not None or self.spool.pending():
+            try:
+                self._connect()
+                self._flush_spool()
+            except (OSError, ProtocolError, RemoteError, ConfigError) as exc:
+                log.warning("results left in %s for the next start: %s", self.spool.folder, exc)
+        self._disconnect()
+        log.info("runner %s stopped", self.name)
+
+    def clean_after_crash(self) -> None:
+        """Kill what a killed runner left running and remove its half-used checkouts."""
+        if self.marker.exists():
+            try:
+                info = json.loads(self.marker.read_text())
+                _kill_leftover(int(info["pgid"]), str(info["lease_id"]))
+            except (ValueError, KeyError, OSError) as exc:
+                log.warning("ignoring unreadable %s: %s", self.marker, exc)
+            self.marker.unlink(missing_ok=True)
+        if self.jobs_dir.exists():
+            log.info("removing checkouts left by a previous run in %s", self.jobs_dir)
+            shutil.rmtree(self.jobs_dir, ignore_errors=True)
+        self.mirrors.prune_all()
+
+    # --- connection ---------------------------------------------------------------------
+
+    def _connect(self) -> Connection:
+        if self.conn is None:
+            address = dispatcher_address(self.config, "runner")
+            conn = Connection(address, Role.RUNNER, self.name, self.secret)
+            try:
+                conn.request(Register(arch=self.arch.value, version=__version__, host=socket.gethostname(),
+                                      machine=platform.machine(), emulated=False))
+            except BaseException:
+                conn.close()
+                raise
+            self.conn, self.heartbeat_interval = conn, conn.heartbeat_interval
+            log.info("connected to dispatcher at %s", address)
+        return self.conn
+
+    def _disconnect(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _request(self, msg, timeout: float = 30.0):
+        conn = self._connect()
+        try:
+            return conn.request(msg, timeout=timeout)
+        except (OSError, ProtocolError):
+            self._disconnect()
+            raise
+
+    def _flush_spool(self) -> None:
+        for result in self.spool.pending():
+            reply = self._request(result)
+            assert isinstance(reply, Ack)
+            if not reply.created:
+                log.warning("dispatcher discarded our result for lease %s: %s", result.lease_id, reply.message)
+            self.spool.remove(result.lease_id)
+
+    # --- one job ------------------------------------------------------------------------
+
+    def _run_job(self, job: Job) -> None:
+        if self.stop.is_set():
+            self._release(job, "runner stopping")
+            return
+        log.info("running %s %s on %s (attempt %d)", job.repo, job.commit[:12], job.arch, job.attempt)
+        work = _JobWork(self, job)
+        thread = threading.Thread(target=work.run, name=f"job-{job.lease_id}", daemon=True)
+        thread.start()
+        lost = False
+        while True:
+            thread.join(timeout=self.heartbeat_interval)
+            if not thread.is_alive():
+                break
+            if self.stop_count >= 2 or (self.stop_count == 1
+                                        and time.monotonic() - self.stop_since > self.settings.stop_grace):
+                work.abort()  # no result comes back: the job is handed back below
+                continue
+            try:
+                self._request(Heartbeat(job.lease_id), timeout=self.heartbeat_interval * 2 + 5)
+            except RemoteError as exc:
+                if exc.code == "lease-lost":
+                    log.warning("lease of %s %s lost; stopping the job", job.repo, job.commit[:12])
+                    lost = True
+                    work.abort()
+            except (OSError, ProtocolError, ConfigError) as exc:
+                log.warning("heartbeat failed (%s); the job goes on, reconnecting", exc)
+        try:
+            if lost:
+                return
+            if work.result is None:
+                self._release(job, "runner stopping")
+                return
+            self._deliver(work.result)
+        finally:
+            work.cleanup()
+
+    def _release(self, job: Job, reason: str) -> None:
+        try:
+            self._request(Release(job.lease_id, reason), timeout=5)
+            log.info("handed back %s %s: %s", job.repo, job.commit[:12], reason)
+        except (OSError, ProtocolError, RemoteError, ConfigError) as exc:
+            log.warning("could not hand back %s %s (%s); its lease will expire", job.repo, job.commit[:12], exc)
+
+    def _deliver(self, result: Result) -> None:
+        result = _fit(result)
+        self.spool.put(result)
+        try:
+            self._flush_spool()
+        except (OSError, ProtocolError, RemoteError, ConfigError) as exc:
+            log.warning("result kept in %s until the dispatcher is back: %s", self.spool.folder, exc)
+
+
+class _JobWork:
+    """Checkout, settings and execution of one job, in a worker thread."""
+
+    def __init__(self, runner: Runner, job: Job) -> None:
+        self.runner, self.job = runner, job
+        self.folder = runner.jobs_dir / job.lease_id
+        self.src = self.folder / "src"
+        self.result: Optional[Result] = None
+        self._aborted = threading.Event()
+        self._process: Optional[Process] = None
+        self._lock = threading.Lock()
+
+    def abort(self) -> None:
+        with self._lock:
+            self._aborted.set()
+            if self._process is not None:
+                self._process.request_stop()
+
+    def run(self) -> None:
+        job, settings = self.job, self.runner.settings
+        started = time.time()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.runner.mirrors.checkout(job.repo, job.url, job.commit, self.src)
+            chosen = settings_for(self.src, job.arch, JobSettings(job.test_command, job.timeout))
+        except (CheckoutError, ConfigError) as exc:
+            self.result = _error(job, started, str(exc))
+            return
+        junit_path = self.folder / "junit.xml"
+        env = dict(os.environ, POLYARCH_REPO=job.repo, POLYARCH_COMMIT=job.commit, POLYARCH_ARCH=job.arch,
+                   POLYARCH_BRANCH=job.branch, POLYARCH_JUNIT=str(junit_path), POLYARCH_LEASE=job.lease_id,
+                   POLYARCH_ATTEMPT=str(job.attempt))
+        with self._lock:
+            if self._aborted.is_set():
+                return
+            try:
+                self._process = Process(chosen.test_command, self.src, env, self.folder / "output.log",
+                                        settings.log_limit)
+            except OSError as exc:
+                self.result = _error(job, started, f"cannot start the test command: {exc}")
+                return
+        atomic_write(self.runner.marker, json.dumps({"pgid": self._process.pgid, "lease_id": job.lease_id}).encode())
+        ex = self._process.wait(chosen.timeout, settings.kill_grace)
+        if ex.outcome == Outcome.KILLED:
+            return
+        if ex.outcome == Outcome.TIMED_OUT:
+            status, reason = Status.TIMEOUT, f"timed out after {chosen.timeout:g} s; process group killed"
+        else:
+            status = Status.PASSED if ex.exit_code == 0 else Status.FAILED
+            reason = "" if ex.exit_code == 0 else f"test command exited with {ex.exit_code}"
+        junit = ""
+        if junit_path.is_file() and junit_path.stat().st_size <= JUNIT_LIMIT:
+            junit = junit_path.read_text(encoding="utf-8", errors="replace")
+        output = (self.folder / "output.log").read_bytes().decode("utf-8", "replace")
+        self.result = Result(lease_id=job.lease_id, status=status, exit_code=ex.exit_code,
+                             started_at=started, finished_at=ex.finished_at, log=output,
+                             log_truncated=ex.truncated, junit=junit, reason=reason)
+
+    def cleanup(self) -> None:
+        self.runner.marker.unlink(missing_ok=True)
+        if self.src.exists():
+            self.runner.mirrors.remove(self.job.repo, self.src)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _error(job: Job, started: float, reason: str) -> Result:
+    log.error("%s %s on %s: %s", job.repo, job.commit[:12], job.arch, reason)
+    return Result(lease_id=job.lease_id, status=Status.ERROR, exit_code=None, started_at=started,
+                  finished_at=time.time(), log=reason + "\n", reason=reason)
+
+
+def _fit(result: Result) -> Result:
+    """Shrink the log until the message fits the protocol's frame limit."""
+    while True:
+        try:
+            encode(result)
+            return result
+        except MessageTooLarge:
+            half = len(result.log) // 2
+            result = dataclasses.replace(result, log=result.log[:half] + "\n[polyarch: log cut to fit]\n",
+                                         log_truncated=True)
+
+
+def _kill_leftover(pgid: int, lease_id: str) -> None:
+    """Kill a crashed runner's job group, if it really is that job (pids get reused)."""
+    try:
+        environ = Path(f"/proc/{pgid}/environ").read_bytes()
+    except OSError:
+        return
+    if f"POLYARCH_LEASE={lease_id}".encode() in environ.split(b"\0"):
+        log.warning("killing process group %d left running by a previous run", pgid)
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def serve(config: Config, arch: Arch, name: str) -> None:
+    runner = Runner(config, arch, name)
+    runner.install_signal_handlers()
+    runner.run()
+
