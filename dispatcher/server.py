@@ -343,7 +343,7 @@ class _Handler(socketserver.BaseRequestHandler):
 def serve(config: Config) -> None:
     """Run the dispatcher until SIGTERM/SIGINT. Raises PolyarchError on bad state or secret."""
     secret = load_secret(config.dispatcher.token_file, create=True)
-    store = Store(db_path(config))
+    store = Store(db_path(config), lease_grace=config.dispatcher.heartbeat_timeout)
     removed = remove_stale_temporaries(config.dispatcher.results_dir)
     if removed:
         log.info("removed %d temporary file(s) a crash left in %s", removed, config.dispatcher.results_dir)

@@ -148,8 +148,9 @@ class RunnerRow:
 class Store:
     """All SQL lives here. Thread-safe: one connection behind one lock."""
 
-    def __init__(self, path: Path, readonly: bool = False) -> None:
+    def __init__(self, path: Path, readonly: bool = False, lease_grace: float = 10.0) -> None:
         self.path = Path(path)
+        self.lease_grace = lease_grace
         self._lock = threading.RLock()
         self._deadlines: dict[str, float] = {}
         try:
@@ -187,7 +188,7 @@ class Store:
         now = time.time()
         # Leases survive a restart; their runners get a full heartbeat period to come back.
         for (lease_id,) in db.execute("SELECT lease_id FROM jobs WHERE state = ?", (JobState.LEASED.value,)):
-            self._deadlines[lease_id] = now
+            self._deadlines[lease_id] = now + self.lease_grace
 
     def _check_schema(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]

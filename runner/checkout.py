@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import git
@@ -13,6 +14,8 @@ from dispatcher.names import check_repo
 
 log = logging.getLogger("polyarch.runner")
 
+FETCH_TRIES = 3
+FETCH_TIMEOUT = 600
 FETCH_REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 
 
@@ -34,16 +37,27 @@ class Mirrors:
         """A clean worktree of exactly `commit` at `dest`, fetching it first if missing."""
         mirror = self._mirror(repo)
         if not self._has(mirror, commit):
-            try:
-                mirror.git.fetch("--quiet", "--no-tags", "--prune", url, *FETCH_REFSPECS)
-            except git.GitCommandError as exc:
-                raise CheckoutError(f"git fetch {url} failed: {_git_error(exc)}") from None
+            self._fetch(mirror, url)
             if not self._has(mirror, commit):
                 raise CheckoutError(f"commit {commit} is not on any branch or tag of {url} (force-pushed away?)")
         try:
             mirror.git.worktree("add", "--detach", "--force", str(dest), commit)
         except git.GitCommandError as exc:
             raise CheckoutError(f"git worktree add {commit} failed: {_git_error(exc)}") from None
+
+    @staticmethod
+    def _fetch(mirror: git.Repo, url: str) -> None:
+        # A few quick tries: a lab network blip should not turn into an `error` result.
+        for attempt in range(FETCH_TRIES):
+            try:
+                mirror.git.fetch("--quiet", "--no-tags", "--prune", url, *FETCH_REFSPECS,
+                                 kill_after_timeout=FETCH_TIMEOUT)
+                return
+            except git.GitCommandError as exc:
+                if attempt == FETCH_TRIES - 1:
+                    raise CheckoutError(f"git fetch {url} failed: {_git_error(exc)}") from None
+                log.warning("git fetch %s failed (%s); trying again", url, _git_error(exc))
+                time.sleep(0.5 * 2 ** attempt)
 
     def remove(self, repo: str, dest: Path) -> None:
         shutil.rmtree(dest, ignore_errors=True)

@@ -49,7 +49,10 @@ class Runner:
         self.arch = arch
         self.name = name
         self.secret = load_secret(config.token_for("runner"))
-        work = self.settings.work_dir
+        # One folder per runner name: runners sharing a config on one host never touch
+        # each other's mirrors, checkouts or spooled results.
+        work = self.settings.work_dir / name
+        self.work = work
         self.jobs_dir = work / "jobs"
         self.marker = work / "current-job.json"
         self.mirrors = Mirrors(work / "mirrors")
@@ -75,7 +78,7 @@ class Runner:
     def run(self) -> None:
         self.clean_after_crash()
         log.info("runner %s (%s, %s) starting; work dir %s", self.name, self.arch.value, platform.machine(),
-                 self.settings.work_dir)
+                 self.work)
         backoff = 0.1
         while not self.stop.is_set():
             try:
@@ -89,7 +92,9 @@ class Runner:
                 self._disconnect()
                 log.warning("dispatcher unavailable (%s); retrying in %.1f s", exc, backoff)
                 self.stop.wait(backoff * random.uniform(0.8, 1.2))
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                # Never back off past a heartbeat period: a spooled result must arrive before
+                # the dispatcher, restarted, gives up on our lease.
+                backoff = min(backoff * 2, MAX_BACKOFF, self.heartbeat_interval)
         if self.conn is not None or self.spool.pending():
             try:
                 self._connect()

@@ -1,0 +1,191 @@
+"""Shared fixtures: real git repositories in tmp_path and real daemon processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> object:
+    """Poll `condition` until it returns something truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class GitRepo:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True)
+        self.git("init", "-q", "-b", "main")
+        self.git("config", "user.email", "dev@example.invalid")
+        self.git("config", "user.name", "Dev")
+        self.counter = 0
+
+    def git(self, *args: str) -> str:
+        return subprocess.run(["git", *args], cwd=self.path, check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    def commit(self, test_script: str = "exit 0", message: Optional[str] = None,
+               files: Optional[dict[str, str]] = None) -> str:
+        """Commit with `test.sh` set to `test_script` (plus other files); returns the SHA."""
+        self.counter += 1
+        (self.path / "test.sh").write_text(test_script + "\n")
+        (self.path / "counter").write_text(str(self.counter))
+        for name, text in (files or {}).items():
+            (self.path / name).write_text(text)
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", message or f"change {self.counter}")
+        return self.git("rev-parse", "HEAD")
+
+    def burst(self, n: int, script: Callable[[int], str] = lambda i: "exit 0") -> list[str]:
+        return [self.commit(script(i)) for i in range(n)]
+
+
+class Daemon:
+    """A polyarch daemon as a real child process, logging to a file."""
+
+    def __init__(self, env: "Polyarch", package: str, *args: str, name: str) -> None:
+        self.env, self.package, self.args, self.name = env, package, args, name
+        self.log_path = env.root / f"{name}.log"
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> "Daemon":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", self.package, "serve", "--config", str(self.env.config),
+                                      *self.args], cwd=self.env.root, stdout=log, stderr=log,
+                                     env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        log.close()
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        assert self.proc is not None
+        self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Polyarch:
+    """One config file, a repo, and the daemons started from them."""
+
+    def __init__(self, root: Path, repo: GitRepo, **settings: object) -> None:
+        self.root = root
+        self.repo = repo
+        self.daemons: list[Daemon] = []
+        self.config = root / "polyarch.toml"
+        self.write_config(**settings)
+
+    def write_config(self, heartbeat_timeout: float = 2, max_attempts: int = 3, poll_interval: float = 0.5,
+                     test_command: str = "sh test.sh", timeout: float = 30, archs: tuple[str, ...] = ("amd64",),
+                     watch: bool = True, stop_grace: float = 20, extra_repos: str = "") -> None:
+        arch_list = ", ".join(f'"{a}"' for a in archs)
+        self.config.write_text(textwrap.dedent(f"""\
+            [dispatcher]
+            listen = "127.0.0.1:0"
+            heartbeat_timeout = {heartbeat_timeout}
+            max_attempts = {max_attempts}
+
+            [observer]
+            dispatcher = "127.0.0.1:0"
+            poll_interval = {poll_interval}
+            watch = {str(watch).lower()}
+
+            [runner]
+            dispatcher = "127.0.0.1:0"
+            kill_grace = 1
+            stop_grace = {stop_grace}
+
+            [[repos]]
+            name = "demo"
+            url = "{self.repo.path}"
+            architectures = [{arch_list}]
+            test_command = "{test_command}"
+            timeout = {timeout}
+            """) + extra_repos)
+
+    @property
+    def results(self) -> Path:
+        return self.root / "test_results"
+
+    def dispatcher(self) -> Daemon:
+        d = Daemon(self, "dispatcher", name=f"dispatcher{len(self.daemons)}").start()
+        self.daemons.append(d)
+        wait_for(lambda: (self.root / "var/dispatcher/address").exists() and self.address_fresh(d),
+                 what="the dispatcher to listen")
+        return d
+
+    def address_fresh(self, d: Daemon) -> bool:
+        return "listening on" in d.log()
+
+    def runner(self, name: str = "r1", *args: str) -> Daemon:
+        d = Daemon(self, "runner", "--name", name, *args, name=f"runner-{name}-{len(self.daemons)}").start()
+        self.daemons.append(d)
+        return d
+
+    def observer(self) -> Daemon:
+        d = Daemon(self, "observer", name=f"observer{len(self.daemons)}").start()
+        self.daemons.append(d)
+        return d
+
+    def result(self, sha: str, arch: str = "amd64") -> Optional[dict]:
+        path = self.results / "demo" / sha / f"{arch}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def wait_results(self, shas: list[str], arch: str = "amd64", timeout: float = 60) -> dict[str, dict]:
+        wait_for(lambda: all(self.result(s, arch) for s in shas), timeout,
+                 what=f"results for {len(shas)} commit(s); have "
+                      f"{sum(1 for s in shas if self.result(s, arch))}")
+        return {s: self.result(s, arch) for s in shas}  # type: ignore[misc]
+
+    def cli(self, package: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", package, *args], cwd=self.root, capture_output=True,
+                              text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+    def close(self) -> None:
+        for d in self.daemons:
+            if d.alive:
+                d.kill()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> GitRepo:
+    return GitRepo(tmp_path / "upstream")
+
+
+@pytest.fixture
+def polyarch(tmp_path: Path, repo: GitRepo):
+    env = Polyarch(tmp_path, repo)
+    yield env
+    env.close()
