@@ -120,6 +120,8 @@ class Process:
         self._signal_group(signal.SIGKILL)
         self.proc.wait()
         self._reader.join(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         truncated = self.log.close()
         code = self.proc.returncode if outcome == Outcome.EXITED else None
         return Execution(outcome, code, self.started_at, finished, truncated)

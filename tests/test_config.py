@@ -1,0 +1,101 @@
+"""Config validation: each problem is one ConfigError naming file, key and value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dispatcher.config import Address, load_config, parse_address
+from dispatcher.errors import ConfigError
+from dispatcher.names import Arch
+
+GOOD = """
+[dispatcher]
+listen = "127.0.0.1:7341"
+heartbeat_timeout = 10
+[observer]
+poll_interval = 5
+[runner]
+arch = "auto"
+[[repos]]
+name = "demo"
+url = "git/demo.git"
+branches = ["main", "release/1.x"]
+architectures = ["amd64", "aarch64"]
+test_command = "make check"
+timeout = 600
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "polyarch.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_complete_config_loads_with_resolved_paths(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    repo = config.repos[0]
+    assert repo.architectures == (Arch.AMD64, Arch.ARM64)  # aarch64 normalised
+    assert repo.url == str(tmp_path / "git/demo.git")  # relative to the config file
+    assert config.dispatcher.listen == Address("127.0.0.1", 7341)
+    assert config.dispatcher.state_dir == tmp_path / "var/dispatcher"
+    assert config.runner.arch is None and config.observer.poll_interval == 5.0
+
+
+def test_the_shipped_example_config_is_valid() -> None:
+    config = load_config(Path(__file__).resolve().parent.parent / "examples" / "polyarch.toml")
+    assert config.repos
+
+
+@pytest.mark.parametrize("change, key, words", [
+    (("[dispatcher]", "[dispatcher]\ncolour = 1"), "dispatcher.colour", "unknown key"),
+    (('heartbeat_timeout = 10', 'heartbeat_timeout = "10"'), "dispatcher.heartbeat_timeout", "expected an integer or a number, got '10'"),
+    (('heartbeat_timeout = 10', 'heartbeat_timeout = -1'), "dispatcher.heartbeat_timeout", "greater than 0"),
+    (('listen = "127.0.0.1:7341"', 'listen = "localhost"'), "dispatcher.listen", "'localhost'"),
+    (('listen = "127.0.0.1:7341"', 'listen = "127.0.0.1:99999"'), "dispatcher.listen", "port '99999'"),
+    (('"amd64", "aarch64"', '"amd64", "vax"'), "repos[0].architectures", "unknown architecture 'vax'"),
+    (('url = "git/demo.git"\n', ''), "repos[0].url", "missing"),
+    (('name = "demo"', 'name = "../etc"'), "repos[0].name", "invalid repo name '../etc'"),
+    (('"main", "release/1.x"', '"main", "x;rm -rf"'), "repos[0].branches", "invalid branch name 'x;rm -rf'"),
+    (('arch = "auto"', 'arch = "pdp11"'), "runner.arch", "unknown architecture 'pdp11'"),
+    (('timeout = 600', 'timeout = true'), "repos[0].timeout", "got True"),
+])
+def test_each_mistake_names_file_key_and_value(tmp_path: Path, change, key: str, words: str) -> None:
+    old, new = change
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: {key}: "), text
+    assert words in text
+    assert "\n" not in text
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[dispatcher\n"))
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_duplicate_repo_names(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"repos\[1\].name: duplicate"):
+        load_config(write(tmp_path, GOOD + GOOD[GOOD.index("[[repos]]"):]))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("127.0.0.1:7341", Address("127.0.0.1", 7341)),
+    ("[::1]:80", Address("::1", 80)),
+    ("lab-host.example:0", Address("lab-host.example", 0)),
+])
+def test_parse_address(text: str, expected: Address) -> None:
+    assert parse_address(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "7341", "host:", "host:port", "::1:80", "[::1]80"])
+def test_parse_address_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_address(text)

@@ -1,0 +1,185 @@
+"""Hostile and wrong input over a live socket: refused clearly, the server serves on."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Polyarch, wait_for
+from dispatcher.auth import load_secret
+from dispatcher.client import Connection
+from dispatcher.config import Address, load_config
+from dispatcher.errors import AuthError, RemoteError
+from dispatcher.protocol import (MAX_FRAME, Ack, CommitInfo, Dispatch, Heartbeat, Job, Lease, Register, Result,
+                                 Role, Status, Submit)
+from dispatcher.server import DispatcherServer, db_path
+from dispatcher.store import Store
+
+SHA = "c" * 40
+
+
+@pytest.fixture
+def server(polyarch: Polyarch):
+    config = load_config(polyarch.config)
+    store = Store(db_path(config), lease_grace=config.dispatcher.heartbeat_timeout)
+    srv = DispatcherServer(config, store, load_secret(config.dispatcher.token_file, create=True))
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    srv.address = Address(*srv.server_address[:2])
+    yield srv
+    srv.stop()
+    srv.shutdown()
+    srv.server_close()
+    store.close()
+
+
+def connect(server, role: Role = Role.OBSERVER, name: str = "t", secret: bytes | None = None) -> Connection:
+    return Connection(server.address, role, name, secret if secret is not None else server.secret)
+
+
+def assert_still_serving(server) -> None:
+    with connect(server) as conn:
+        reply = conn.request(Dispatch("demo", "main", []))
+        assert isinstance(reply, Ack)
+
+
+def dial(server) -> socket.socket:
+    return socket.create_connection((server.address.host, server.address.port), timeout=5)
+
+
+def read_error(sock: socket.socket) -> dict:
+    chunks = b""
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            break
+        chunks += data
+    # Skip the hello frame, return the last frame (the error).
+    frames = []
+    buf = chunks
+    while len(buf) >= 4:
+        (n,) = struct.unpack(">I", buf[:4])
+        frames.append(json.loads(buf[4:4 + n]))
+        buf = buf[4 + n:]
+    return frames[-1]
+
+
+def test_garbage_on_the_socket_gets_an_error_and_the_server_serves_on(server) -> None:
+    with dial(server) as sock:
+        sock.sendall(struct.pack(">I", 11) + b"hello world")
+        error = read_error(sock)
+    assert error["kind"] == "error" and error["code"] == "bad-message"
+    assert_still_serving(server)
+
+
+def test_oversized_frame_is_refused_without_reading_it(server) -> None:
+    with dial(server) as sock:
+        sock.sendall(struct.pack(">I", MAX_FRAME + 1))
+        error = read_error(sock)
+    assert error["code"] == "too-large"
+    assert_still_serving(server)
+
+
+def test_wrong_secret_is_refused(server) -> None:
+    with pytest.raises(AuthError, match="refused our secret"):
+        connect(server, secret=b"not-the-secret-at-all")
+    assert_still_serving(server)
+
+
+def test_a_silent_client_is_closed_after_the_auth_deadline(server, monkeypatch) -> None:
+    monkeypatch.setattr("dispatcher.server.AUTH_TIMEOUT", 0.3)
+    started = time.monotonic()
+    with dial(server) as sock:
+        while sock.recv(65536):
+            pass
+    assert time.monotonic() - started < 3
+    assert_still_serving(server)
+
+
+@pytest.mark.parametrize("msg, code", [
+    (Dispatch("nope", "main", [CommitInfo(SHA)]), "unknown-repo"),
+    (Dispatch("demo", "main;reboot", [CommitInfo(SHA)]), "invalid-name"),
+    (Dispatch("demo", "main", [CommitInfo("../../etc/passwd")]), "invalid-name"),
+    (Submit("demo", SHA, archs=["riscv64"]), "unknown-arch"),
+    (Submit("demo", SHA, archs=["vax"]), "invalid-name"),
+    (Lease(1.0), "not-allowed"),
+])
+def test_bad_requests_get_an_error_and_the_connection_stays_usable(server, msg, code: str) -> None:
+    with connect(server) as conn:
+        with pytest.raises(RemoteError) as err:
+            conn.request(msg)
+        assert err.value.code == code
+        assert isinstance(conn.request(Dispatch("demo", "main", [])), Ack)
+    assert not list(Path(server.results_dir).rglob("*.json"))
+
+
+def test_late_result_after_lease_expiry_is_acknowledged_and_dropped(server) -> None:
+    with connect(server) as obs:
+        assert obs.request(Dispatch("demo", "main", [CommitInfo(SHA)])).created == 1
+    slow = connect(server, Role.RUNNER, "slow")
+    slow.request(Register("amd64", "0", "h", "x86_64"))
+    job = slow.request(Lease(1.0))
+    assert isinstance(job, Job)
+    # No heartbeat: the lease expires (heartbeat_timeout = 2 s) and the job goes back.
+    fast = connect(server, Role.RUNNER, "fast")
+    fast.request(Register("amd64", "0", "h", "x86_64"))
+    again = fast.request(Lease(10.0))
+    assert isinstance(again, Job) and again.attempt == 2
+    with pytest.raises(RemoteError, match="lease-lost"):
+        slow.request(Heartbeat(job.lease_id))
+    assert fast.request(Result(again.lease_id, Status.PASSED, 0, 1, 2, "fast log")).created == 1
+    late = slow.request(Result(job.lease_id, Status.FAILED, 1, 1, 2, "slow log"))
+    assert late.created == 0 and "discarded" in late.message
+    again_dup = fast.request(Result(again.lease_id, Status.FAILED, 1, 1, 2, "dup"))
+    assert again_dup.created == 0
+    result = json.loads((Path(server.results_dir) / "demo" / SHA / "amd64.json").read_text())
+    assert result["status"] == "passed" and result["runner"] == "fast" and result["attempt"] == 2
+    assert (Path(server.results_dir) / "demo" / SHA / "amd64.log").read_text() == "fast log"
+    slow.close()
+    fast.close()
+
+
+def test_long_poll_hands_a_new_job_over_within_milliseconds(server) -> None:
+    runner = connect(server, Role.RUNNER, "waiting")
+    runner.request(Register("amd64", "0", "h", "x86_64"))
+    got: list = []
+    thread = threading.Thread(target=lambda: got.append((runner.request(Lease(20.0)), time.monotonic())))
+    thread.start()
+    time.sleep(0.3)  # let the lease request park on the server
+    with connect(server) as obs:
+        sent = time.monotonic()
+        obs.request(Dispatch("demo", "main", [CommitInfo(SHA)]))
+    thread.join(timeout=5)
+    job, received = got[0]
+    assert isinstance(job, Job)
+    # Generous bound for a loaded CI machine; a polling tick would show as >= 1 s.
+    assert received - sent < 0.5
+    runner.close()
+
+
+def test_connections_beyond_the_limit_are_refused(server) -> None:
+    object.__setattr__(server.config.dispatcher, "max_connections", 2)  # frozen config, test only
+    held = [dial(server) for _ in range(2)]
+    wait_for(lambda: server._active == 2, what="two connections to be counted")
+    with dial(server) as extra:
+        assert extra.recv(10) == b""  # closed at once, no hello
+    for sock in held:
+        sock.close()
+    wait_for(lambda: server._active == 0, what="connections to be released")
+    assert_still_serving(server)
+
+
+def test_world_readable_secret_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "secret"
+    path.write_text("x" * 64)
+    path.chmod(0o644)
+    with pytest.raises(AuthError, match="readable by others"):
+        load_secret(path)
+    created = load_secret(tmp_path / "new" / "secret", create=True)
+    assert len(created) == 64 and (tmp_path / "new" / "secret").stat().st_mode & 0o777 == 0o600
