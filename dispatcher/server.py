@@ -25,6 +25,7 @@ from .fsutil import remove_stale_temporaries
 from .names import check_branch, check_commit, check_repo, check_runner, parse_arch
 from .protocol import (Ack, Auth, Channel, Dispatch, Error, ErrorCode, Heartbeat, Hello, Job, Lease,
                        Message, NoJob, Register, Release, Result, Role, Status, Submit, Welcome)
+from .sdnotify import Watchdog, notify
 from .results import ResultRecord, parse_junit, write_result, write_summary
 from .store import FinishedJob, Store
 
@@ -68,6 +69,7 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
         self._publish_lock = threading.Lock()
         self._next_service = 0.0
         self._next_publish = 0.0
+        self.watchdog = Watchdog()
         addr = config.dispatcher.listen
         self.address_family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
         super().__init__((addr.host, addr.port), _Handler)
@@ -156,6 +158,8 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
     # --- periodic work ------------------------------------------------------------------
 
     def service_actions(self) -> None:
+        # On the serve_forever thread: if it hangs, the pings stop and systemd restarts us.
+        self.watchdog.ping()
         now = time.monotonic()
         if now < self._next_service:
             return
@@ -367,11 +371,13 @@ def serve(config: Config) -> None:
     thread.start()
     log.info("dispatcher listening on %s:%d, state %s, results %s", host, port, db_path(config),
              config.dispatcher.results_dir)
+    notify("READY=1")
     try:
         while not stop.wait(1.0):
             pass
     finally:
         log.info("stopping")
+        notify("STOPPING=1")
         server.stop()
         server.shutdown()
         server.server_close()

@@ -20,6 +20,7 @@ from dispatcher.client import Connection
 from dispatcher.config import Config, RepoConfig, dispatcher_address
 from dispatcher.errors import ConfigError, InvalidName, ProtocolError, RemoteError
 from dispatcher.protocol import Ack, Dispatch, Role
+from dispatcher.sdnotify import Watchdog, notify
 
 from .cursors import Cursors
 from .mirror import BranchUpdate, Change, FetchError, Mirror, local_git_dir
@@ -153,8 +154,11 @@ class Observer:
                     watcher.watch(repo.name, git_dir)
                     log.info("%s: watching %s for pushes", repo.name, git_dir)
         log.info("observer polling %d repo(s) every %g s", len(self.config.repos), self.settings.poll_interval)
+        watchdog = Watchdog()
+        notify("READY=1")
         try:
             while not self.stop.is_set():
+                watchdog.ping()
                 now = time.monotonic()
                 with self._trigger_lock:
                     triggered, self.triggered = self.triggered, set()
@@ -164,6 +168,7 @@ class Observer:
                 if due:
                     self.poll_once(due)
                 timeout = max(0.0, min(self.next_poll.values(), default=now + 60) - time.monotonic())
+                timeout = min(timeout, watchdog.max_sleep)
                 self.wake.wait(timeout)
         finally:
             watcher.stop()

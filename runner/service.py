@@ -28,6 +28,7 @@ from dispatcher.config import Config, dispatcher_address
 from dispatcher.errors import ConfigError, MessageTooLarge, ProtocolError, RemoteError
 from dispatcher.fsutil import atomic_write
 from dispatcher.names import Arch
+from dispatcher.sdnotify import Watchdog, notify
 from dispatcher.protocol import Ack, Heartbeat, Job, Lease, Register, Release, Result, Role, Status, encode
 
 from .checkout import CheckoutError, Mirrors
@@ -62,6 +63,7 @@ class Runner:
         self.stop = threading.Event()
         self.stop_count = 0
         self.stop_since = 0.0
+        self.watchdog = Watchdog()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -80,7 +82,9 @@ class Runner:
         log.info("runner %s (%s, %s) starting; work dir %s", self.name, self.arch.value, platform.machine(),
                  self.work)
         backoff = 0.1
+        notify("READY=1")
         while not self.stop.is_set():
+            self.watchdog.ping()
             try:
                 self._connect()
                 self._flush_spool()
@@ -168,6 +172,7 @@ class Runner:
         lost = False
         while True:
             thread.join(timeout=self.heartbeat_interval)
+            self.watchdog.ping()
             if not thread.is_alive():
                 break
             if self.stop_count >= 2 or (self.stop_count == 1

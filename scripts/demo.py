@@ -1,0 +1,141 @@
+"""The quick-start demo: a local repository, the three daemons, results for every commit.
+
+Run through `bash scripts/demo.sh`. Everything lives in ./demo (git-ignored); a second
+run starts afresh.
+"""
+
+from __future__ import annotations
+
+import json
+
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "demo"
+BIN = Path(sys.executable).parent
+
+CALC = '''\
+def add(a, b):
+    return a + b
+
+
+def sub(a, b):
+    return a {op} b
+'''
+TESTS = '''\
+import unittest
+
+from calc import add, sub
+
+
+class CalcTest(unittest.TestCase):
+    def test_add(self):
+        self.assertEqual(add(2, 3), 5)
+
+    def test_sub(self):
+        self.assertEqual(sub(5, 3), 2)
+
+
+if __name__ == "__main__":
+    unittest.main()
+'''
+STEPS = [("calc: add and sub", "-"), ("calc: refactor sub (oops)", "+"), ("calc: fix sub", "-")]
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=DEMO / "upstream", check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def commit(message: str, op: str) -> str:
+    repo = DEMO / "upstream"
+    (repo / "calc.py").write_text(CALC.format(op=op))
+    (repo / "test_calc.py").write_text(TESTS)
+    with open(repo / "CHANGES", "a") as f:
+        f.write(message + "\n")
+    git("add", "-A")
+    git("commit", "-q", "-m", message)
+    return git("rev-parse", "HEAD")
+
+
+def wait_result(sha: str, timeout: float = 60) -> dict:
+    path = DEMO / "test_results" / "demo" / sha / "amd64.json"
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: no result for {sha[:12]} after {timeout} s; see the logs in {DEMO}")
+        time.sleep(0.05)
+    return json.loads(path.read_text())
+
+
+def main() -> None:
+    if DEMO.exists():
+        shutil.rmtree(DEMO)
+    (DEMO / "upstream").mkdir(parents=True)
+    git("init", "-q", "-b", "main")
+    git("config", "user.email", "demo@example.invalid")
+    git("config", "user.name", "Demo Dev")
+    config = DEMO / "polyarch.toml"
+    config.write_text(textwrap.dedent("""\
+        # The demo's config: every daemon on this machine, the dispatcher on any free port.
+        [dispatcher]
+        listen = "127.0.0.1:0"
+        [observer]
+        dispatcher = "127.0.0.1:0"
+        poll_interval = 5
+        [runner]
+        dispatcher = "127.0.0.1:0"
+
+        [[repos]]
+        name = "demo"
+        url = "upstream"
+        branches = ["main"]
+        architectures = ["amd64"]
+        test_command = "python3 -m unittest -v"
+        timeout = 60
+        """))
+    first = commit("calc: a first version", "-")
+    procs = []
+    for name in ("dispatcher", "runner", "observer"):
+        log = open(DEMO / f"{name}.log", "wb")
+        procs.append(subprocess.Popen([str(BIN / f"polyarch-{name}"), "serve", "--config", str(config)],
+                                      cwd=DEMO, stdout=log, stderr=log))
+        if name == "dispatcher":
+            while not (DEMO / "var/dispatcher/address").exists():
+                time.sleep(0.05)
+    try:
+        print(f"demo: daemons started in {DEMO} (logs: dispatcher.log, observer.log, runner.log)")
+        shas = [first]
+        print(f"demo: {first[:12]} {wait_result(first)['status']}")
+        for message, op in STEPS:
+            sha = commit(message, op)
+            shas.append(sha)
+            started = time.monotonic()
+            result = wait_result(sha)
+            print(f"demo: pushed {sha[:12]} '{message}' -> {result['status']} "
+                  f"in {time.monotonic() - started:.2f} s")
+        print()
+        subprocess.run([str(BIN / "polyarch-dispatcher"), "status", "--config", str(config)], check=True)
+        print("\ndemo: result files:")
+        for path in sorted((DEMO / "test_results").rglob("*")):
+            if path.is_file():
+                print(f"  {path.relative_to(DEMO)}")
+        failed = next(s for s in shas if wait_result(s)["status"] == "failed")
+        print(f"\ndemo: the failing commit's result, test_results/demo/{failed}/amd64.json:")
+        print((DEMO / "test_results" / "demo" / failed / "amd64.json").read_text())
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(timeout=30)
+    print("demo: daemons stopped. An arm64 runner under qemu-user is not part of this version yet.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The three commands as a user runs them: help, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, Polyarch
+
+COMMANDS = [("dispatcher", ()), ("dispatcher", ("serve",)), ("dispatcher", ("status",)), ("dispatcher", ("submit",)),
+            ("observer", ()), ("observer", ("serve",)), ("observer", ("once",)), ("runner", ()), ("runner", ("serve",))]
+
+
+@pytest.mark.parametrize("package, args", COMMANDS)
+def test_every_command_has_help(polyarch: Polyarch, package: str, args: tuple[str, ...]) -> None:
+    out = polyarch.cli(package, *args, "--help")
+    assert out.returncode == 0 and "Usage:" in out.stdout
+
+
+@pytest.mark.parametrize("package, args", [("dispatcher", ("serve",)), ("observer", ("serve",)),
+                                           ("runner", ("serve",)), ("dispatcher", ("status",))])
+def test_bad_config_is_one_line_and_exit_2(polyarch: Polyarch, package: str, args: tuple[str, ...]) -> None:
+    polyarch.config.write_text(polyarch.config.read_text().replace('architectures = ["amd64"]',
+                                                                   'architectures = ["amd64", "m68k"]'))
+    out = polyarch.cli(package, *args, "--config", str(polyarch.config))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert f"{polyarch.config}: repos[0].architectures: unknown architecture 'm68k'" in lines[0]
+
+
+def test_runner_refuses_an_architecture_it_is_not(polyarch: Polyarch) -> None:
+    out = polyarch.cli("runner", "serve", "--config", str(polyarch.config), "--arch", "s390x")
+    assert out.returncode == 2 and "s390x is not this machine's architecture" in out.stderr
+
+
+def test_submit_queues_once_and_status_shows_it(polyarch: Polyarch) -> None:
+    sha = polyarch.repo.commit("exit 0")
+    polyarch.dispatcher()
+    cfg = ("--config", str(polyarch.config))
+    first = polyarch.cli("dispatcher", "submit", *cfg, "--repo", "demo", "--commit", sha)
+    assert first.returncode == 0 and "1 job(s) queued" in first.stdout, first.stderr
+    again = polyarch.cli("dispatcher", "submit", *cfg, "--repo", "demo", "--commit", sha)
+    assert again.returncode == 0 and "already known" in again.stdout
+    unknown = polyarch.cli("dispatcher", "submit", *cfg, "--repo", "nope", "--commit", sha)
+    assert unknown.returncode == 2 and "unknown repo 'nope'" in unknown.stderr
+    bad_sha = polyarch.cli("dispatcher", "submit", *cfg, "--repo", "demo", "--commit", "HEAD")
+    assert bad_sha.returncode == 2 and "invalid commit 'HEAD'" in bad_sha.stderr
+    status = polyarch.cli("dispatcher", "status", *cfg, "--json")
+    data = json.loads(status.stdout)
+    assert data["commits"][0]["architectures"]["amd64"]["state"] == "queued"
+    table = polyarch.cli("dispatcher", "status", *cfg)
+    assert table.returncode == 0 and sha[:10] in table.stdout and "queued" in table.stdout
+
+
+def test_status_without_a_database_says_so(polyarch: Polyarch) -> None:
+    out = polyarch.cli("dispatcher", "status", "--config", str(polyarch.config))
+    assert out.returncode == 1 and "no state database" in out.stderr
+
+
+def test_corrupt_state_database_stops_the_dispatcher_with_one_line(polyarch: Polyarch) -> None:
+    db = polyarch.root / "var/dispatcher/polyarch.sqlite3"
+    db.parent.mkdir(parents=True)
+    db.write_bytes(b"\0garbage" * 1000)
+    out = polyarch.cli("dispatcher", "serve", "--config", str(polyarch.config))
+    assert out.returncode == 1
+    assert f"{db}: unreadable state database" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_observer_once_reports_good_repos_and_names_the_unreachable_one(polyarch: Polyarch) -> None:
+    polyarch.write_config(extra_repos=f'\n[[repos]]\nname = "gone"\nurl = "{polyarch.root}/does-not-exist"\n'
+                                      'architectures = ["amd64"]\n')
+    sha = polyarch.repo.commit("exit 0")
+    polyarch.dispatcher()
+    out = polyarch.cli("observer", "once", "--config", str(polyarch.config))
+    assert out.returncode == 1
+    assert "gone: git fetch" in out.stderr and "does-not-exist" in out.stderr
+    status = json.loads(polyarch.cli("dispatcher", "status", "--config", str(polyarch.config), "--json").stdout)
+    assert [c["commit"] for c in status["commits"]] == [sha]
+
+
+def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze missing: apt-get install systemd")
+    bin_dir = Path(sys.executable).parent
+    units = sorted((ROOT / "examples" / "systemd").glob("*.service"))
+    assert len(units) == 3
+    for unit in units:
+        script = bin_dir / unit.name.replace(".service", "")
+        assert script.exists(), f"{script} missing: install polyarch (bash scripts/setup.sh)"
+        # Point ExecStart at this install's console scripts so verify can check them.
+        text = unit.read_text().replace("/opt/polyarch/venv/bin/", f"{bin_dir}/")
+        (tmp_path / unit.name).write_text(text)
+    out = subprocess.run(["systemd-analyze", "verify", *[str(tmp_path / u.name) for u in units]],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "polyarch" not in out.stderr, out.stderr
