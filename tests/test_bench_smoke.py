@@ -1,0 +1,19 @@
+"""bench/ stays runnable: a two-commit latency run must print and write its figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+
+def test_latency_benchmark_runs(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.latency", "--commits", "2", "--json", str(tmp_path / "l.json")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "median" in out.stdout
+    figures = json.loads((tmp_path / "l.json").read_text())
+    assert figures["n"] == 2 and 0 < figures["min_ms"] <= figures["median_ms"] <= figures["max_ms"]
