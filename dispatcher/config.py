@@ -274,7 +274,10 @@ def _runner(path: Path, table: Any) -> RunnerConfig:
 
 def _repo(path: Path, index: int, table: Any) -> RepoConfig:
     s = _Section(path, f"repos[{index}]", table)
-    name = s.checked("name", s.get("name", str, None), check_repo)
+    raw_name = s.get("name", str, None)
+    if raw_name is None:
+        raise s.fail("name", "missing: every [[repos]] needs a name")
+    name = s.checked("name", raw_name, check_repo)
     url = s.get("url", str, None)
     if not url:
         raise s.fail("url", "missing: the repository's path, file://, ssh:// or https:// URL")

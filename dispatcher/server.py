@@ -237,6 +237,10 @@ class _Handler(socketserver.BaseRequestHandler):
             return False
         if not isinstance(msg, Auth):
             raise ProtocolError(f"expected auth, got {msg.KIND.value}")
+        try:
+            check_runner(msg.name)  # every peer's name ends up in logs: no control characters
+        except InvalidName as exc:
+            raise ProtocolError(str(exc)) from None
         expected = client_mac(self.server.secret, nonce, msg.nonce, msg.role.value, msg.name)
         if not verify(expected, msg.mac):
             self._fail(ErrorCode.AUTH_FAILED, "authentication failed: wrong shared secret")

@@ -45,7 +45,7 @@ class Observer:
         self.cursors = Cursors(self.settings.state_dir / "cursors.json")
         self.mirrors: dict[str, Mirror] = {}
         self.conn: Optional[Connection] = None
-        self.name = f"observer@{socket.gethostname()}"
+        self.name = f"observer@{socket.gethostname()}"[:100]
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.triggered: set[str] = set()

@@ -76,6 +76,11 @@ def test_runner_killed_mid_job_loses_the_lease_and_another_runner_finishes(polya
     assert result["status"] == "passed"
     assert result["attempt"] == 2 and result["runner"] == "rescuer"
     assert "expired" in polyarch.daemons[0].log()
+    # Restarted under its own name, the killed runner clears the checkout its crash left.
+    leftovers = polyarch.root / "var/runner/doomed/jobs"
+    assert list(leftovers.iterdir())
+    polyarch.runner("doomed")
+    wait_for(lambda: not leftovers.exists() or not list(leftovers.iterdir()), what="the crash leftovers to go")
 
 
 def _alive(pid: int) -> bool:

@@ -1,0 +1,91 @@
+"""What the observer finds new, on real git repositories (Mirror and Cursors below the daemon)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import GitRepo
+from dispatcher.errors import StateError
+from observer.cursors import Cursors
+from observer.mirror import Change, FetchError, Mirror, local_git_dir
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, repo: GitRepo) -> Mirror:
+    repo.commit()
+    return Mirror(tmp_path / "mirror.git", str(repo.path), fetch_timeout=30)
+
+
+def test_first_sighting_is_the_head_only(mirror: Mirror, repo: GitRepo) -> None:
+    repo.burst(3)
+    mirror.fetch()
+    head = mirror.heads()["main"]
+    update = mirror.update("main", None, head, 100)
+    assert update.change == Change.FIRST_SIGHTING and [c.sha for c in update.commits] == [head]
+
+
+def test_new_commits_oldest_first_with_metadata(mirror: Mirror, repo: GitRepo) -> None:
+    mirror.fetch()
+    cursor = mirror.heads()["main"]
+    shas = repo.burst(4)
+    mirror.fetch()
+    update = mirror.update("main", cursor, mirror.heads()["main"], 100)
+    assert update.change == Change.NEW_COMMITS and update.skipped == 0
+    assert [c.sha for c in update.commits] == shas
+    assert update.commits[0].author == "Dev" and update.commits[0].subject.startswith("change")
+
+
+def test_backfill_cap_keeps_the_newest(mirror: Mirror, repo: GitRepo) -> None:
+    mirror.fetch()
+    cursor = mirror.heads()["main"]
+    shas = repo.burst(7)
+    mirror.fetch()
+    update = mirror.update("main", cursor, mirror.heads()["main"], 3)
+    assert [c.sha for c in update.commits] == shas[-3:] and update.skipped == 4
+
+
+def test_force_push_queues_the_new_head(mirror: Mirror, repo: GitRepo) -> None:
+    repo.burst(2)
+    mirror.fetch()
+    cursor = mirror.heads()["main"]
+    repo.git("reset", "-q", "--hard", "HEAD~2")
+    new_head = repo.commit("exit 0", message="rewritten")
+    mirror.fetch()
+    update = mirror.update("main", cursor, mirror.heads()["main"], 100)
+    assert update.change == Change.FORCE_PUSHED and [c.sha for c in update.commits] == [new_head]
+
+
+def test_deleted_branch_disappears_from_heads(mirror: Mirror, repo: GitRepo) -> None:
+    repo.git("branch", "topic")
+    mirror.fetch()
+    assert "topic" in mirror.heads()
+    repo.git("branch", "-D", "topic")
+    mirror.fetch()
+    assert "topic" not in mirror.heads()
+
+
+def test_unreachable_remote_is_a_fetch_error_naming_it(tmp_path: Path) -> None:
+    mirror = Mirror(tmp_path / "m.git", str(tmp_path / "nowhere"), fetch_timeout=10)
+    with pytest.raises(FetchError, match="nowhere"):
+        mirror.fetch()
+
+
+def test_local_git_dir(tmp_path: Path, repo: GitRepo) -> None:
+    assert local_git_dir(str(repo.path)) == repo.path / ".git"
+    assert local_git_dir("file://" + str(repo.path)) == repo.path / ".git"
+    assert local_git_dir("https://example.invalid/x.git") is None
+
+
+def test_cursors_persist_and_a_corrupt_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "cursors.json"
+    cursors = Cursors(path)
+    cursors.set("demo", "main", "a" * 40)
+    assert Cursors(path).get("demo", "main") == "a" * 40
+    cursors.drop("demo", "main")
+    assert json.loads(path.read_text()) == {"demo": {}}
+    path.write_text("{not json")
+    with pytest.raises(StateError, match=f"{path}: unreadable cursor file"):
+        Cursors(path)
