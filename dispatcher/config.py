@@ -11,7 +11,7 @@ import dataclasses
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,6 +22,9 @@ from .errors import ConfigError, InvalidName
 from .names import Arch, check_branch, check_repo, check_runner, host_arch, parse_arch
 
 DEFAULT_PORT = 7341
+# Measured: the same suite under qemu-user arm64 takes about 10x its native time here
+# (README, "Emulated architectures"); timeouts of emulated runners default to this factor.
+DEFAULT_EMULATED_FACTOR = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,12 +106,24 @@ class RepoConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ArchConfig:
+    timeout_factor: Optional[float] = None  # None: 1 native, DEFAULT_EMULATED_FACTOR emulated
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     path: Path
     dispatcher: DispatcherConfig
     observer: ObserverConfig
     runner: RunnerConfig
     repos: tuple[RepoConfig, ...]
+    archs: dict[Arch, ArchConfig] = dataclasses.field(default_factory=dict)
+
+    def timeout_factor(self, arch: Arch, emulated: bool) -> float:
+        configured = self.archs.get(arch, ArchConfig()).timeout_factor
+        if configured is not None:
+            return configured
+        return DEFAULT_EMULATED_FACTOR if emulated else 1.0
 
     def repo(self, name: str) -> RepoConfig | None:
         return next((r for r in self.repos if r.name == name), None)
@@ -210,13 +225,30 @@ def load_config(path: str | Path) -> Config:
     run = _runner(path, top.get("runner", dict, {}))
     repos_raw = top.get("repos", list, [])
     repos = tuple(_repo(path, i, r) for i, r in enumerate(repos_raw))
+    archs = _archs(path, top.get("arch", dict, {}))
     seen: set[str] = set()
     for i, repo in enumerate(repos):
         if repo.name in seen:
             raise ConfigError(path, f"repos[{i}].name", f"duplicate repo name {repo.name!r}")
         seen.add(repo.name)
     top.done()
-    return Config(path, disp, obs, run, repos)
+    return Config(path, disp, obs, run, repos, archs)
+
+
+def _archs(path: Path, table: dict) -> dict[Arch, ArchConfig]:
+    out: dict[Arch, ArchConfig] = {}
+    for name, section in table.items():
+        try:
+            arch = parse_arch(name)
+        except InvalidName as exc:
+            raise ConfigError(path, f"arch.{name}", str(exc)) from None
+        s = _Section(path, f"arch.{name}", section)
+        factor = s.get("timeout_factor", (int, float), None)
+        if factor is not None and factor <= 0:
+            raise s.fail("timeout_factor", f"must be greater than 0, got {factor!r}")
+        s.done()
+        out[arch] = ArchConfig(None if factor is None else float(factor))
+    return out
 
 
 def _dispatcher(path: Path, table: Any) -> DispatcherConfig:

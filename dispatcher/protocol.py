@@ -148,6 +148,7 @@ class Register:
     host: str
     machine: str
     emulated: bool = False
+    kernel: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +170,8 @@ class Job:
     arch: str
     attempt: int
     test_command: str
-    timeout: float
+    timeout: float  # seconds, native; the runner multiplies by timeout_factor
+    timeout_factor: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -97,6 +97,8 @@ class ResultRecord:
     tests: Optional[TestCounts] = None
     runner_host: str = ""
     runner_machine: str = ""
+    runner_emulated: bool = False
+    runner_kernel: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +110,8 @@ class ResultRecord:
             "runner": self.runner,
             "runner_host": self.runner_host,
             "runner_machine": self.runner_machine,
+            "emulated": self.runner_emulated,
+            "kernel": self.runner_kernel,
             "status": self.status.value,
             "exit_code": self.exit_code,
             "started_at": _iso(self.started_at),
@@ -151,6 +155,8 @@ def summary_dict(repo: str, commit: str, branch: str, statuses: Mapping[str, Opt
         overall = Status.PASSED.value
     else:
         overall = Status.FAILED.value
+    passing = sorted(a for a, s in archs.items() if s == Status.PASSED.value)
+    failing = sorted(a for a, s in archs.items() if s not in (Status.PASSED.value, PENDING))
     return {
         "schema": SCHEMA_VERSION,
         "repo": repo,
@@ -158,6 +164,9 @@ def summary_dict(repo: str, commit: str, branch: str, statuses: Mapping[str, Opt
         "branch": branch,
         "status": overall,
         "architectures": archs,
+        # Fails on some architectures while passing on others: a portability bug.
+        "arch_specific_failure": bool(passing and failing),
+        "failing_architectures": failing,
         "updated_at": _iso(time.time()),
     }
 

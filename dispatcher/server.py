@@ -27,7 +27,7 @@ from .protocol import (Ack, Auth, Channel, Dispatch, Error, ErrorCode, Heartbeat
                        Message, NoJob, Register, Release, Result, Role, Status, Submit, Welcome)
 from .sdnotify import Watchdog, notify
 from .results import ResultRecord, parse_junit, write_result, write_summary
-from .store import FinishedJob, Store
+from .store import FinishedJob, RunnerRow, Store
 
 log = logging.getLogger("polyarch.dispatcher")
 
@@ -96,21 +96,24 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
             self._generation += 1
             self._work.notify_all()
 
-    def wait_for_job(self, arch: str, runner: str, wait: float) -> Optional[Job]:
+    def wait_for_job(self, runner: RunnerRow, wait: float) -> Optional[Job]:
+        arch = runner.arch
         deadline = time.monotonic() + min(max(wait, 0.0), MAX_LEASE_WAIT)
         while not self.stopping.is_set():
             with self._work:
                 generation = self._generation
-            row = self.store.claim(arch, runner, self.heartbeat_timeout)
+            row = self.store.claim(runner, self.heartbeat_timeout)
             if row is not None:
                 repo = self.config.repo(row.repo)
                 if repo is None:
                     self._finish_orphan(row.lease_id, row.repo)
                     continue
-                log.info("leased %s %s %s to %s (attempt %d)", row.repo, row.sha[:12], arch, runner, row.attempt)
+                log.info("leased %s %s %s to %s (attempt %d)", row.repo, row.sha[:12], arch, runner.name,
+                         row.attempt)
                 return Job(lease_id=row.lease_id or "", repo=row.repo, url=repo.url, branch=row.branch,
                            commit=row.sha, arch=arch, attempt=row.attempt, test_command=repo.test_command,
-                           timeout=repo.timeout)
+                           timeout=repo.timeout,
+                           timeout_factor=self.config.timeout_factor(parse_arch(arch), runner.emulated))
             with self._work:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -141,14 +144,14 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
 
     def _publish(self, finished: FinishedJob) -> None:
         job = finished.job
-        runner = self.store.runner(job.runner) if job.runner else None
         junit = finished.junit
         record = ResultRecord(
             repo=job.repo, branch=job.branch, commit=job.sha, arch=job.arch, runner=job.runner or "",
             status=job.status or Status.ERROR, exit_code=job.exit_code, started_at=job.started_at or 0.0,
             finished_at=job.finished_at or 0.0, attempt=job.attempt, reason=job.reason,
             log_truncated=job.log_truncated, tests=parse_junit(junit) if junit else None,
-            runner_host=runner.host if runner else "", runner_machine=runner.machine if runner else "")
+            runner_host=job.runner_host, runner_machine=job.runner_machine, runner_emulated=job.runner_emulated,
+            runner_kernel=job.runner_kernel)
         write_result(self.results_dir, record, finished.log, junit)
         write_summary(self.results_dir, job.repo, job.sha, job.branch, self.store.commit_states(job.repo, job.sha))
         self.store.mark_published(job.id)
@@ -193,7 +196,7 @@ class _Handler(socketserver.BaseRequestHandler):
         self.peer = f"{self.client_address[0]}:{self.client_address[1]}"
         self.role: Optional[Role] = None
         self.name = ""
-        self.runner_arch: Optional[str] = None
+        self.runner: Optional[RunnerRow] = None
 
     def finish(self) -> None:
         self.channel.close()
@@ -268,10 +271,10 @@ class _Handler(socketserver.BaseRequestHandler):
                 return self._on_submit(msg)
             if isinstance(msg, Register):
                 return self._on_register(msg)
-            if self.runner_arch is None:
+            if self.runner is None:
                 raise _Reply(ErrorCode.NOT_ALLOWED, "register first")
             if isinstance(msg, Lease):
-                job = self.server.wait_for_job(self.runner_arch, self.name, msg.wait)
+                job = self.server.wait_for_job(self.runner, msg.wait)
                 return job if job is not None else NoJob()
             if isinstance(msg, Heartbeat):
                 if self.server.store.heartbeat(msg.lease_id, self.server.heartbeat_timeout):
@@ -327,9 +330,10 @@ class _Handler(socketserver.BaseRequestHandler):
     def _on_register(self, msg: Register) -> Message:
         check_runner(self.name)
         arch = parse_arch(msg.arch).value
-        self.server.store.register_runner(self.name, arch, msg.host[:200], msg.machine[:50], msg.version[:50],
-                                          msg.emulated)
-        self.runner_arch = arch
+        now = time.time()
+        self.runner = RunnerRow(self.name, arch, msg.host[:200], msg.machine[:50], msg.version[:50], msg.emulated,
+                                msg.kernel[:100], now, now)
+        self.server.store.register_runner(self.runner)
         log.info("runner %s registered from %s: %s (%s%s), polyarch %s", self.name, self.peer, arch, msg.machine,
                  ", emulated" if msg.emulated else "", msg.version)
         self.server.notify_work()

@@ -46,6 +46,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempt INTEGER NOT NULL DEFAULT 0,
     lease_id TEXT,
     runner TEXT,
+    runner_host TEXT NOT NULL DEFAULT '',
+    runner_machine TEXT NOT NULL DEFAULT '',
+    runner_emulated INTEGER NOT NULL DEFAULT 0,
+    runner_kernel TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
     leased_at REAL,
     status TEXT,
@@ -67,6 +71,7 @@ CREATE TABLE IF NOT EXISTS runners (
     machine TEXT NOT NULL,
     version TEXT NOT NULL,
     emulated INTEGER NOT NULL DEFAULT 0,
+    kernel TEXT NOT NULL DEFAULT '',
     first_seen REAL NOT NULL,
     last_seen REAL NOT NULL
 );
@@ -102,11 +107,16 @@ class JobRow:
     author: str
     subject: str
     timestamp: int
+    runner_host: str
+    runner_machine: str
+    runner_emulated: bool
+    runner_kernel: str
 
 
 _JOB_COLUMNS = ("j.id, j.repo, j.sha, j.arch, j.state, j.attempt, j.lease_id, j.runner, "
                 "j.created_at, j.leased_at, j.status, j.exit_code, j.started_at, j.finished_at, "
-                "j.reason, j.log_truncated, c.branch, c.author, c.subject, c.timestamp")
+                "j.reason, j.log_truncated, c.branch, c.author, c.subject, c.timestamp, "
+                "j.runner_host, j.runner_machine, j.runner_emulated, j.runner_kernel")
 _JOB_FROM = "jobs j JOIN commits c ON c.repo = j.repo AND c.sha = j.sha"
 
 
@@ -115,6 +125,7 @@ def _job(row: tuple) -> JobRow:
     values[4] = JobState(values[4])
     values[10] = Status(values[10]) if values[10] else None
     values[15] = bool(values[15])
+    values[22] = bool(values[22])
     return JobRow(*values)
 
 
@@ -141,8 +152,12 @@ class RunnerRow:
     machine: str
     version: str
     emulated: bool
+    kernel: str
     first_seen: float
     last_seen: float
+
+
+_RUNNER_COLUMNS = "name, arch, host, machine, version, emulated, kernel, first_seen, last_seen"
 
 
 class Store:
@@ -220,17 +235,22 @@ class Store:
                     created += cur.rowcount
         return created
 
-    def claim(self, arch: str, runner: str, heartbeat_timeout: float) -> Optional[JobRow]:
-        """Lease the oldest queued job of `arch` to `runner`, or None."""
+    def claim(self, runner: RunnerRow, heartbeat_timeout: float) -> Optional[JobRow]:
+        """Lease the oldest queued job of the runner's arch to it, or None.
+
+        The runner's host, machine and kernel are copied onto the job: the result must
+        say where it ran even if that runner later re-registers elsewhere."""
         lease_id = secrets.token_hex(12)
         now = time.time()
         with self._tx() as db:
             row = db.execute("SELECT id FROM jobs WHERE state = ? AND arch = ? ORDER BY id LIMIT 1",
-                             (JobState.QUEUED.value, arch)).fetchone()
+                             (JobState.QUEUED.value, runner.arch)).fetchone()
             if row is None:
                 return None
-            db.execute("UPDATE jobs SET state = ?, attempt = attempt + 1, lease_id = ?, runner = ?, "
-                       "leased_at = ? WHERE id = ?", (JobState.LEASED.value, lease_id, runner, now, row[0]))
+            db.execute("UPDATE jobs SET state = ?, attempt = attempt + 1, lease_id = ?, runner = ?, leased_at = ?, "
+                       "runner_host = ?, runner_machine = ?, runner_emulated = ?, runner_kernel = ? WHERE id = ?",
+                       (JobState.LEASED.value, lease_id, runner.name, now, runner.host, runner.machine,
+                        int(runner.emulated), runner.kernel, row[0]))
             self._deadlines[lease_id] = now + heartbeat_timeout
             return self._job_by("j.id = ?", row[0], db)
 
@@ -364,25 +384,19 @@ class Store:
 
     # --- runners -----------------------------------------------------------------------
 
-    def register_runner(self, name: str, arch: str, host: str, machine: str, version: str, emulated: bool) -> None:
-        now = time.time()
+    def register_runner(self, runner: RunnerRow) -> None:
         with self._tx() as db:
-            db.execute("INSERT INTO runners (name, arch, host, machine, version, emulated, first_seen, last_seen) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET arch = excluded.arch, "
-                       "host = excluded.host, machine = excluded.machine, version = excluded.version, "
-                       "emulated = excluded.emulated, last_seen = excluded.last_seen",
-                       (name, arch, host, machine, version, int(emulated), now, now))
-
-    def runner(self, name: str) -> Optional[RunnerRow]:
-        with self._lock:
-            row = self._db.execute("SELECT name, arch, host, machine, version, emulated, first_seen, last_seen "
-                                   "FROM runners WHERE name = ?", (name,)).fetchone()
-        return RunnerRow(*row[:5], bool(row[5]), *row[6:]) if row else None
+            db.execute("INSERT INTO runners (name, arch, host, machine, version, emulated, kernel, first_seen, "
+                       "last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                       "arch = excluded.arch, host = excluded.host, machine = excluded.machine, "
+                       "version = excluded.version, emulated = excluded.emulated, kernel = excluded.kernel, "
+                       "last_seen = excluded.last_seen",
+                       (runner.name, runner.arch, runner.host, runner.machine, runner.version,
+                        int(runner.emulated), runner.kernel, runner.first_seen, runner.last_seen))
 
     def runners(self) -> list[RunnerRow]:
         with self._lock:
-            rows = self._db.execute("SELECT name, arch, host, machine, version, emulated, first_seen, last_seen "
-                                    "FROM runners ORDER BY name").fetchall()
+            rows = self._db.execute(f"SELECT {_RUNNER_COLUMNS} FROM runners ORDER BY name").fetchall()
         return [RunnerRow(*r[:5], bool(r[5]), *r[6:]) for r in rows]
 
 

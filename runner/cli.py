@@ -1,7 +1,8 @@
-"""`polyarch-runner`: serve."""
+"""`polyarch-runner`: serve, binfmt, rootfs build."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import click
@@ -11,7 +12,7 @@ from dispatcher.cliutil import config_option, load, one_line_errors, verbose_opt
 from dispatcher.config import default_runner_name
 from dispatcher.errors import ConfigError
 from dispatcher.logs import setup_logging
-from dispatcher.names import check_runner, host_arch, parse_arch
+from dispatcher.names import Arch, check_runner, host_arch, parse_arch
 
 
 @click.group()
@@ -24,23 +25,73 @@ def main() -> None:
 @config_option
 @click.option("--arch", help="Architecture to serve (default: runner.arch, else this machine's).")
 @click.option("--name", help="Runner name (default: runner.name, else HOST-ARCH).")
+@click.option("--rootfs", type=click.Path(file_okay=False, path_type=Path),
+              help="Run inside this root file system of --arch, under qemu-user (needs root).")
 @verbose_option
 @one_line_errors
-def serve(config_path: str, arch: Optional[str], name: Optional[str], verbose: bool) -> None:
+def serve(config_path: str, arch: Optional[str], name: Optional[str], rootfs: Optional[Path], verbose: bool) -> None:
     """Lease and run jobs until SIGTERM (a second SIGTERM stops the current job too)."""
-    from .service import serve as run
-
     config = load(config_path)
     own = host_arch()
     chosen = parse_arch(arch) if arch else (config.runner.arch or own)
+    runner_name = check_runner(name) if name else (config.runner.name or default_runner_name(chosen))
+    if rootfs is not None:
+        from .chroot import exec_in_root, prepare
+
+        python = prepare(config, chosen, rootfs)
+        setup_logging(verbose)
+        exec_in_root(config, chosen, runner_name, rootfs, python)
     if chosen != own:
         # A runner must run its tests on the architecture it claims; emulated ones run
         # inside a root file system of that architecture, where this check passes.
         raise ConfigError(config.path, "runner.arch" if not arch else "--arch",
-                          f"{chosen.value} is not this machine's architecture ({own.value})")
-    runner_name = check_runner(name) if name else (config.runner.name or default_runner_name(chosen))
+                          f"{chosen.value} is not this machine's architecture ({own.value}); "
+                          f"an emulated runner needs --rootfs DIR")
+    from .service import serve as run
+
     setup_logging(verbose)
     run(config, chosen, runner_name)
+
+
+@main.command()
+@click.option("--register/--no-register", default=True, show_default=True,
+              help="Register the missing qemu entries (needs root).")
+@one_line_errors
+def binfmt(register: bool) -> None:
+    """Show which architectures this machine can run, registering qemu-user where missing."""
+    import os
+
+    from . import binfmt as bf
+
+    missing = False
+    for arch in Arch:
+        state = bf.support(arch)
+        if register and state.support == bf.Support.NOT_REGISTERED and os.geteuid() == 0:
+            state = bf.register(arch)
+        missing |= not state.runnable
+        click.echo(f"{arch.value:8} {state.support.value}")
+    if missing:
+        click.echo("missing: apt-get install qemu-user-static, then (as root) polyarch-runner binfmt", err=True)
+        raise click.exceptions.Exit(1)
+
+
+@main.group()
+def rootfs() -> None:
+    """Root file systems of other architectures."""
+
+
+@rootfs.command("build")
+@click.option("--arch", "arch_name", required=True, help="Architecture of the root (arm64, riscv64, s390x, ...).")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@verbose_option
+@one_line_errors
+def rootfs_build(arch_name: str, directory: Path, verbose: bool) -> None:
+    """Build DIRECTORY with mmdebstrap and install polyarch in it; refresh it when it exists."""
+    from .rootfs import build
+
+    setup_logging(verbose)
+    info = build(parse_arch(arch_name), directory)
+    click.echo(f"{directory}: {info.arch.value} root with polyarch {info.polyarch} ({info.python})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,7 @@ timeout = 300
 
 [arch.arm64]
 test_command = "make check SLOW=1"
-timeout = 1200
+timeout_factor = 4     # this suite is lighter under emulation than the config's default
 ```
 """
 
@@ -25,13 +25,14 @@ from dispatcher.errors import ConfigError, InvalidName
 from dispatcher.names import parse_arch
 
 FILENAME = ".polyarch.toml"
-_KEYS = {"test_command": str, "timeout": (int, float)}
+_KEYS = {"test_command": str, "timeout": (int, float), "timeout_factor": (int, float)}
 
 
 @dataclasses.dataclass(frozen=True)
 class JobSettings:
     test_command: str
     timeout: float
+    timeout_factor: float = 1.0
 
 
 def settings_for(checkout: Path, arch: str, default: JobSettings) -> JobSettings:
@@ -56,7 +57,8 @@ def settings_for(checkout: Path, arch: str, default: JobSettings) -> JobSettings
         values = _section(table, f"arch.{name}", set())
         if parsed == arch:
             merged.update(values)
-    return JobSettings(test_command=merged["test_command"], timeout=float(merged["timeout"]))
+    return JobSettings(test_command=merged["test_command"], timeout=float(merged["timeout"]),
+                       timeout_factor=float(merged["timeout_factor"]))
 
 
 def _section(table: object, prefix: str, skip: set[str]) -> dict[str, object]:
@@ -72,7 +74,7 @@ def _section(table: object, prefix: str, skip: set[str]) -> dict[str, object]:
             raise ConfigError(FILENAME, full, "unknown key")
         if isinstance(value, bool) or not isinstance(value, kind):
             raise ConfigError(FILENAME, full, f"wrong type: {value!r:.40}")
-        if key == "timeout" and value <= 0:
+        if key in ("timeout", "timeout_factor") and value <= 0:
             raise ConfigError(FILENAME, full, "must be greater than 0")
         if key == "test_command" and not value.strip():
             raise ConfigError(FILENAME, full, "must not be empty")

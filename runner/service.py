@@ -64,6 +64,9 @@ class Runner:
         self.stop_count = 0
         self.stop_since = 0.0
         self.watchdog = Watchdog()
+        # Set by the --rootfs launcher; inside the root, platform.machine() is already
+        # the emulated CPU's, exactly as on a real host of that architecture.
+        self.emulated = os.environ.get("POLYARCH_EMULATED") == "1"
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -130,7 +133,8 @@ class Runner:
             conn = Connection(address, Role.RUNNER, self.name, self.secret)
             try:
                 conn.request(Register(arch=self.arch.value, version=__version__, host=socket.gethostname(),
-                                      machine=platform.machine(), emulated=False))
+                                      machine=platform.machine(), emulated=self.emulated,
+                                      kernel=platform.release()))
             except BaseException:
                 conn.close()
                 raise
@@ -238,7 +242,8 @@ class _JobWork:
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
             self.runner.mirrors.checkout(job.repo, job.url, job.commit, self.src)
-            chosen = settings_for(self.src, job.arch, JobSettings(job.test_command, job.timeout))
+            chosen = settings_for(self.src, job.arch, JobSettings(job.test_command, job.timeout,
+                                                                  job.timeout_factor))
         except (CheckoutError, ConfigError) as exc:
             self.result = _error(job, started, str(exc))
             return
@@ -256,11 +261,13 @@ class _JobWork:
                 self.result = _error(job, started, f"cannot start the test command: {exc}")
                 return
         atomic_write(self.runner.marker, json.dumps({"pgid": self._process.pgid, "lease_id": job.lease_id}).encode())
-        ex = self._process.wait(chosen.timeout, settings.kill_grace)
+        timeout = chosen.timeout * chosen.timeout_factor
+        ex = self._process.wait(timeout, settings.kill_grace)
         if ex.outcome == Outcome.KILLED:
             return
         if ex.outcome == Outcome.TIMED_OUT:
-            status, reason = Status.TIMEOUT, f"timed out after {chosen.timeout:g} s; process group killed"
+            status, reason = Status.TIMEOUT, (f"timed out after {timeout:g} s (timeout {chosen.timeout:g} s x "
+                                              f"timeout_factor {chosen.timeout_factor:g}); process group killed")
         else:
             status = Status.PASSED if ex.exit_code == 0 else Status.FAILED
             reason = "" if ex.exit_code == 0 else f"test command exited with {ex.exit_code}"

@@ -9,9 +9,13 @@ import pytest
 
 from dispatcher.errors import StateError
 from dispatcher.protocol import CommitInfo, Status
-from dispatcher.store import JobState, Store
+from dispatcher.store import JobState, RunnerRow, Store
 
 A, B = "a" * 40, "b" * 40
+
+
+def runner(name: str, arch: str = "amd64", emulated: bool = False) -> RunnerRow:
+    return RunnerRow(name, arch, "host", "x86_64", "0", emulated, "6.1", 0.0, 0.0)
 
 
 @pytest.fixture
@@ -29,14 +33,15 @@ def test_enqueue_is_idempotent(store: Store) -> None:
 
 def test_claim_takes_the_oldest_of_the_right_arch(store: Store) -> None:
     store.enqueue("demo", "main", [CommitInfo(A), CommitInfo(B)], ["amd64"])
-    assert store.claim("arm64", "r1", 10) is None
-    job = store.claim("amd64", "r1", 10)
+    assert store.claim(runner("r1", "arm64"), 10) is None
+    job = store.claim(runner("r1", "amd64"), 10)
     assert job is not None and job.sha == A and job.attempt == 1 and job.state == JobState.LEASED
+    assert (job.runner, job.runner_host, job.runner_kernel) == ("r1", "host", "6.1")
 
 
 def test_result_is_recorded_once_and_a_duplicate_is_refused(store: Store) -> None:
     store.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
-    job = store.claim("amd64", "r1", 10)
+    job = store.claim(runner("r1", "amd64"), 10)
     done = store.finish(job.lease_id, Status.PASSED, 0, 1.0, 2.0, b"log", False, b"", "")
     assert done is not None and done.state == JobState.FINISHED
     assert store.finish(job.lease_id, Status.FAILED, 1, 1.0, 2.0, b"log", False, b"", "") is None
@@ -49,12 +54,12 @@ def test_result_is_recorded_once_and_a_duplicate_is_refused(store: Store) -> Non
 
 def test_expired_lease_is_requeued_then_errors_after_max_attempts(store: Store) -> None:
     store.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
-    first = store.claim("amd64", "r1", 10)
+    first = store.claim(runner("r1", "amd64"), 10)
     [expired] = store.expire(max_attempts=2, now=first.leased_at + 11)
     assert expired.requeued
     # The late result of the lost lease is refused.
     assert store.finish(first.lease_id, Status.PASSED, 0, 0, 0, b"", False, b"", "") is None
-    second = store.claim("amd64", "r2", 10)
+    second = store.claim(runner("r2", "amd64"), 10)
     assert second.attempt == 2 and second.lease_id != first.lease_id
     assert store.heartbeat(second.lease_id, 10)
     assert store.expire(max_attempts=2, now=second.leased_at + 5) == []
@@ -66,16 +71,16 @@ def test_expired_lease_is_requeued_then_errors_after_max_attempts(store: Store) 
 
 def test_release_requeues_without_spending_an_attempt(store: Store) -> None:
     store.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
-    job = store.claim("amd64", "r1", 10)
+    job = store.claim(runner("r1", "amd64"), 10)
     assert store.release(job.lease_id) is not None
-    assert store.claim("amd64", "r2", 10).attempt == 1
+    assert store.claim(runner("r2", "amd64"), 10).attempt == 1
 
 
 def test_leases_survive_a_restart_with_a_fresh_deadline(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite3"
     s = Store(path, lease_grace=10)
     s.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
-    job = s.claim("amd64", "r1", 10)
+    job = s.claim(runner("r1", "amd64"), 10)
     s.close()
     s = Store(path, lease_grace=10)
     assert s.lease_is_current(job.lease_id)

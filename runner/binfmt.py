@@ -1,0 +1,116 @@
+"""Can this machine run binaries of another architecture? qemu-user through binfmt_misc.
+
+Debian's qemu-user-static ships one `/usr/lib/binfmt.d/qemu-<cpu>.conf` per CPU, with
+the F flag: the kernel opens the interpreter at registration, so it works inside a
+chroot that has no qemu of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import subprocess
+from pathlib import Path
+
+from dispatcher.errors import PolyarchError
+from dispatcher.names import Arch, host_arch
+
+BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
+CONF_DIR = Path("/usr/lib/binfmt.d")
+
+# Debian architecture -> qemu's CPU name in binfmt entries.
+QEMU_CPU = {
+    Arch.AMD64: "x86_64",
+    Arch.ARM64: "aarch64",
+    Arch.ARMHF: "arm",
+    Arch.RISCV64: "riscv64",
+    Arch.PPC64EL: "ppc64le",
+    Arch.S390X: "s390x",
+    Arch.I386: "i386",
+}
+
+# Architectures a CPU runs without emulation.
+NATIVE_ALSO = {Arch.AMD64: {Arch.I386}, Arch.ARM64: {Arch.ARMHF}}
+
+
+class BinfmtError(PolyarchError):
+    """A foreign architecture cannot run here; the message names the fixing command."""
+
+
+class Support(str, enum.Enum):
+    NATIVE = "native"
+    EMULATED = "emulated (qemu-user, registered)"
+    NOT_REGISTERED = "qemu installed, binfmt entry not registered"
+    NO_QEMU = "qemu-user-static not installed"
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchSupport:
+    arch: Arch
+    support: Support
+
+    @property
+    def runnable(self) -> bool:
+        return self.support in (Support.NATIVE, Support.EMULATED)
+
+
+def is_native(arch: Arch) -> bool:
+    own = host_arch()
+    return arch == own or arch in NATIVE_ALSO.get(own, set())
+
+
+def conf_file(arch: Arch) -> Path:
+    return CONF_DIR / f"qemu-{QEMU_CPU[arch]}.conf"
+
+
+def entry_file(arch: Arch) -> Path:
+    return BINFMT_DIR / f"qemu-{QEMU_CPU[arch]}"
+
+
+def support(arch: Arch) -> ArchSupport:
+    if is_native(arch):
+        return ArchSupport(arch, Support.NATIVE)
+    entry = entry_file(arch)
+    if entry.exists() and entry.read_text().startswith("enabled"):
+        return ArchSupport(arch, Support.EMULATED)
+    if not conf_file(arch).exists():
+        return ArchSupport(arch, Support.NO_QEMU)
+    return ArchSupport(arch, Support.NOT_REGISTERED)
+
+
+def ensure_mounted() -> None:
+    if (BINFMT_DIR / "register").exists():
+        return
+    result = subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_DIR)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BinfmtError(f"cannot mount binfmt_misc on {BINFMT_DIR}: {result.stderr.strip()} (run as root)")
+
+
+def register(arch: Arch) -> ArchSupport:
+    """Register qemu for `arch` from Debian's binfmt.d file (root only)."""
+    state = support(arch)
+    if state.runnable:
+        return state
+    if state.support == Support.NO_QEMU:
+        raise BinfmtError(f"no {conf_file(arch)}: install qemu-user-static (apt-get install qemu-user-static)")
+    ensure_mounted()
+    line = conf_file(arch).read_text().strip()
+    try:
+        (BINFMT_DIR / "register").write_text(line + "\n")
+    except FileExistsError:
+        pass  # registered meanwhile, by systemd-binfmt or another runner
+    except OSError as exc:
+        raise BinfmtError(f"cannot register {conf_file(arch)} in {BINFMT_DIR}/register: {exc.strerror} "
+                          "(run polyarch-runner binfmt as root)") from None
+    return support(arch)
+
+
+def require(arch: Arch) -> None:
+    """Raise a one-line BinfmtError saying which command fixes a missing piece."""
+    state = support(arch)
+    if state.support == Support.NO_QEMU:
+        raise BinfmtError(f"{arch.value} cannot run here: {state.support.value}; "
+                          "run: apt-get install qemu-user-static, then polyarch-runner binfmt")
+    if state.support == Support.NOT_REGISTERED:
+        raise BinfmtError(f"{arch.value} cannot run here: {state.support.value}; run (as root): polyarch-runner binfmt")

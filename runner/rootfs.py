@@ -1,0 +1,176 @@
+"""Debian root file systems of other architectures, for emulated runners.
+
+`build` makes one with mmdebstrap from the machine's apt sources and installs polyarch
+into a venv inside it: dependencies as wheels downloaded on the host (all pure Python,
+so no pip runs under emulation and no network is needed inside), polyarch's own three
+packages copied in. A second build only refreshes polyarch and takes seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dispatcher import __version__
+from dispatcher.errors import PolyarchError
+from dispatcher.fsutil import atomic_write
+from dispatcher.names import Arch
+
+from . import binfmt
+
+log = logging.getLogger("polyarch.runner")
+
+MARKER = Path("etc/polyarch-rootfs.json")
+VENV = Path("opt/polyarch/venv")
+WHEELS = Path("opt/polyarch/wheels")
+PACKAGES = ("python3", "python3-venv", "git", "ca-certificates")
+SUITE = "bookworm"
+# What the runner imports inside the root (the observer's watchfiles is not needed there).
+RUNNER_DEPS = ("gitpython", "gitdb", "smmap", "click", "rich", "markdown-it-py", "mdurl", "pygments")
+PIP_PLATFORM = {Arch.AMD64: "x86_64", Arch.ARM64: "aarch64", Arch.ARMHF: "armv7l", Arch.RISCV64: "riscv64",
+                Arch.PPC64EL: "ppc64le", Arch.S390X: "s390x", Arch.I386: "i686"}
+
+
+class RootfsError(PolyarchError):
+    """The root file system is missing, incomplete or cannot be built."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RootInfo:
+    arch: Arch
+    polyarch: str
+    deps: tuple[str, ...]
+    built_at: float
+
+    @property
+    def python(self) -> str:
+        return f"/{VENV}/bin/python"
+
+
+def read_info(root: Path) -> RootInfo:
+    path = root / MARKER
+    try:
+        data = json.loads(path.read_text())
+        return RootInfo(Arch(data["arch"]), data["polyarch"], tuple(data["deps"]), data["built_at"])
+    except FileNotFoundError:
+        raise RootfsError(f"{root} is not a polyarch root file system (no {MARKER}); "
+                          f"run: polyarch-runner rootfs build --arch ARCH {root}") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise RootfsError(f"{path}: unreadable ({exc}); rebuild: polyarch-runner rootfs build --arch ARCH {root}") from None
+
+
+def check(root: Path, arch: Arch) -> RootInfo:
+    info = read_info(root)
+    if info.arch != arch:
+        raise RootfsError(f"{root} is a {info.arch.value} root, not {arch.value}")
+    if not (root / VENV / "bin" / "python").exists():
+        raise RootfsError(f"{root} has no polyarch venv; run: polyarch-runner rootfs build --arch {arch.value} {root}")
+    return info
+
+
+def _pinned_deps() -> tuple[str, ...]:
+    """The host's own versions, so the root runs what the tests ran."""
+    pins = []
+    for dist in RUNNER_DEPS:
+        try:
+            pins.append(f"{dist}=={importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            pins.append(dist)
+    return tuple(pins)
+
+
+def build(arch: Arch, root: Path) -> RootInfo:
+    """Make (or refresh) the root at `root`. Needs root privileges, mmdebstrap and binfmt."""
+    if os.geteuid() != 0:
+        raise RootfsError("building a root file system needs root: run it with sudo")
+    if not binfmt.is_native(arch):
+        binfmt.register(arch)
+    root = root.absolute()
+    if not (root / MARKER).exists():
+        _debootstrap(arch, root)
+    deps = _pinned_deps()
+    previous = read_info(root) if (root / MARKER).exists() else None
+    if previous is None or previous.deps != deps or not (root / VENV / "bin" / "python").exists():
+        _install_deps(arch, root, deps)
+    _copy_polyarch(root)
+    info = RootInfo(arch, __version__, deps, time.time())
+    atomic_write(root / MARKER, json.dumps(dataclasses.asdict(info)).encode())
+    return info
+
+
+def _debootstrap(arch: Arch, root: Path) -> None:
+    if shutil.which("mmdebstrap") is None:
+        raise RootfsError("mmdebstrap is not installed; run: apt-get install mmdebstrap")
+    if root.exists() and any(root.iterdir()):
+        raise RootfsError(f"{root} exists, is not empty and is not a polyarch root; choose an empty folder")
+    # Build next to the target and rename at the end: an interrupted build leaves no
+    # half root behind that a later run would take for a good one.
+    partial = root.with_name(root.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    log.info("building a %s root file system with mmdebstrap in %s (a few minutes)", arch.value, root)
+    cmd = ["mmdebstrap", f"--arch={arch.value}", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+           SUITE, str(partial)]
+    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0:
+        tail = " | ".join(result.stdout.strip().splitlines()[-3:])
+        raise RootfsError(f"mmdebstrap failed (exit {result.returncode}): {tail}")
+    if root.exists():
+        root.rmdir()
+    partial.rename(root)
+
+
+def _install_deps(arch: Arch, root: Path, deps: tuple[str, ...]) -> None:
+    wheels = root / WHEELS
+    shutil.rmtree(wheels, ignore_errors=True)
+    wheels.mkdir(parents=True)
+    cpu = PIP_PLATFORM[arch]
+    log.info("downloading wheels for %s: %s", arch.value, ", ".join(deps))
+    download = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                "--python-version", "3.11", "--implementation", "cp", "--platform", "any",
+                "--platform", f"manylinux2014_{cpu}", "-d", str(wheels), *deps]
+    _run(download, "pip download")
+    venv = Path("/") / VENV
+    if not (root / VENV / "bin" / "python").exists():
+        log.info("creating the venv %s inside the root (emulated, takes a while)", venv)
+        _run(["chroot", str(root), "python3", "-m", "venv", "--without-pip", str(venv)], "python3 -m venv")
+    # The host's pip installs into the root's venv: pure-Python wheels, no code runs.
+    site = _site_packages(root)
+    _run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-compile",
+          "--target", str(site), "--upgrade", *[str(w) for w in sorted(wheels.glob("*.whl"))]], "pip install")
+
+
+def _site_packages(root: Path) -> Path:
+    found = sorted((root / VENV / "lib").glob("python3*/site-packages"))
+    if not found:
+        raise RootfsError(f"no site-packages in {root / VENV}")
+    return found[-1]
+
+
+def _copy_polyarch(root: Path) -> None:
+    site = _site_packages(root)
+    source = Path(__file__).resolve().parent.parent
+    for package in ("dispatcher", "runner", "observer"):
+        target = site / package
+        tmp = Path(tempfile.mkdtemp(dir=site, prefix=f".{package}-"))
+        shutil.copytree(source / package, tmp / package, ignore=shutil.ignore_patterns("__pycache__"))
+        if target.exists():
+            shutil.rmtree(target)
+        (tmp / package).rename(target)
+        tmp.rmdir()
+
+
+def _run(cmd: list[str], what: str) -> None:
+    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0:
+        tail = " | ".join(result.stdout.strip().splitlines()[-3:])
+        raise RootfsError(f"{what} failed (exit {result.returncode}): {tail}")
