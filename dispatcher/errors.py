@@ -22,6 +22,13 @@ class ConfigError(PolyarchError):
         super().__init__(where + message)
 
 
+class SetupError(PolyarchError):
+    """A piece of the machine's setup is missing (qemu, binfmt, a root file system).
+
+    Exit code 2, like bad config: restarting will not help until someone runs the
+    command the message names."""
+
+
 class InvalidName(PolyarchError):
     """A repo, branch, arch or commit name that does not match its strict pattern."""
 

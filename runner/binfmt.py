@@ -12,7 +12,7 @@ import enum
 import subprocess
 from pathlib import Path
 
-from dispatcher.errors import PolyarchError
+from dispatcher.errors import SetupError
 from dispatcher.names import Arch, host_arch
 
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
@@ -33,7 +33,7 @@ QEMU_CPU = {
 NATIVE_ALSO = {Arch.AMD64: {Arch.I386}, Arch.ARM64: {Arch.ARMHF}}
 
 
-class BinfmtError(PolyarchError):
+class BinfmtError(SetupError):
     """A foreign architecture cannot run here; the message names the fixing command."""
 
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from dispatcher import __version__
-from dispatcher.errors import PolyarchError
+from dispatcher.errors import SetupError
 from dispatcher.fsutil import atomic_write
 from dispatcher.names import Arch
 
@@ -40,7 +40,7 @@ PIP_PLATFORM = {Arch.AMD64: "x86_64", Arch.ARM64: "aarch64", Arch.ARMHF: "armv7l
                 Arch.PPC64EL: "ppc64le", Arch.S390X: "s390x", Arch.I386: "i686"}
 
 
-class RootfsError(PolyarchError):
+class RootfsError(SetupError):
     """The root file system is missing, incomplete or cannot be built."""
 
 
@@ -95,7 +95,7 @@ def build(arch: Arch, root: Path) -> RootInfo:
     if not binfmt.is_native(arch):
         binfmt.register(arch)
     root = root.absolute()
-    if not (root / MARKER).exists():
+    if not _is_debian_root(root, arch):
         _debootstrap(arch, root)
     deps = _pinned_deps()
     previous = read_info(root) if (root / MARKER).exists() else None
@@ -105,6 +105,25 @@ def build(arch: Arch, root: Path) -> RootInfo:
     info = RootInfo(arch, __version__, deps, time.time())
     atomic_write(root / MARKER, json.dumps(dataclasses.asdict(info)).encode())
     return info
+
+
+# ELF e_machine of each architecture's binaries, to check what a root really holds.
+ELF_MACHINE = {Arch.AMD64: 62, Arch.ARM64: 183, Arch.ARMHF: 40, Arch.RISCV64: 243, Arch.PPC64EL: 21,
+               Arch.S390X: 22, Arch.I386: 3}
+
+
+def _is_debian_root(root: Path, arch: Arch) -> bool:
+    """A finished Debian root of `arch` (ours, or one made by hand with mmdebstrap)."""
+    python = root / "usr/bin/python3"
+    if not (root / "etc/debian_version").exists() or not python.exists():
+        return False
+    header = (root / "usr/bin" / os.readlink(python) if python.is_symlink() else python).read_bytes()[:20]
+    order = "little" if header[5:6] == b"\x01" else "big"
+    machine = int.from_bytes(header[18:20], order)
+    if header[:4] != b"\x7fELF" or machine != ELF_MACHINE[arch]:
+        raise RootfsError(f"{root} holds a Debian root of another architecture (ELF machine {machine}), "
+                          f"not {arch.value}; choose another folder")
+    return True
 
 
 def _debootstrap(arch: Arch, root: Path) -> None:

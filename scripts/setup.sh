@@ -4,8 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Emulated arm64 runners (qemu-user + a Debian arm64 root) need root; set
+# POLYARCH_SKIP_EMULATION=1 to leave them out (their tests then skip, saying why).
+emulation=1
+if [ "$(id -u)" != 0 ] || [ -n "${POLYARCH_SKIP_EMULATION:-}" ]; then emulation=0; fi
+ROOTFS_ARM64=${POLYARCH_ROOTFS_ARM64:-/var/cache/polyarch/rootfs-arm64}
+
 need_apt=()
 command -v git >/dev/null || need_apt+=(git)
+if [ "$emulation" = 1 ]; then
+  [ -e /usr/lib/binfmt.d/qemu-aarch64.conf ] || need_apt+=(qemu-user-static)
+  command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
+fi
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -26,4 +36,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[test]"
   touch "$stamp"
+fi
+
+if [ "$emulation" = 1 ]; then
+  # Registers qemu-aarch64 in binfmt_misc (mounting it if needed), builds the arm64 root
+  # the first time (mmdebstrap, about 5-10 minutes), later only refreshes polyarch in it.
+  .venv/bin/polyarch-runner rootfs build --arch arm64 "$ROOTFS_ARM64"
 fi

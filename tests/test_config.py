@@ -74,6 +74,17 @@ def test_each_mistake_names_file_key_and_value(tmp_path: Path, change, key: str,
     assert "\n" not in text
 
 
+def test_timeout_factor_per_arch(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD + "\n[arch.aarch64]\ntimeout_factor = 4\n"))
+    assert config.timeout_factor(Arch.ARM64, emulated=True) == 4.0
+    assert config.timeout_factor(Arch.AMD64, emulated=False) == 1.0
+    assert config.timeout_factor(Arch.RISCV64, emulated=True) == 10.0  # the measured default
+    with pytest.raises(ConfigError, match=r"arch.vax: unknown architecture"):
+        load_config(write(tmp_path, GOOD + "\n[arch.vax]\ntimeout_factor = 4\n"))
+    with pytest.raises(ConfigError, match=r"arch.arm64.speed: unknown key"):
+        load_config(write(tmp_path, GOOD + "\n[arch.arm64]\nspeed = 4\n"))
+
+
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(write(tmp_path, "[dispatcher\n"))

@@ -59,6 +59,8 @@ def test_repo_file_overrides_per_arch(tmp_path: Path) -> None:
     (tmp_path / ".polyarch.toml").write_text('test_command = "a"\n[arch.aarch64]\ntest_command = "b"\ntimeout = 9\n')
     assert settings_for(tmp_path, "amd64", default) == JobSettings("a", 600)
     assert settings_for(tmp_path, "arm64", default) == JobSettings("b", 9)
+    (tmp_path / ".polyarch.toml").write_text('[arch.arm64]\ntimeout_factor = 3\n')
+    assert settings_for(tmp_path, "arm64", JobSettings("m", 5, 10)) == JobSettings("m", 5, 3)
     (tmp_path / ".polyarch.toml").write_text('test_command = 5\n')
     with pytest.raises(ConfigError, match="test_command: wrong type"):
         settings_for(tmp_path, "amd64", default)

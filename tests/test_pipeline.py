@@ -144,7 +144,8 @@ def test_result_is_kept_by_the_runner_while_the_dispatcher_is_down(polyarch: Pol
 
 
 def test_timeout_kills_the_whole_process_group(polyarch: Polyarch, tmp_path: Path) -> None:
-    polyarch.write_config(timeout=1)
+    # timeout x timeout_factor is what counts: 4 s x 0.25 = 1 s.
+    polyarch.write_config(timeout=4, extra_repos="\n[arch.amd64]\ntimeout_factor = 0.25\n")
     marker = tmp_path / "child.pid"
     sha = polyarch.repo.commit(f"sleep 60 & echo $! > {marker}; sleep 60")
     polyarch.dispatcher()
@@ -152,7 +153,8 @@ def test_timeout_kills_the_whole_process_group(polyarch: Polyarch, tmp_path: Pat
     polyarch.observer()
     result = polyarch.wait_results([sha])[sha]
     assert result["status"] == "timeout" and result["exit_code"] is None
-    assert "timed out after 1 s" in result["reason"]
+    assert "timed out after 1 s (timeout 4 s x timeout_factor 0.25)" in result["reason"]
+    assert result["emulated"] is False and result["kernel"]
     wait_for(lambda: not _alive(int(marker.read_text())), timeout=5, what="the background child to be killed")
 
 

@@ -84,3 +84,6 @@ def test_summary_overall_status() -> None:
     assert summary_dict("d", SHA, "main", {"amd64": "passed", "arm64": "passed"})["status"] == "passed"
     summary = summary_dict("d", SHA, "main", {"amd64": "passed", "arm64": "timeout"})
     assert summary["status"] == "failed" and summary["architectures"] == {"amd64": "passed", "arm64": "timeout"}
+    assert summary["arch_specific_failure"] is True and summary["failing_architectures"] == ["arm64"]
+    everywhere = summary_dict("d", SHA, "main", {"amd64": "failed", "arm64": "failed"})
+    assert everywhere["arch_specific_failure"] is False

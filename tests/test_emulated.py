@@ -1,0 +1,66 @@
+"""An arm64 runner under qemu-user in a real Debian arm64 root file system.
+
+The root is built once by `bash scripts/setup.sh` (as root) and cached outside the
+clone, in $POLYARCH_ROOTFS_ARM64 (default /var/cache/polyarch/rootfs-arm64).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import Polyarch, wait_for
+from runner import binfmt
+from dispatcher.names import Arch
+
+ROOTFS = Path(os.environ.get("POLYARCH_ROOTFS_ARM64", "/var/cache/polyarch/rootfs-arm64"))
+
+
+def _requirements() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root for chroot and mounts: run bash scripts/test.sh as root"
+    state = binfmt.support(Arch.ARM64)
+    if not state.runnable:
+        return f"arm64 {state.support.value}: apt-get install qemu-user-static && polyarch-runner binfmt"
+    if not (ROOTFS / "etc/polyarch-rootfs.json").exists():
+        return f"no arm64 root at {ROOTFS}: run bash scripts/setup.sh as root (it builds one)"
+    return None
+
+
+missing = _requirements()
+pytestmark = [pytest.mark.daemons, pytest.mark.skipif(missing is not None, reason=missing or "")]
+
+# An x86-only assumption in the code under test: passes on amd64, fails on aarch64.
+X86_ONLY = ('python3 -c "import platform, sys; m = platform.machine(); print(\'machine\', m); '
+            'sys.exit(0 if m == \'x86_64\' else 1)"')
+
+
+@pytest.mark.timeout(300)
+def test_x86_only_code_passes_natively_and_fails_on_emulated_arm64(polyarch: Polyarch) -> None:
+    polyarch.write_config(archs=("amd64", "arm64"), heartbeat_timeout=20, timeout=60)
+    sha = polyarch.repo.commit(X86_ONLY)
+    polyarch.dispatcher()
+    polyarch.runner("native")
+    polyarch.runner("emulated", "--arch", "arm64", "--rootfs", str(ROOTFS))
+    polyarch.observer()
+    native = polyarch.wait_results([sha], "amd64", timeout=60)[sha]
+    emulated = polyarch.wait_results([sha], "arm64", timeout=240)[sha]
+    assert native["status"] == "passed" and native["emulated"] is False
+    assert emulated["status"] == "failed", emulated
+    assert emulated["runner_machine"] == "aarch64" and emulated["emulated"] is True
+    assert "machine aarch64" in (polyarch.results / "demo" / sha / "arm64.log").read_text()
+    summary = json.loads((polyarch.results / "demo" / sha / "summary.json").read_text())
+    assert summary["arch_specific_failure"] is True and summary["failing_architectures"] == ["arm64"]
+    # The launcher's mounts lived in its own namespace: none is visible on the host.
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(ROOTFS) not in mounts
+
+
+def test_rootfs_errors_name_the_fixing_command(polyarch: Polyarch, tmp_path: Path) -> None:
+    out = polyarch.cli("runner", "serve", "--config", str(polyarch.config), "--arch", "arm64",
+                       "--rootfs", str(tmp_path / "nothing"))
+    assert out.returncode == 2
+    assert "polyarch-runner rootfs build --arch ARCH" in out.stderr and len(out.stderr.strip().splitlines()) == 1
