@@ -92,10 +92,10 @@ MARKS = {"passed": ("✔", "green"), "failed": ("✘", "red"), "timeout": ("⧗"
 def render(report: Report) -> Table:
     archs = sorted({cell.arch for c in report.commits for cell in c.cells})
     table = Table(title="polyarch: recent commits", expand=False)
-    table.add_column("repo")
-    table.add_column("commit")
-    table.add_column("branch")
-    table.add_column("subject", max_width=40, overflow="ellipsis", no_wrap=True)
+    table.add_column("repo", no_wrap=True)
+    table.add_column("commit", no_wrap=True, min_width=10)
+    table.add_column("branch", no_wrap=True)
+    table.add_column("subject", max_width=30, overflow="ellipsis", no_wrap=True)
     for arch in archs:
         table.add_column(arch)
     for line in report.commits:

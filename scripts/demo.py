@@ -7,7 +7,7 @@ run starts afresh.
 from __future__ import annotations
 
 import json
-
+import os
 import shutil
 import signal
 import subprocess
@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo"
 BIN = Path(sys.executable).parent
+ROOTFS_ARM64 = Path(os.environ.get("POLYARCH_ROOTFS_ARM64", "/var/cache/polyarch/rootfs-arm64"))
 
 CALC = '''\
 def add(a, b):
@@ -64,8 +65,17 @@ def commit(message: str, op: str) -> str:
     return git("rev-parse", "HEAD")
 
 
-def wait_result(sha: str, timeout: float = 60) -> dict:
-    path = DEMO / "test_results" / "demo" / sha / "amd64.json"
+def arm64_available() -> str:
+    """'' when an emulated arm64 runner can start here, else what is missing."""
+    if os.geteuid() != 0:
+        return "it needs root (chroot): run bash scripts/demo.sh as root"
+    if not (ROOTFS_ARM64 / "etc/polyarch-rootfs.json").exists():
+        return f"there is no arm64 root at {ROOTFS_ARM64}: run bash scripts/setup.sh as root"
+    return ""
+
+
+def wait_result(sha: str, timeout: float = 60, arch: str = "amd64") -> dict:
+    path = DEMO / "test_results" / "demo" / sha / f"{arch}.json"
     deadline = time.monotonic() + timeout
     while not path.exists():
         if time.monotonic() > deadline:
@@ -75,6 +85,8 @@ def wait_result(sha: str, timeout: float = 60) -> dict:
 
 
 def main() -> None:
+    missing = arm64_available()
+    archs = ["amd64"] if missing else ["amd64", "arm64"]
     if DEMO.exists():
         shutil.rmtree(DEMO)
     (DEMO / "upstream").mkdir(parents=True)
@@ -82,7 +94,7 @@ def main() -> None:
     git("config", "user.email", "demo@example.invalid")
     git("config", "user.name", "Demo Dev")
     config = DEMO / "polyarch.toml"
-    config.write_text(textwrap.dedent("""\
+    config.write_text(textwrap.dedent(f"""\
         # The demo's config: every daemon on this machine, the dispatcher on any free port.
         [dispatcher]
         listen = "127.0.0.1:0"
@@ -96,30 +108,31 @@ def main() -> None:
         name = "demo"
         url = "upstream"
         branches = ["main"]
-        architectures = ["amd64"]
+        architectures = {json.dumps(archs)}
         test_command = "python3 -m unittest -v"
         timeout = 60
         """))
     first = commit("calc: a first version", "-")
     procs = []
-    for name in ("dispatcher", "runner", "observer"):
-        log = open(DEMO / f"{name}.log", "wb")
-        procs.append(subprocess.Popen([str(BIN / f"polyarch-{name}"), "serve", "--config", str(config)],
+    daemons = [("dispatcher", []), ("runner", []), ("observer", [])]
+    if not missing:
+        daemons.insert(2, ("runner", ["--arch", "arm64", "--name", "arm64-qemu", "--rootfs", str(ROOTFS_ARM64)]))
+    for name, extra in daemons:
+        log = open(DEMO / f"{name}{'-arm64' if extra else ''}.log", "wb")
+        procs.append(subprocess.Popen([str(BIN / f"polyarch-{name}"), "serve", "--config", str(config), *extra],
                                       cwd=DEMO, stdout=log, stderr=log))
         if name == "dispatcher":
             while not (DEMO / "var/dispatcher/address").exists():
                 time.sleep(0.05)
     try:
-        print(f"demo: daemons started in {DEMO} (logs: dispatcher.log, observer.log, runner.log)")
+        print(f"demo: daemons started in {DEMO} (logs: *.log there); architectures: {', '.join(archs)}")
+        if missing:
+            print(f"demo: no arm64 runner under qemu-user: {missing}")
         shas = [first]
-        print(f"demo: {first[:12]} {wait_result(first)['status']}")
+        report(first, "calc: a first version", archs)
         for message, op in STEPS:
-            sha = commit(message, op)
-            shas.append(sha)
-            started = time.monotonic()
-            result = wait_result(sha)
-            print(f"demo: pushed {sha[:12]} '{message}' -> {result['status']} "
-                  f"in {time.monotonic() - started:.2f} s")
+            shas.append(commit(message, op))
+            report(shas[-1], message, archs)
         print()
         subprocess.run([str(BIN / "polyarch-dispatcher"), "status", "--config", str(config)], check=True)
         print("\ndemo: result files:")
@@ -134,7 +147,13 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
             proc.wait(timeout=30)
-    print("demo: daemons stopped. An arm64 runner under qemu-user is not part of this version yet.")
+    print("demo: daemons stopped.")
+
+
+def report(sha: str, message: str, archs: list[str]) -> None:
+    started = time.monotonic()
+    verdicts = [f"{arch} {wait_result(sha, 300, arch)['status']}" for arch in archs]
+    print(f"demo: {sha[:12]} '{message}' -> {', '.join(verdicts)} in {time.monotonic() - started:.2f} s")
 
 
 if __name__ == "__main__":
