@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Optional
 
 import click
@@ -72,6 +73,7 @@ def submit(config_path: str, repo: str, commit: str, branch: str, archs: tuple[s
     from .config import dispatcher_address
     from .names import check_commit, parse_arch
     from .protocol import Ack, Role, Submit
+    from .tls import for_client
 
     config = load(config_path)
     if config.repo(repo) is None:
@@ -80,11 +82,30 @@ def submit(config_path: str, repo: str, commit: str, branch: str, archs: tuple[s
     for a in archs:
         parse_arch(a)
     address = dispatcher_address(config, "observer")
-    with Connection(address, Role.CLIENT, "submit", load_secret(config.token_for("observer"))) as conn:
+    with Connection(address, Role.CLIENT, "submit", load_secret(config.token_for("observer")),
+                    tls=for_client(config, "observer")) as conn:
         reply = conn.request(Submit(repo=repo, commit=commit, branch=branch, archs=list(archs)))
     assert isinstance(reply, Ack)
     click.echo(f"{repo} {commit[:12]}: {reply.created} job(s) queued" if reply.created
                else f"{repo} {commit[:12]}: already known, nothing queued")
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for ca.crt, dispatcher.crt/.key and one NAME.crt/.key per --client.")
+@click.option("--host", "hosts", multiple=True, required=True,
+              help="Name or IP address runners use to reach the dispatcher (repeatable).")
+@click.option("--client", "clients", multiple=True, help="Client certificate to make, by runner name (repeatable).")
+@one_line_errors
+def certs(out: Path, hosts: tuple[str, ...], clients: tuple[str, ...]) -> None:
+    """Make a small CA and certificates for mutual TLS (keeps an existing CA)."""
+    from .names import check_runner
+    from .tls import make_certs
+
+    for name in clients:
+        check_runner(name)
+    for path in make_certs(out, list(hosts), list(clients)):
+        click.echo(path)
 
 
 if __name__ == "__main__":  # pragma: no cover

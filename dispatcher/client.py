@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 from typing import Optional, TypeVar
 
 from .auth import client_mac, new_nonce, server_proof, verify
@@ -19,10 +20,16 @@ class Connection:
     """An authenticated connection to the dispatcher: one request, one reply."""
 
     def __init__(self, address: Address, role: Role, name: str, secret: bytes,
-                 timeout: float = CONNECT_TIMEOUT) -> None:
+                 timeout: float = CONNECT_TIMEOUT, tls: Optional[ssl.SSLContext] = None) -> None:
         self.address = address
         sock = socket.create_connection((address.host, address.port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=address.host)
+            except BaseException:
+                sock.close()
+                raise
         self.channel = Channel(sock)
         try:
             self.heartbeat_interval = self._handshake(role, name, secret, timeout)

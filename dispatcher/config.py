@@ -71,6 +71,9 @@ class DispatcherConfig:
     token_file: Path = Path("var/secret")
     max_connections: int = 512
     idle_timeout: float = 120.0
+    tls_cert: Optional[Path] = None  # with tls_key: TLS on
+    tls_key: Optional[Path] = None
+    tls_client_ca: Optional[Path] = None  # set: clients must show a certificate it signed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +85,9 @@ class ObserverConfig:
     watch: bool = True
     fetch_timeout: float = 120.0
     token_file: Path | None = None
+    tls_ca: Optional[Path] = None  # set: connect with TLS, trusting this CA
+    tls_cert: Optional[Path] = None
+    tls_key: Optional[Path] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +100,9 @@ class RunnerConfig:
     kill_grace: float = 5.0
     stop_grace: float = 20.0
     token_file: Path | None = None
+    tls_ca: Optional[Path] = None
+    tls_cert: Optional[Path] = None
+    tls_key: Optional[Path] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +273,14 @@ def _dispatcher(path: Path, table: Any) -> DispatcherConfig:
         token_file=s.path_("token_file", d.token_file),
         max_connections=s.positive("max_connections", d.max_connections, integer=True),
         idle_timeout=s.positive("idle_timeout", d.idle_timeout),
+        tls_cert=s.path_("tls_cert", None),
+        tls_key=s.path_("tls_key", None),
+        tls_client_ca=s.path_("tls_client_ca", None),
     )
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise s.fail("tls_cert", "tls_cert and tls_key go together")
+    if cfg.tls_client_ca is not None and cfg.tls_cert is None:
+        raise s.fail("tls_client_ca", "needs tls_cert and tls_key")
     s.done()
     return cfg
 
@@ -280,9 +296,20 @@ def _observer(path: Path, table: Any) -> ObserverConfig:
         watch=s.get("watch", bool, d.watch),
         fetch_timeout=s.positive("fetch_timeout", d.fetch_timeout),
         token_file=s.path_("token_file", None),
+        **_client_tls(s),
     )
     s.done()
     return cfg
+
+
+def _client_tls(s: _Section) -> dict[str, Optional[Path]]:
+    tls = {"tls_ca": s.path_("tls_ca", None), "tls_cert": s.path_("tls_cert", None),
+           "tls_key": s.path_("tls_key", None)}
+    if (tls["tls_cert"] is None) != (tls["tls_key"] is None):
+        raise s.fail("tls_cert", "tls_cert and tls_key go together")
+    if tls["tls_cert"] is not None and tls["tls_ca"] is None:
+        raise s.fail("tls_ca", "a client certificate needs tls_ca (the CA that signed the dispatcher's)")
+    return tls
 
 
 def _runner(path: Path, table: Any) -> RunnerConfig:
@@ -300,6 +327,7 @@ def _runner(path: Path, table: Any) -> RunnerConfig:
         kill_grace=s.positive("kill_grace", d.kill_grace),
         stop_grace=s.positive("stop_grace", d.stop_grace),
         token_file=s.path_("token_file", None),
+        **_client_tls(s),
     )
     s.done()
     return cfg

@@ -12,6 +12,7 @@ import logging
 import signal
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from .names import check_branch, check_commit, check_repo, check_runner, parse_a
 from .protocol import (Ack, Auth, Channel, Dispatch, Error, ErrorCode, Heartbeat, Hello, Job, Lease,
                        Message, NoJob, Register, Release, Result, Role, Status, Submit, Welcome)
 from .sdnotify import Watchdog, notify
+from .tls import for_server
 from .results import ResultRecord, parse_junit, write_result, write_summary
 from .store import FinishedJob, RunnerRow, Store
 
@@ -57,6 +59,7 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
 
     def __init__(self, config: Config, store: Store, secret: bytes) -> None:
         self.config = config
+        self.tls = for_server(config)
         self.store = store
         self.secret = secret
         self.results_dir = config.dispatcher.results_dir
@@ -198,13 +201,25 @@ class _Handler(socketserver.BaseRequestHandler):
         self.name = ""
         self.runner: Optional[RunnerRow] = None
 
+    def _start_tls(self) -> bool:
+        """The TLS handshake, here in the connection's thread: a slow peer stalls only itself."""
+        if self.server.tls is None:
+            return True
+        self.request.settimeout(AUTH_TIMEOUT)
+        try:
+            self.channel = Channel(self.server.tls.wrap_socket(self.request, server_side=True))
+            return True
+        except (ssl.SSLError, OSError) as exc:
+            log.warning("TLS handshake with %s failed: %s", self.peer, exc)
+            return False
+
     def finish(self) -> None:
         self.channel.close()
         self.server.connection_closed()
 
     def handle(self) -> None:
         try:
-            if not self._authenticate():
+            if not self._start_tls() or not self._authenticate():
                 return
             while not self.server.stopping.is_set():
                 msg = self.channel.recv(self.server.config.dispatcher.idle_timeout)
@@ -354,7 +369,9 @@ class _Handler(socketserver.BaseRequestHandler):
 
 def serve(config: Config) -> None:
     """Run the dispatcher until SIGTERM/SIGINT. Raises PolyarchError on bad state or secret."""
-    secret = load_secret(config.dispatcher.token_file, create=True)
+    # On loopback a missing secret is made on the spot; anywhere else it must be made
+    # and handed to the runners on purpose.
+    secret = load_secret(config.dispatcher.token_file, create=config.dispatcher.listen.is_loopback)
     store = Store(db_path(config), lease_grace=config.dispatcher.heartbeat_timeout)
     removed = remove_stale_temporaries(config.dispatcher.results_dir)
     if removed:

@@ -21,6 +21,7 @@ from dispatcher.config import Config, RepoConfig, dispatcher_address
 from dispatcher.errors import ConfigError, InvalidName, ProtocolError, RemoteError
 from dispatcher.protocol import Ack, Dispatch, Role
 from dispatcher.sdnotify import Watchdog, notify
+from dispatcher.tls import for_client
 
 from .cursors import Cursors
 from .mirror import BranchUpdate, Change, FetchError, Mirror, local_git_dir
@@ -42,6 +43,7 @@ class Observer:
         self.config = config
         self.settings = config.observer
         self.secret = load_secret(config.token_for("observer"))
+        self.tls = for_client(config, "observer")
         self.cursors = Cursors(self.settings.state_dir / "cursors.json")
         self.mirrors: dict[str, Mirror] = {}
         self.conn: Optional[Connection] = None
@@ -97,7 +99,7 @@ class Observer:
         try:
             if self.conn is None:
                 self.conn = Connection(dispatcher_address(self.config, "observer"), Role.OBSERVER, self.name,
-                                       self.secret)
+                                       self.secret, tls=self.tls)
             reply = self.conn.request(msg)
         except RemoteError:
             raise

@@ -29,6 +29,7 @@ from dispatcher.errors import ConfigError, MessageTooLarge, ProtocolError, Remot
 from dispatcher.fsutil import atomic_write
 from dispatcher.names import Arch
 from dispatcher.sdnotify import Watchdog, notify
+from dispatcher.tls import for_client
 from dispatcher.protocol import Ack, Heartbeat, Job, Lease, Register, Release, Result, Role, Status, encode
 
 from .checkout import CheckoutError, Mirrors
@@ -50,6 +51,7 @@ class Runner:
         self.arch = arch
         self.name = name
         self.secret = load_secret(config.token_for("runner"))
+        self.tls = for_client(config, "runner")
         # One folder per runner name: runners sharing a config on one host never touch
         # each other's mirrors, checkouts or spooled results.
         work = self.settings.work_dir / name
@@ -130,7 +132,7 @@ class Runner:
     def _connect(self) -> Connection:
         if self.conn is None:
             address = dispatcher_address(self.config, "runner")
-            conn = Connection(address, Role.RUNNER, self.name, self.secret)
+            conn = Connection(address, Role.RUNNER, self.name, self.secret, tls=self.tls)
             try:
                 conn.request(Register(arch=self.arch.value, version=__version__, host=socket.gethostname(),
                                       machine=platform.machine(), emulated=self.emulated,
