@@ -61,15 +61,15 @@ class GitRepo:
 class Daemon:
     """A polyarch daemon as a real child process, logging to a file."""
 
-    def __init__(self, env: "Polyarch", package: str, *args: str, name: str) -> None:
-        self.env, self.package, self.args, self.name = env, package, args, name
+    def __init__(self, env: "Polyarch", package: str, *args: str, name: str, prefix: tuple[str, ...] = ()) -> None:
+        self.env, self.package, self.args, self.name, self.prefix = env, package, args, name, prefix
         self.log_path = env.root / f"{name}.log"
         self.proc: Optional[subprocess.Popen] = None
 
     def start(self) -> "Daemon":
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", self.package, "serve", "--config", str(self.env.config),
-                                      *self.args], cwd=self.env.root, stdout=log, stderr=log,
+        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", self.package, "serve", "--config",
+                                      str(self.env.config), *self.args], cwd=self.env.root, stdout=log, stderr=log,
                                      env=dict(os.environ, PYTHONPATH=str(ROOT)))
         log.close()
         return self
@@ -149,8 +149,9 @@ class Polyarch:
     def address_fresh(self, d: Daemon) -> bool:
         return "listening on" in d.log()
 
-    def runner(self, name: str = "r1", *args: str) -> Daemon:
-        d = Daemon(self, "runner", "--name", name, *args, name=f"runner-{name}-{len(self.daemons)}").start()
+    def runner(self, name: str = "r1", *args: str, prefix: tuple[str, ...] = ()) -> Daemon:
+        d = Daemon(self, "runner", "--name", name, *args, name=f"runner-{name}-{len(self.daemons)}",
+                   prefix=prefix).start()
         self.daemons.append(d)
         return d
 
