@@ -104,3 +104,31 @@ def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     out = subprocess.run(["systemd-analyze", "verify", *names], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "polyarch" not in out.stderr, out.stderr
+
+
+def test_off_loopback_the_dispatcher_refuses_to_start_without_a_secret(polyarch: Polyarch) -> None:
+    polyarch.config.write_text(polyarch.config.read_text().replace('listen = "127.0.0.1:0"', 'listen = "0.0.0.0:0"'))
+    out = polyarch.cli("dispatcher", "serve", "--config", str(polyarch.config))
+    assert out.returncode == 2
+    assert "secret file missing" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (polyarch.root / "var/secret").exists()
+
+
+def test_daemons_tell_systemd_they_are_ready(polyarch: Polyarch, tmp_path: Path) -> None:
+    import os
+    import socket
+
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(20)
+        env = dict(os.environ, PYTHONPATH=str(ROOT), NOTIFY_SOCKET=str(path), WATCHDOG_USEC="400000")
+        proc = subprocess.Popen([sys.executable, "-m", "dispatcher", "serve", "--config", str(polyarch.config)],
+                                cwd=polyarch.root, env=env, stderr=subprocess.DEVNULL)
+        try:
+            messages = [sock.recv(100) for _ in range(3)]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    assert b"READY=1" in messages
+    assert b"WATCHDOG=1" in messages  # pinged at half of WatchdogSec
