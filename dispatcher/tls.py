@@ -14,13 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from .config import Config
 from .errors import ConfigError, SetupError
 
-if False:  # pragma: no cover - typing only, avoids an import cycle
-    from .config import Config
 
-
-def for_client(config: "Config", section: str) -> Optional[ssl.SSLContext]:
+def for_client(config: Config, section: str) -> Optional[ssl.SSLContext]:
     """The TLS context a client section ([runner] or [observer]) asks for, or None."""
     own = getattr(config, section)
     if own.tls_ca is None:
@@ -28,7 +26,7 @@ def for_client(config: "Config", section: str) -> Optional[ssl.SSLContext]:
     return client_context(own.tls_ca, own.tls_cert, own.tls_key, config.path, section)
 
 
-def for_server(config: "Config") -> Optional[ssl.SSLContext]:
+def for_server(config: Config) -> Optional[ssl.SSLContext]:
     d = config.dispatcher
     if d.tls_cert is None or d.tls_key is None:
         return None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Polyarch, wait_for
+from conftest import Polyarch
 from runner import binfmt
 from dispatcher.names import Arch
 

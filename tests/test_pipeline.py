@@ -166,7 +166,7 @@ def test_job_ends_as_error_after_max_attempts_lost_runners(polyarch: Polyarch, t
     polyarch.observer()
     for attempt in (1, 2):
         runner = polyarch.runner(f"r{attempt}")
-        wait_for(lambda: started.exists() and len(started.read_text().split()) == attempt,
+        wait_for(lambda n=attempt: started.exists() and len(started.read_text().split()) == n,
                  what=f"attempt {attempt} to start")
         runner.kill()
     result = polyarch.wait_results([sha], timeout=20)[sha]
