@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import signal
 import subprocess
 import sys
@@ -178,6 +180,29 @@ class Polyarch:
         for d in self.daemons:
             if d.alive:
                 d.kill()
+
+
+@contextlib.contextmanager
+def dispatcher_in_thread(config_path: Path):
+    """The dispatcher's server in this process (real socket, real SQLite), for protocol tests."""
+    from dispatcher.auth import load_secret
+    from dispatcher.config import Address, load_config
+    from dispatcher.server import DispatcherServer, db_path
+    from dispatcher.store import Store
+
+    config = load_config(config_path)
+    store = Store(db_path(config), lease_grace=config.dispatcher.heartbeat_timeout)
+    srv = DispatcherServer(config, store, load_secret(config.dispatcher.token_file, create=True))
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    srv.address = Address(*srv.server_address[:2])
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        srv.shutdown()
+        srv.server_close()
+        store.close()
 
 
 @pytest.fixture

@@ -11,32 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Polyarch, wait_for
+from conftest import Polyarch, dispatcher_in_thread, wait_for
 from dispatcher.auth import load_secret
 from dispatcher.client import Connection
-from dispatcher.config import Address, load_config
 from dispatcher.errors import AuthError, RemoteError
 from dispatcher.protocol import (MAX_FRAME, Ack, CommitInfo, Dispatch, Heartbeat, Job, Lease, Register, Result,
                                  Role, Status, Submit)
-from dispatcher.server import DispatcherServer, db_path
-from dispatcher.store import Store
 
 SHA = "c" * 40
 
 
 @pytest.fixture
 def server(polyarch: Polyarch):
-    config = load_config(polyarch.config)
-    store = Store(db_path(config), lease_grace=config.dispatcher.heartbeat_timeout)
-    srv = DispatcherServer(config, store, load_secret(config.dispatcher.token_file, create=True))
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    srv.address = Address(*srv.server_address[:2])
-    yield srv
-    srv.stop()
-    srv.shutdown()
-    srv.server_close()
-    store.close()
+    with dispatcher_in_thread(polyarch.config) as srv:
+        yield srv
 
 
 def connect(server, role: Role = Role.OBSERVER, name: str = "t", secret: bytes | None = None) -> Connection:

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import ssl
-import threading
 from pathlib import Path
 
 import pytest
 
-from conftest import Polyarch
-from dispatcher.auth import load_secret
+from conftest import Polyarch, dispatcher_in_thread
 from dispatcher.client import Connection
-from dispatcher.config import Address, load_config
 from dispatcher.protocol import Ack, Dispatch, Role
-from dispatcher.server import DispatcherServer, db_path
-from dispatcher.store import Store
 from dispatcher.tls import client_context, make_certs
 
 
@@ -32,17 +27,8 @@ def tls_server(polyarch: Polyarch, pki: Path):
         'max_attempts = 3\n',
         f'max_attempts = 3\ntls_cert = "{pki}/dispatcher.crt"\ntls_key = "{pki}/dispatcher.key"\n'
         f'tls_client_ca = "{pki}/ca.crt"\n'))
-    config = load_config(polyarch.config)
-    store = Store(db_path(config))
-    srv = DispatcherServer(config, store, load_secret(config.dispatcher.token_file, create=True))
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    srv.address = Address(*srv.server_address[:2])
-    yield srv
-    srv.stop()
-    srv.shutdown()
-    srv.server_close()
-    store.close()
+    with dispatcher_in_thread(polyarch.config) as srv:
+        yield srv
 
 
 def test_client_with_a_certificate_from_our_ca_gets_in(tls_server, pki: Path) -> None:
