@@ -8,12 +8,16 @@ be lured into handing its results to an impostor.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import os
 import secrets
 import stat
+import threading
+import time
 from pathlib import Path
+from typing import Callable, Optional
 
 from .errors import AuthError
 
@@ -66,3 +70,37 @@ def server_proof(secret: bytes, server_nonce: str, client_nonce: str) -> str:
 def verify(expected: str, given: str) -> bool:
     """Constant-time comparison, so the time taken says nothing about the secret."""
     return hmac.compare_digest(expected.encode(), given.encode())
+
+
+class AuthThrottle:
+    """Slows down repeated authentication failures from one address.
+
+    The first `free` failures within `window` seconds cost nothing (a runner with a
+    stale secret should hear about it at once); each further one waits twice as long as
+    the last, up to `cap`. Memory is bounded: at most `max_addresses` are remembered.
+    """
+
+    def __init__(self, free: int = 3, base: float = 0.25, cap: float = 5.0, window: float = 300.0,
+                 max_addresses: int = 10_000, clock: Optional[Callable[[], float]] = None) -> None:
+        self.free, self.base, self.cap, self.window = free, base, cap, window
+        self.max_addresses = max_addresses
+        self._clock = clock or time.monotonic
+        self._failures: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def failed(self, address: str) -> float:
+        """Record a failure; returns how long to wait before answering it."""
+        now = self._clock()
+        with self._lock:
+            count, last = self._failures.pop(address, (0, now))
+            count = 1 if now - last > self.window else count + 1
+            self._failures[address] = (count, now)
+            while len(self._failures) > self.max_addresses:
+                self._failures.popitem(last=False)
+        if count <= self.free:
+            return 0.0
+        return min(self.cap, self.base * 2 ** (count - self.free - 1))
+
+    def succeeded(self, address: str) -> None:
+        with self._lock:
+            self._failures.pop(address, None)

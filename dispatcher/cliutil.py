@@ -8,7 +8,7 @@ from typing import Any, Callable, TypeVar
 import click
 
 from .config import Config, load_config
-from .errors import AuthError, ConfigError, InvalidName, PolyarchError, RemoteError, SetupError
+from .errors import AuthError, ConfigError, InvalidName, PolyarchError, RemoteError, SetupError, StateError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,7 +32,9 @@ def one_line_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, InvalidName, AuthError, SetupError) as exc:
+        except (ConfigError, InvalidName, AuthError, SetupError, StateError) as exc:
+            # StateError here means a state file unreadable at start: like bad config, a
+            # restart cannot fix it, so systemd's RestartPreventExitStatus=2 stops the loop.
             _die(exc, EXIT_USAGE)
         except RemoteError as exc:
             _die(exc, EXIT_USAGE if exc.code in ("unknown-repo", "unknown-arch", "invalid-name") else EXIT_FAILED)

@@ -69,7 +69,8 @@ class DispatcherConfig:
     heartbeat_timeout: float = 10.0
     max_attempts: int = 3
     token_file: Path = Path("var/secret")
-    max_connections: int = 512
+    max_connections: int = 2048
+    max_unauthenticated: int = 64
     idle_timeout: float = 120.0
     tls_cert: Optional[Path] = None  # with tls_key: TLS on
     tls_key: Optional[Path] = None
@@ -272,6 +273,7 @@ def _dispatcher(path: Path, table: Any) -> DispatcherConfig:
         max_attempts=s.positive("max_attempts", d.max_attempts, integer=True),
         token_file=s.path_("token_file", d.token_file),
         max_connections=s.positive("max_connections", d.max_connections, integer=True),
+        max_unauthenticated=s.positive("max_unauthenticated", d.max_unauthenticated, integer=True),
         idle_timeout=s.positive("idle_timeout", d.idle_timeout),
         tls_cert=s.path_("tls_cert", None),
         tls_key=s.path_("tls_key", None),

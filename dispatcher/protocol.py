@@ -71,6 +71,7 @@ class ErrorCode(str, enum.Enum):
     LEASE_LOST = "lease-lost"
     NOT_ALLOWED = "not-allowed"
     BUSY = "busy"
+    UNAVAILABLE = "unavailable"  # the state database cannot be written (disk full): try later
     INTERNAL = "internal"
 
 
@@ -229,6 +230,8 @@ def decode(body: bytes) -> Message:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"not a JSON message: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("not a JSON message: nested too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError("a message must be a JSON object")
     version = data.pop("v", None)

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Optional
 
 from . import __version__
-from .auth import client_mac, load_secret, new_nonce, server_proof, verify
+from .admission import Admission
+from .auth import AuthThrottle, client_mac, load_secret, new_nonce, server_proof, verify
 from .config import Config, RepoConfig, write_address_file
-from .errors import InvalidName, MessageTooLarge, PolyarchError, ProtocolError
+from .errors import InvalidName, MessageTooLarge, PolyarchError, ProtocolError, StateError
 from .fsutil import remove_stale_temporaries
 from .names import check_branch, check_commit, check_repo, check_runner, parse_arch
 from .protocol import (Ack, Auth, Channel, Dispatch, Error, ErrorCode, Heartbeat, Hello, Job, Lease,
@@ -67,8 +68,8 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
         self.stopping = threading.Event()
         self._work = threading.Condition()
         self._generation = 0
-        self._active = 0
-        self._active_lock = threading.Lock()
+        self.admission = Admission(config.dispatcher.max_connections, config.dispatcher.max_unauthenticated)
+        self.throttle = AuthThrottle()
         self._publish_lock = threading.Lock()
         self._next_service = 0.0
         self._next_publish = 0.0
@@ -80,17 +81,7 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
     # --- connection accounting ----------------------------------------------------------
 
     def verify_request(self, request, client_address) -> bool:
-        with self._active_lock:
-            if self._active >= self.config.dispatcher.max_connections:
-                log.warning("refusing connection from %s: %d connections open (max_connections)",
-                            client_address[0], self._active)
-                return False
-            self._active += 1
-            return True
-
-    def connection_closed(self) -> None:
-        with self._active_lock:
-            self._active -= 1
+        return self.admission.admit(request, client_address[0])
 
     # --- work queue ---------------------------------------------------------------------
 
@@ -139,7 +130,7 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
             for finished in self.store.unpublished():
                 try:
                     self._publish(finished)
-                except OSError as exc:
+                except (OSError, StateError) as exc:
                     log.error("cannot write result files for %s %s %s under %s: %s; will retry",
                               finished.job.repo, finished.job.sha[:12], finished.job.arch, self.results_dir, exc)
                     self._next_publish = time.monotonic() + PUBLISH_RETRY
@@ -195,6 +186,7 @@ class _Handler(socketserver.BaseRequestHandler):
 
     def setup(self) -> None:
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.raw = self.request  # the accepted socket, as Admission knows it (TLS wraps it below)
         self.channel = Channel(self.request)
         self.peer = f"{self.client_address[0]}:{self.client_address[1]}"
         self.role: Optional[Role] = None
@@ -214,8 +206,8 @@ class _Handler(socketserver.BaseRequestHandler):
             return False
 
     def finish(self) -> None:
+        self.server.admission.closed(self.raw)  # before the close: see Admission._evict_oldest
         self.channel.close()
-        self.server.connection_closed()
 
     def handle(self) -> None:
         try:
@@ -239,6 +231,9 @@ class _Handler(socketserver.BaseRequestHandler):
             log.info("closing idle or slow connection from %s %s", self.peer, self.name)
         except OSError as exc:
             log.info("connection from %s %s lost: %s", self.peer, self.name, exc)
+        except Exception:  # noqa: BLE001 - one broken request must not take the server's log quiet
+            log.exception("internal error serving %s %s; connection closed", self.peer, self.name)
+            self._fail(ErrorCode.INTERNAL, "internal error; see the dispatcher's log")
 
     def _fail(self, code: ErrorCode, message: str) -> None:
         log.warning("closing connection from %s %s: %s", self.peer, self.name, message)
@@ -260,9 +255,18 @@ class _Handler(socketserver.BaseRequestHandler):
         except InvalidName as exc:
             raise ProtocolError(str(exc)) from None
         expected = client_mac(self.server.secret, nonce, msg.nonce, msg.role.value, msg.name)
+        host = self.client_address[0]
         if not verify(expected, msg.mac):
+            delay = self.server.throttle.failed(host)
+            if delay:
+                # Repeated guesses from one address: each answer comes later than the last.
+                log.warning("authentication from %s as %r failed again; answering in %.2f s", self.peer,
+                            msg.name, delay)
+                time.sleep(delay)
             self._fail(ErrorCode.AUTH_FAILED, "authentication failed: wrong shared secret")
             return False
+        self.server.throttle.succeeded(host)
+        self.server.admission.authenticated(self.raw)
         self.role, self.name = msg.role, msg.name
         self.channel.send(Welcome(proof=server_proof(self.server.secret, nonce, msg.nonce),
                                   heartbeat_interval=max(0.2, self.server.heartbeat_timeout / 3)))
@@ -306,6 +310,9 @@ class _Handler(socketserver.BaseRequestHandler):
             return Ack()
         except InvalidName as exc:
             raise _Reply(ErrorCode.INVALID_NAME, str(exc)) from None
+        except StateError as exc:
+            log.error("refused %s from %s: %s", msg.KIND.value, self.name, exc)
+            raise _Reply(ErrorCode.UNAVAILABLE, f"dispatcher cannot record this now: {exc}") from None
 
     def _repo(self, name: str) -> RepoConfig:
         repo = self.server.config.repo(check_repo(name))

@@ -215,7 +215,7 @@ class Store:
             self._db.close()
 
     def _tx(self) -> "_Transaction":
-        return _Transaction(self._db, self._lock)
+        return _Transaction(self._db, self._lock, self.path)
 
     # --- commits and jobs ------------------------------------------------------------
 
@@ -401,15 +401,21 @@ class Store:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT under the store's lock; rolls back on any error."""
+    """BEGIN IMMEDIATE ... COMMIT under the store's lock; rolls back on any error.
 
-    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
-        self.db, self.lock = db, lock
+    A failed write (disk full, I/O error) becomes a StateError naming the file: the
+    request that caused it is refused, and nothing half-written is ever committed."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock, path: Path) -> None:
+        self.db, self.lock, self.path = db, lock, path
 
     def __enter__(self) -> sqlite3.Connection:
         self.lock.acquire()
         try:
             self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self.lock.release()
+            raise StateError(f"{self.path}: cannot write the state database: {exc}") from None
         except BaseException:
             self.lock.release()
             raise
@@ -418,8 +424,21 @@ class _Transaction:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if exc_type is None:
-                self.db.execute("COMMIT")
+                try:
+                    self.db.execute("COMMIT")
+                except sqlite3.Error as error:
+                    self._rollback()
+                    raise StateError(f"{self.path}: cannot write the state database: {error}") from None
             else:
-                self.db.execute("ROLLBACK")
+                self._rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise StateError(f"{self.path}: cannot write the state database: {exc}") from None
         finally:
             self.lock.release()
+
+    def _rollback(self) -> None:
+        try:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite already rolled back on its own (it does on a full disk)

@@ -19,7 +19,7 @@ from dispatcher.auth import load_secret
 from dispatcher.client import Connection
 from dispatcher.config import Config, RepoConfig, dispatcher_address
 from dispatcher.errors import ConfigError, InvalidName, ProtocolError, RemoteError
-from dispatcher.protocol import Ack, Dispatch, Role
+from dispatcher.protocol import Ack, Dispatch, ErrorCode, Role
 from dispatcher.sdnotify import Watchdog, notify
 from dispatcher.tls import for_client
 
@@ -101,7 +101,9 @@ class Observer:
                 self.conn = Connection(dispatcher_address(self.config, "observer"), Role.OBSERVER, self.name,
                                        self.secret, tls=self.tls)
             reply = self.conn.request(msg)
-        except RemoteError:
+        except RemoteError as exc:
+            if exc.code == ErrorCode.UNAVAILABLE.value:  # its disk is full: like down, retry soon
+                raise DispatcherDown(str(exc)) from None
             raise
         except (OSError, ProtocolError, ConfigError) as exc:
             if self.conn is not None:
@@ -131,6 +133,9 @@ class Observer:
             except (RemoteError, InvalidName) as exc:
                 ok = False
                 self._backoff(repo.name, MAX_REPO_BACKOFF, f"{repo.name}: dispatcher refused: {exc}")
+            except OSError as exc:  # our own disk (mirror, cursor file): full or failing
+                ok = False
+                self._backoff(repo.name, MAX_DISPATCHER_BACKOFF, f"{repo.name}: local I/O failed: {exc}")
         return ok
 
     def _backoff(self, name: str, cap: float, message: str) -> None:

@@ -151,15 +151,33 @@ def test_long_poll_hands_a_new_job_over_within_milliseconds(server) -> None:
     runner.close()
 
 
-def test_connections_beyond_the_limit_are_refused(server) -> None:
-    object.__setattr__(server.config.dispatcher, "max_connections", 2)  # frozen config, test only
-    held = [dial(server) for _ in range(2)]
-    wait_for(lambda: server._active == 2, what="two connections to be counted")
+def test_strangers_are_cut_oldest_first_and_runners_are_never_crowded_out(server) -> None:
+    server.admission.max_connections = 3
+    server.admission.max_unauthenticated = 2
+    with connect(server) as member:  # authenticated: holds its slot
+        silent = [dial(server) for _ in range(2)]
+        wait_for(lambda: server.admission.unauthenticated == 2, what="two strangers to be counted")
+        with dial(server) as newcomer:
+            assert silent[0].recv(65536)  # its hello, sent before the cut
+            silent[0].settimeout(5)
+            assert silent[0].recv(65536) == b""  # then cut: the oldest stranger made room
+            assert newcomer.recv(4)  # the newcomer got its hello
+        assert isinstance(member.request(Dispatch("demo", "main", [])), Ack)
+    for sock in silent:
+        sock.close()
+    wait_for(lambda: server.admission.open_connections == 0, what="connections to be released")
+    assert server.admission.evicted >= 1
+
+
+def test_connections_beyond_the_limit_are_refused_when_all_are_authenticated(server) -> None:
+    server.admission.max_connections = 2
+    held = [connect(server, name=f"m{i}") for i in range(2)]
     with dial(server) as extra:
         assert extra.recv(10) == b""  # closed at once, no hello
-    for sock in held:
-        sock.close()
-    wait_for(lambda: server._active == 0, what="connections to be released")
+    assert server.admission.refused == 1
+    for conn in held:
+        conn.close()
+    wait_for(lambda: server.admission.open_connections == 0, what="connections to be released")
     assert_still_serving(server)
 
 
