@@ -1,0 +1,80 @@
+"""Fault-injection tests: the short version runs in CI, the long one via scripts/reliability.sh.
+
+POLYARCH_FAULTS=long raises trial and input counts to the figures in docs/RELIABILITY.md.
+POLYARCH_RELIABILITY_RECORD=FILE makes each test append what it checked (one JSON line)
+for scripts/reliability.sh to turn into that table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+LONG = os.environ.get("POLYARCH_FAULTS") == "long"
+
+
+def scale(short: int, long: int) -> int:
+    """Trials or inputs for this run: `short` in CI, `long` for the reliability report."""
+    return long if LONG else short
+
+
+def record(kind: str, name: str, **figures: object) -> None:
+    """Append what a test checked to the reliability record, when one is being made."""
+    path = os.environ.get("POLYARCH_RELIABILITY_RECORD")
+    if not path:
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"kind": kind, "name": name, **figures}, sort_keys=True) + "\n")
+
+
+def needs_root(what: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip(f"{what} needs root (mounts a tmpfs); run the suite as root, as CI does")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator:
+    """Mount tmpfs file systems of a given size; all unmounted afterwards."""
+    needs_root("a full-disk test")
+    if shutil.which("mount") is None:
+        pytest.skip("mount is missing: apt-get install mount")
+    mounted: list[Path] = []
+
+    def make(name: str, size_kib: int) -> Path:
+        path = tmp_path / name
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k,mode=0755", "tmpfs", str(path)],
+                       check=True)
+        mounted.append(path)
+        return path
+
+    yield make
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(folder: Path, name: str = "filler") -> Path:
+    """Fill the file system under `folder` to the last byte; returns the filler file."""
+    path = folder / name
+    with open(path, "wb") as f:
+        chunk = b"\0" * 4096
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError:
+            pass
+    # Byte-sized writes take the last partial block too.
+    with open(path, "ab", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0")
+        except OSError:
+            pass
+    return path

@@ -1,0 +1,156 @@
+"""Seeded kill trials: a burst of commits, a daemon killed at random moments, then a check.
+
+A trial is fully described by (daemon, seed): the kill times, the victims and the
+restart delays all come from random.Random(seed), so a failing trial is replayed with
+`POLYARCH_FAULT_SEED=<seed> pytest tests/faults/test_kill.py -k <daemon>`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+from conftest import Polyarch
+from dispatcher.fsutil import TMP_PREFIX
+
+RESULT_LINE = re.compile(r"result demo ([0-9a-f]{12}) amd64: (\w+) \(attempt (\d+), runner (\S+)\)")
+
+
+@dataclasses.dataclass
+class Check:
+    """What one trial verified."""
+
+    commits: int = 0
+    results: int = 0
+    lost: list[str] = dataclasses.field(default_factory=list)
+    duplicated: list[str] = dataclasses.field(default_factory=list)
+    partial: list[str] = dataclasses.field(default_factory=list)
+    temporaries: list[str] = dataclasses.field(default_factory=list)
+    kills: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.duplicated or self.partial or self.temporaries)
+
+
+class ResultWatcher:
+    """Reads every result file as it appears and remembers the first version of each.
+
+    A result that later changes (another runner, another attempt) is a duplicate: the
+    contract is one result per (commit, arch), written once."""
+
+    def __init__(self, results: Path) -> None:
+        self.results = results
+        self.first: dict[str, dict] = {}
+        self.changed: set[str] = set()
+        self.unreadable: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "ResultWatcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.scan()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.scan()
+
+    def scan(self) -> None:
+        for path in self.results.glob("demo/*/amd64.json"):
+            sha = path.parent.name
+            try:
+                data = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                self.unreadable.add(sha)  # a reader must never see half a file
+                continue
+            key = {k: data.get(k) for k in ("runner", "attempt", "started_at", "status")}
+            if sha not in self.first:
+                self.first[sha] = key
+            elif self.first[sha] != key:
+                self.changed.add(sha)
+
+
+def setup(env: Polyarch, runners: int) -> None:
+    env.write_config(heartbeat_timeout=1, max_attempts=10, poll_interval=0.5, test_command="sh test.sh")
+    env.repo.commit("exit 0")
+    env.dispatcher()
+    for i in range(runners):
+        env.runner(f"r{i + 1}")
+    env.observer()
+    head = env.repo.git("rev-parse", "HEAD")
+    env.wait_results([head])
+
+
+def run_kill_trial(env: Polyarch, daemon: str, seed: int, commits: int = 50, runners: int = 2) -> Check:
+    """Kill `daemon` (dispatcher, observer or runner) at seeded moments during a burst."""
+    rng = random.Random(seed)
+    setup(env, runners)
+    check = Check()
+    kills = sorted(rng.uniform(0.0, 3.0) for _ in range(rng.randint(1, 3)))
+    shas: list[str] = []
+    with ResultWatcher(env.results) as watcher:
+        pusher = threading.Thread(target=lambda: shas.extend(
+            env.repo.burst(commits, lambda i: "sleep 0.0%d" % (i % 5))), daemon=True)
+        start = time.monotonic()
+        pusher.start()
+        for at in kills:
+            time.sleep(max(0.0, at - (time.monotonic() - start)))
+            victim = _victim(env, daemon, rng)
+            victim.kill()
+            check.kills += 1
+            time.sleep(rng.uniform(0.0, 1.0))
+            _restart(env, daemon, victim)
+        pusher.join()
+        check.commits = len(shas)
+        try:
+            env.wait_results(shas, timeout=120)
+        except AssertionError:
+            pass  # counted as lost below
+    root_commit = env.repo.git("rev-list", "--max-parents=0", "HEAD")
+    by_short = {s[:12]: s for s in [root_commit, *shas]}
+    check.lost = [s for s in shas if env.result(s) is None]
+    check.results = len(shas) - len(check.lost)
+    check.partial = sorted(watcher.unreadable)
+    twice = {by_short.get(short, short) for short in _logged_twice(env)}
+    # A result for a commit nobody pushed would be a duplicate under another name.
+    strangers = {p.parent.name for p in env.results.glob("demo/*/amd64.json")} - set(by_short.values())
+    check.duplicated = sorted(watcher.changed | twice | strangers)
+    check.temporaries = [str(p) for p in env.results.rglob(TMP_PREFIX + "*")]
+    return check
+
+
+def _victim(env: Polyarch, daemon: str, rng: random.Random):
+    alive = [d for d in env.daemons if d.alive and d.package == daemon]
+    assert alive, f"no live {daemon} to kill"
+    return rng.choice(alive)
+
+
+def _restart(env: Polyarch, daemon: str, victim) -> None:
+    if daemon == "dispatcher":
+        env.dispatcher()
+    elif daemon == "observer":
+        env.observer()
+    else:
+        env.runner(victim.args[1])
+
+
+def _logged_twice(env: Polyarch) -> set[str]:
+    """Commits whose result the dispatcher logs wrote with two different (attempt, runner)."""
+    seen: dict[str, set[tuple[str, str]]] = {}
+    for d in env.daemons:
+        if d.package != "dispatcher":
+            continue
+        for m in RESULT_LINE.finditer(d.log()):
+            seen.setdefault(m.group(1), set()).add((m.group(3), m.group(4)))
+    return {sha for sha, writes in seen.items() if len(writes) > 1}
