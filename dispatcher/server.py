@@ -73,6 +73,7 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
         self._publish_lock = threading.Lock()
         self._next_service = 0.0
         self._next_publish = 0.0
+        self._last_service_error = ""
         self.watchdog = Watchdog()
         addr = config.dispatcher.listen
         self.address_family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
@@ -171,8 +172,14 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
                 self.notify_work()
             if now >= self._next_publish:
                 self.publish_pending()
+            if self._last_service_error:
+                log.info("periodic work succeeds again")
+                self._last_service_error = ""
         except PolyarchError as exc:
-            log.error("periodic work failed: %s", exc)
+            # Every 0.2 s while a disk is full: say it once, then again only if it changes.
+            if str(exc) != self._last_service_error:
+                log.error("periodic work failed: %s", exc)
+            self._last_service_error = str(exc)
         except Exception:  # noqa: BLE001 - the serve loop must survive anything here
             log.exception("periodic work failed")
 

@@ -62,19 +62,12 @@ def small_tmpfs(tmp_path: Path) -> Iterator:
 def fill(folder: Path, name: str = "filler") -> Path:
     """Fill the file system under `folder` to the last byte; returns the filler file."""
     path = folder / name
-    with open(path, "wb") as f:
-        chunk = b"\0" * 4096
-        try:
-            while True:
-                f.write(chunk)
-                f.flush()
-        except OSError:
-            pass
-    # Byte-sized writes take the last partial block too.
-    with open(path, "ab", buffering=0) as f:
-        try:
-            while True:
-                f.write(b"\0")
-        except OSError:
-            pass
+    with open(path, "wb", buffering=0) as f:  # unbuffered: nothing left to fail at close
+        for size in (1 << 16, 4096, 1):  # byte-sized writes at the end take the last block too
+            chunk = b"\0" * size
+            try:
+                while True:
+                    f.write(chunk)
+            except OSError:
+                pass
     return path

@@ -1,0 +1,80 @@
+"""Full disks: the results folder and the state database, each on a tiny tmpfs."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from conftest import Polyarch, wait_for
+from dispatcher.fsutil import TMP_PREFIX
+from faults.conftest import fill, record
+
+pytestmark = pytest.mark.daemons
+
+
+def _job_state(polyarch: Polyarch, sha: str) -> str:
+    db = sqlite3.connect(f"file:{polyarch.root / 'var/dispatcher/polyarch.sqlite3'}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT state FROM jobs WHERE sha = ?", (sha,)).fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_full_results_disk_writes_nothing_partial_and_catches_up(polyarch: Polyarch, small_tmpfs) -> None:
+    results = small_tmpfs("test_results", 512)
+    first = polyarch.repo.commit("exit 0")
+    dispatcher = polyarch.dispatcher()
+    polyarch.runner("r1")
+    polyarch.observer()
+    polyarch.wait_results([first])
+    before = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
+
+    filler = fill(results)
+    shas = polyarch.repo.burst(3, lambda i: "echo " + "x" * 2000 + "; exit 0")
+    wait_for(lambda: f"cannot write result files for demo {shas[0][:12]}" in dispatcher.log(),
+             what="the dispatcher to log the full disk")
+    assert "No space left on device" in dispatcher.log()
+    wait_for(lambda: all(_job_state(polyarch, s) == "finished" for s in shas), what="all three results durable")
+    # Nothing half-written, no temporaries, no result file, the job not marked done.
+    assert not [p for p in results.rglob(TMP_PREFIX + "*")]
+    for sha in shas:
+        assert not (results / "demo" / sha / "amd64.json").exists()
+        assert _job_state(polyarch, sha) == "finished"
+    assert all(p.read_bytes() == data for p, data in before.items() if p.name != "summary.json")
+
+    filler.unlink()  # space comes back: the files are written from the database
+    written = polyarch.wait_results(shas, timeout=30)
+    assert all(r["status"] == "passed" and r["attempt"] == 1 for r in written.values())
+    assert all(_job_state(polyarch, s) == "done" for s in shas)
+    record("fault", "results disk full (tmpfs), then space returns", trials=1, commits=4, results=4,
+           lost=0, duplicated=0)
+
+
+def test_full_state_disk_refuses_new_work_and_keeps_what_it_had(polyarch: Polyarch, small_tmpfs) -> None:
+    # Room for the WAL to grow to its checkpoint size (about 4 MB) once space is back.
+    state = small_tmpfs("var/dispatcher", 16 * 1024)
+    first = polyarch.repo.commit("exit 0")
+    dispatcher = polyarch.dispatcher()
+    polyarch.runner("r1")
+    observer = polyarch.observer()
+    polyarch.wait_results([first])
+
+    filler = fill(state)
+    shas = polyarch.repo.burst(30, lambda i: "exit 0")
+    wait_for(lambda: "cannot write the state database" in dispatcher.log(),
+             what="the dispatcher to refuse work it cannot record")
+    wait_for(lambda: "unavailable" in observer.log(), what="the observer to hear the refusal")
+    assert dispatcher.alive and observer.alive
+    # What it had is still there and still readable.
+    status = polyarch.cli("dispatcher", "status", "--config", str(polyarch.config), "--json")
+    assert status.returncode == 0, status.stderr
+    assert polyarch.result(first)["status"] == "passed"
+
+    filler.unlink()
+    results = polyarch.wait_results(shas, timeout=90)
+    assert all(r["status"] == "passed" for r in results.values())
+    assert len(list((polyarch.results / "demo").iterdir())) == 31
+    record("fault", "state database disk full (tmpfs), then space returns", trials=1, commits=31, results=31,
+           lost=0, duplicated=0)
