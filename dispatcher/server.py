@@ -22,7 +22,7 @@ from . import __version__
 from .admission import Admission
 from .auth import AuthThrottle, client_mac, load_secret, new_nonce, server_proof, verify
 from .config import Config, RepoConfig, write_address_file
-from .errors import InvalidName, MessageTooLarge, PolyarchError, ProtocolError, StateError
+from .errors import ConfigError, InvalidName, MessageTooLarge, PolyarchError, ProtocolError, StateError
 from .fsutil import remove_stale_temporaries
 from .names import check_branch, check_commit, check_repo, check_runner, parse_arch
 from .protocol import (Ack, Auth, Channel, Dispatch, Error, ErrorCode, Heartbeat, Hello, Job, Lease,
@@ -387,10 +387,19 @@ def serve(config: Config) -> None:
     # and handed to the runners on purpose.
     secret = load_secret(config.dispatcher.token_file, create=config.dispatcher.listen.is_loopback)
     store = Store(db_path(config), lease_grace=config.dispatcher.heartbeat_timeout)
-    removed = remove_stale_temporaries(config.dispatcher.results_dir)
+    results = config.dispatcher.results_dir
+    try:
+        removed = remove_stale_temporaries(results)
+        results.mkdir(parents=True, exist_ok=True)
+        probe = results / ".polyarch-write-probe"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        store.close()
+        raise ConfigError(config.path, "dispatcher.results_dir",
+                          f"{results} is not a writable folder: {exc.strerror or exc}") from None
     if removed:
-        log.info("removed %d temporary file(s) a crash left in %s", removed, config.dispatcher.results_dir)
-    config.dispatcher.results_dir.mkdir(parents=True, exist_ok=True)
+        log.info("removed %d temporary file(s) a crash left in %s", removed, results)
     try:
         server = DispatcherServer(config, store, secret)
     except OSError as exc:

@@ -192,6 +192,7 @@ class Store:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA foreign_keys = ON")
+        self._check_size()
         result = db.execute("PRAGMA quick_check").fetchone()[0]
         if result != "ok":
             raise sqlite3.DatabaseError(f"integrity check failed: {result}")
@@ -204,6 +205,28 @@ class Store:
         # Leases survive a restart; their runners get a full heartbeat period to come back.
         for (lease_id,) in db.execute("SELECT lease_id FROM jobs WHERE state = ?", (JobState.LEASED.value,)):
             self._deadlines[lease_id] = now + self.lease_grace
+
+    def _check_size(self) -> None:
+        """A file cut short loses whole pages that quick_check may never visit: compare
+        the page count its header promises with what is on disk."""
+        try:
+            with open(self.path, "rb") as f:
+                header = f.read(100)
+        except IsADirectoryError:
+            raise sqlite3.DatabaseError("it is a directory, not a database file") from None
+        if len(header) < 100:
+            return  # new or empty: SQLite writes the header with the first page
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            return  # a checkpoint cut short by a crash: the WAL still holds the pages, SQLite redoes it
+        page_size = int.from_bytes(header[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        pages = int.from_bytes(header[28:32], "big")
+        counter, valid_for = header[24:28], header[92:96]
+        # The header's page count is only authoritative when these two match (SQLite's rule).
+        if pages and counter == valid_for and self.path.stat().st_size < pages * page_size:
+            raise sqlite3.DatabaseError(f"file is shorter than its header says ({self.path.stat().st_size} bytes, "
+                                        f"{pages} pages of {page_size})")
 
     def _check_schema(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
