@@ -32,6 +32,7 @@ log = logging.getLogger("polyarch.observer")
 BATCH = 500
 MAX_REPO_BACKOFF = 300.0
 MAX_DISPATCHER_BACKOFF = 30.0
+MAX_PARALLEL_FETCHES = 8
 
 
 class DispatcherDown(Exception):
@@ -54,6 +55,11 @@ class Observer:
         self._trigger_lock = threading.Lock()
         self.failures: dict[str, int] = {}
         self.next_poll: dict[str, float] = {r.name: 0.0 for r in config.repos}
+        # Repos are polled in threads of their own, so one that hangs or is slow to fetch
+        # delays only itself; the dispatcher connection and the cursor file are shared.
+        self._report_lock = threading.Lock()
+        self._fetch_slots = threading.BoundedSemaphore(MAX_PARALLEL_FETCHES)
+        self._busy: set[str] = set()
 
     # --- one poll -----------------------------------------------------------------------
 
@@ -66,18 +72,20 @@ class Observer:
             self.mirrors[repo.name] = mirror
         mirror.fetch()
         heads = mirror.heads()
-        for branch in self.cursors.branches(repo.name):
-            if branch not in heads or branch not in repo.branches:
-                log.info("%s: branch %s %s; dropping its cursor", repo.name, branch,
-                         "was deleted" if branch not in heads else "is no longer watched")
-                self.cursors.drop(repo.name, branch)
+        with self._report_lock:
+            for branch in self.cursors.branches(repo.name):
+                if branch not in heads or branch not in repo.branches:
+                    log.info("%s: branch %s %s; dropping its cursor", repo.name, branch,
+                             "was deleted" if branch not in heads else "is no longer watched")
+                    self.cursors.drop(repo.name, branch)
         for branch in repo.branches:
             head = heads.get(branch)
             if head is None:
                 continue
             update = mirror.update(branch, self.cursors.get(repo.name, branch), head, self.settings.max_backfill)
             if update.change != Change.NONE:
-                self._report(repo, update, head)
+                with self._report_lock:
+                    self._report(repo, update, head)
 
     def _report(self, repo: RepoConfig, update: BranchUpdate, head: str) -> None:
         if update.change == Change.FORCE_PUSHED:
@@ -114,29 +122,47 @@ class Observer:
         return reply
 
     def poll_once(self, repos: Optional[list[RepoConfig]] = None) -> bool:
-        """Poll the given repos (default all) once; True when every one succeeded."""
-        ok = True
-        for repo in repos if repos is not None else list(self.config.repos):
-            if self.stop.is_set():
-                break
-            try:
+        """Poll the given repos (default all) once, in parallel; True when every one succeeded."""
+        outcome: dict[str, bool] = {}
+        threads = [threading.Thread(target=lambda r=r: outcome.__setitem__(r.name, self._poll_one(r)),
+                                    name=f"poll-{r.name}", daemon=True)
+                   for r in (repos if repos is not None else list(self.config.repos))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return all(outcome.values())
+
+    def _poll_one(self, repo: RepoConfig) -> bool:
+        if self.stop.is_set():
+            return False
+        try:
+            with self._fetch_slots:
                 self.poll_repo(repo)
-                self.failures.pop(repo.name, None)
-                self.next_poll[repo.name] = time.monotonic() + self.settings.poll_interval
-            except FetchError as exc:
-                ok = False
-                self._backoff(repo.name, MAX_REPO_BACKOFF, f"{repo.name}: {exc}")
-            except DispatcherDown as exc:
-                ok = False
-                self._backoff(repo.name, MAX_DISPATCHER_BACKOFF,
-                              f"{repo.name}: dispatcher unreachable ({exc}); commits kept for the next try")
-            except (RemoteError, InvalidName) as exc:
-                ok = False
-                self._backoff(repo.name, MAX_REPO_BACKOFF, f"{repo.name}: dispatcher refused: {exc}")
-            except OSError as exc:  # our own disk (mirror, cursor file): full or failing
-                ok = False
-                self._backoff(repo.name, MAX_DISPATCHER_BACKOFF, f"{repo.name}: local I/O failed: {exc}")
-        return ok
+            self.failures.pop(repo.name, None)
+            self.next_poll[repo.name] = time.monotonic() + self.settings.poll_interval
+            return True
+        except FetchError as exc:
+            self._backoff(repo.name, MAX_REPO_BACKOFF, f"{repo.name}: {exc}")
+        except DispatcherDown as exc:
+            self._backoff(repo.name, MAX_DISPATCHER_BACKOFF,
+                          f"{repo.name}: dispatcher unreachable ({exc}); commits kept for the next try")
+        except (RemoteError, InvalidName) as exc:
+            self._backoff(repo.name, MAX_REPO_BACKOFF, f"{repo.name}: dispatcher refused: {exc}")
+        except OSError as exc:  # our own disk (mirror, cursor file): full or failing
+            self._backoff(repo.name, MAX_DISPATCHER_BACKOFF, f"{repo.name}: local I/O failed: {exc}")
+        return False
+
+    def _start_poll(self, repo: RepoConfig) -> None:
+        def work() -> None:
+            try:
+                self._poll_one(repo)
+            finally:
+                self._busy.discard(repo.name)
+                self.wake.set()
+
+        self._busy.add(repo.name)
+        threading.Thread(target=work, name=f"poll-{repo.name}", daemon=True).start()
 
     def _backoff(self, name: str, cap: float, message: str) -> None:
         n = self.failures[name] = self.failures.get(name, 0) + 1
@@ -168,13 +194,17 @@ class Observer:
                 watchdog.ping()
                 now = time.monotonic()
                 with self._trigger_lock:
-                    triggered, self.triggered = self.triggered, set()
+                    triggered = set(self.triggered)
                     self.wake.clear()
-                due = [r for r in self.config.repos
-                       if self.next_poll[r.name] <= now or (r.name in triggered and r.name not in self.failures)]
-                if due:
-                    self.poll_once(due)
-                timeout = max(0.0, min(self.next_poll.values(), default=now + 60) - time.monotonic())
+                for repo in self.config.repos:
+                    if repo.name in self._busy:
+                        continue  # a push seen meanwhile stays triggered: polled again when this one ends
+                    if self.next_poll[repo.name] <= now or (repo.name in triggered and repo.name not in self.failures):
+                        with self._trigger_lock:
+                            self.triggered.discard(repo.name)
+                        self._start_poll(repo)
+                waiting = [self.next_poll[r.name] for r in self.config.repos if r.name not in self._busy]
+                timeout = max(0.0, min(waiting, default=now + 60) - time.monotonic())
                 timeout = min(timeout, watchdog.max_sleep)
                 self.wake.wait(timeout)
         finally:

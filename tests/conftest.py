@@ -53,7 +53,9 @@ class GitRepo:
         for name, text in (files or {}).items():
             (self.path / name).write_text(text)
         self.git("add", "-A")
-        self.git("commit", "-q", "-m", message or f"change {self.counter}")
+        # The message goes through a file: a huge one would not fit on a command line.
+        subprocess.run(["git", "commit", "-q", "-F", "-"], cwd=self.path, check=True, capture_output=True,
+                       input=(message or f"change {self.counter}").encode())
         return self.git("rev-parse", "HEAD")
 
     def burst(self, n: int, script: Callable[[int], str] = lambda i: "exit 0") -> list[str]:
