@@ -9,6 +9,7 @@ full disk left unwritten) runs in `service_actions`, on the serve_forever thread
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import socket
 import socketserver
@@ -55,6 +56,9 @@ class _Reply(Exception):
 
 class DispatcherServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
+    # socketserver's default backlog is 5: a burst of connecting runners would see dropped
+    # SYNs and one-second retransmits. The kernel caps this at net.core.somaxconn.
+    request_queue_size = 1024
     daemon_threads = True
     block_on_close = False
 
@@ -386,6 +390,7 @@ def serve(config: Config) -> None:
     # On loopback a missing secret is made on the spot; anywhere else it must be made
     # and handed to the runners on purpose.
     secret = load_secret(config.dispatcher.token_file, create=config.dispatcher.listen.is_loopback)
+    _raise_fd_limit(config.dispatcher.max_connections)
     store = Store(db_path(config), lease_grace=config.dispatcher.heartbeat_timeout)
     results = config.dispatcher.results_dir
     try:
@@ -432,3 +437,14 @@ def serve(config: Config) -> None:
         thread.join()
         # The store is not closed: handler threads may still be finishing a request, and
         # every acknowledged change is already committed.
+
+
+def _raise_fd_limit(max_connections: int) -> None:
+    """One descriptor per connection: lift the soft limit (often 1024) toward the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        if new < want:
+            log.warning("open-file limit %d is below max_connections + 256 = %d; raise LimitNOFILE", new, want)

@@ -33,10 +33,12 @@ class Check:
     partial: list[str] = dataclasses.field(default_factory=list)
     temporaries: list[str] = dataclasses.field(default_factory=list)
     kills: int = 0
+    stop_seconds: list[float] = dataclasses.field(default_factory=list)
+    bad_exits: list[int] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.duplicated or self.partial or self.temporaries)
+        return not (self.lost or self.duplicated or self.partial or self.temporaries or self.bad_exits)
 
 
 class ResultWatcher:
@@ -92,8 +94,22 @@ def setup(env: Polyarch, runners: int) -> None:
     env.wait_results([head])
 
 
-def run_kill_trial(env: Polyarch, daemon: str, seed: int, commits: int = 50, runners: int = 2) -> Check:
-    """Kill `daemon` (dispatcher, observer or runner) at seeded moments during a burst."""
+UNITS = Path(__file__).resolve().parents[2] / "examples" / "systemd"
+
+
+def stop_timeout(daemon: str) -> float:
+    """TimeoutStopSec of the daemon's example unit: after it, systemd sends SIGKILL."""
+    text = (UNITS / f"polyarch-{daemon}.service").read_text()
+    match = re.search(r"^TimeoutStopSec=(\d+)", text, re.M)
+    return float(match.group(1)) if match else 90.0  # systemd's DefaultTimeoutStopSec
+
+
+def run_kill_trial(env: Polyarch, daemon: str, seed: int, commits: int = 50, runners: int = 2,
+                   graceful: bool = False) -> Check:
+    """Kill `daemon` (dispatcher, observer or runner) at seeded moments during a burst.
+
+    With `graceful`, the kill is a SIGTERM and the trial also records how long the daemon
+    took to exit and with what code."""
     rng = random.Random(seed)
     setup(env, runners)
     check = Check()
@@ -107,7 +123,14 @@ def run_kill_trial(env: Polyarch, daemon: str, seed: int, commits: int = 50, run
         for at in kills:
             time.sleep(max(0.0, at - (time.monotonic() - start)))
             victim = _victim(env, daemon, rng)
-            victim.kill()
+            if graceful:
+                began = time.monotonic()
+                code = victim.stop(timeout=stop_timeout(daemon))
+                check.stop_seconds.append(time.monotonic() - began)
+                if code != 0:
+                    check.bad_exits.append(code)
+            else:
+                victim.kill()
             check.kills += 1
             time.sleep(rng.uniform(0.0, 1.0))
             _restart(env, daemon, victim)
