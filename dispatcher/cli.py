@@ -72,7 +72,7 @@ def submit(config_path: str, repo: str, commit: str, branch: str, archs: tuple[s
     from .client import Connection
     from .config import dispatcher_address
     from .names import check_commit, parse_arch
-    from .protocol import Ack, Role, Submit
+    from .protocol import Role, Submit
     from .tls import for_client
 
     config = load(config_path)
@@ -84,8 +84,7 @@ def submit(config_path: str, repo: str, commit: str, branch: str, archs: tuple[s
     address = dispatcher_address(config, "observer")
     with Connection(address, Role.CLIENT, "submit", load_secret(config.token_for("observer")),
                     tls=for_client(config, "observer")) as conn:
-        reply = conn.request(Submit(repo=repo, commit=commit, branch=branch, archs=list(archs)))
-    assert isinstance(reply, Ack)
+        reply = conn.request_ack(Submit(repo=repo, commit=commit, branch=branch, archs=list(archs)))
     click.echo(f"{repo} {commit[:12]}: {reply.created} job(s) queued" if reply.created
                else f"{repo} {commit[:12]}: already known, nothing queued")
 

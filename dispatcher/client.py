@@ -9,7 +9,7 @@ from typing import Optional, TypeVar
 from .auth import client_mac, new_nonce, server_proof, verify
 from .config import Address
 from .errors import AuthError, ProtocolError, RemoteError
-from .protocol import Auth, Channel, Error, ErrorCode, Hello, Message, Role, Welcome
+from .protocol import Ack, Auth, Channel, Error, ErrorCode, Hello, Message, Role, Welcome
 
 T = TypeVar("T")
 
@@ -63,6 +63,13 @@ class Connection:
             raise ConnectionError(f"dispatcher at {self.address} closed the connection")
         if isinstance(reply, Error):
             raise RemoteError(reply.code.value, reply.message)
+        return reply
+
+    def request_ack(self, msg: Message, timeout: Optional[float] = 30.0) -> Ack:
+        """A request whose only good answer is ACK; anything else is a protocol error."""
+        reply = self.request(msg, timeout)
+        if not isinstance(reply, Ack):
+            raise ProtocolError(f"dispatcher at {self.address} answered {msg.KIND.value} with {reply.KIND.value}")
         return reply
 
     def close(self) -> None:

@@ -313,7 +313,7 @@ class Channel:
         if size > MAX_FRAME:
             raise MessageTooLarge(f"frame of {size} bytes exceeds the {MAX_FRAME}-byte limit")
         body = self._read(size, deadline, allow_eof=False)
-        assert body is not None
+        assert body is not None  # noqa: S101 - narrowing: allow_eof=False never returns None
         return decode(body)
 
     def _read(self, n: int, deadline: float | None, allow_eof: bool) -> bytes | None:

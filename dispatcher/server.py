@@ -312,7 +312,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 raise _Reply(ErrorCode.LEASE_LOST, "lease is no longer yours")
             if isinstance(msg, Result):
                 return self._on_result(msg)
-            assert isinstance(msg, Release)
+            assert isinstance(msg, Release)  # noqa: S101 - narrowing: `allowed` above admits nothing else
             job = self.server.store.release(msg.lease_id)
             if job is not None:
                 log.info("runner %s handed back %s %s %s: %s", self.name, job.repo, job.sha[:12], job.arch,

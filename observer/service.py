@@ -118,7 +118,8 @@ class Observer:
                 self.conn.close()
                 self.conn = None
             raise DispatcherDown(str(exc)) from None
-        assert isinstance(reply, Ack)
+        if not isinstance(reply, Ack):
+            raise DispatcherDown(f"dispatcher answered dispatch with {reply.KIND.value}")
         return reply
 
     def poll_once(self, repos: Optional[list[RepoConfig]] = None) -> bool:
@@ -166,7 +167,7 @@ class Observer:
 
     def _backoff(self, name: str, cap: float, message: str) -> None:
         n = self.failures[name] = self.failures.get(name, 0) + 1
-        delay = min(cap, self.settings.poll_interval * 2 ** (n - 1)) * random.uniform(0.8, 1.2)
+        delay = min(cap, self.settings.poll_interval * 2 ** (n - 1)) * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
         delay = min(delay, 1.0) if n == 1 else delay  # first retry soon: most outages are short
         self.next_poll[name] = time.monotonic() + delay
         log.warning("%s; retry in %.1f s", message, delay)

@@ -86,7 +86,7 @@ def exec_in_root(config: Config, arch: Arch, name: str, root: Path, python: str)
             env[key] = os.environ[key]
     if "NOTIFY_SOCKET" in env and env["NOTIFY_SOCKET"].startswith("/"):
         _bind(Path(env["NOTIFY_SOCKET"]), root, readonly=False)
-    os.execve(shutil.which("chroot") or "/usr/sbin/chroot",
+    os.execve(shutil.which("chroot") or "/usr/sbin/chroot",  # noqa: S606 - argument list, no shell
               ["chroot", str(root), python, "-m", "runner", "serve", "--config", str(config.path),
                "--arch", arch.value, "--name", name], env)
 

@@ -90,7 +90,7 @@ class Process:
         self._reader.start()
 
     def _pump(self) -> None:
-        assert self.proc.stdout is not None
+        assert self.proc.stdout is not None  # noqa: S101 - narrowing: started with stdout=PIPE
         for chunk in iter(lambda: self.proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
             self.log.write(chunk)
 

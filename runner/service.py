@@ -100,7 +100,7 @@ class Runner:
             except (OSError, ProtocolError, RemoteError, ConfigError) as exc:
                 self._disconnect()
                 log.warning("dispatcher unavailable (%s); retrying in %.1f s", exc, backoff)
-                self.stop.wait(backoff * random.uniform(0.8, 1.2))
+                self.stop.wait(backoff * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
                 # Never back off past a heartbeat period: a spooled result must arrive before
                 # the dispatcher, restarted, gives up on our lease.
                 backoff = min(backoff * 2, MAX_BACKOFF, self.heartbeat_interval)
@@ -160,7 +160,8 @@ class Runner:
     def _flush_spool(self) -> None:
         for result in self.spool.pending():
             reply = self._request(result)
-            assert isinstance(reply, Ack)
+            if not isinstance(reply, Ack):
+                raise ProtocolError(f"dispatcher answered a result with {reply.KIND.value}")
             if not reply.created:
                 log.warning("dispatcher discarded our result for lease %s: %s", result.lease_id, reply.message)
             self.spool.remove(result.lease_id)

@@ -32,9 +32,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Reinstall only when pyproject.toml changed since the last install.
 stamp=.venv/.polyarch-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements.lock -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test]"
+  # The locked set (scripts/lock.sh writes it; scripts/audit_deps.py audits it), then
+  # polyarch itself on top without letting pip pick other versions.
+  .venv/bin/python -m pip install -q -r requirements.lock
+  .venv/bin/python -m pip install -q --no-deps -e ".[test]"
   touch "$stamp"
 fi
 

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run the whole test suite. Extra arguments go to pytest.
+# Set up (scripts/setup.sh), then: lint with ruff's security rules, audit the locked
+# dependencies, and run the whole test suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+.venv/bin/ruff check dispatcher observer runner bench scripts tests
+.venv/bin/python scripts/audit_deps.py
 exec .venv/bin/python -m pytest "$@"

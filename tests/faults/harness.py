@@ -11,7 +11,6 @@ import dataclasses
 import json
 import random
 import re
-import signal
 import threading
 import time
 from pathlib import Path

@@ -61,7 +61,7 @@ def test_a_thousand_silent_connections_cost_bounded_threads_and_memory(polyarch:
         flood = [socket.create_connection((address.host, address.port), timeout=5) for _ in range(FLOOD)]
         try:
             # Wait until the server has taken every one of them off the kernel's queue.
-            wait_for(lambda: dispatcher.log().count("cut an unauthenticated connection") - cut_before
+            wait_for(lambda c=cut_before: dispatcher.log().count("cut an unauthenticated connection") - c
                      >= FLOOD - 64, what="the dispatcher to accept the whole flood")
             status = _proc_status(pid)
             peak_threads, peak_rss = max(peak_threads, status["Threads"]), max(peak_rss, status["VmRSS"])

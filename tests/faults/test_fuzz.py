@@ -11,7 +11,6 @@ import json
 import logging
 import socket
 import struct
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
