@@ -60,7 +60,7 @@ def test_submit_queues_once_and_status_shows_it(polyarch: Polyarch) -> None:
 
 def test_status_without_a_database_says_so(polyarch: Polyarch) -> None:
     out = polyarch.cli("dispatcher", "status", "--config", str(polyarch.config))
-    assert out.returncode == 1 and "no state database" in out.stderr
+    assert out.returncode == 2 and "no state database" in out.stderr  # state errors at start: exit 2
 
 
 def test_corrupt_state_database_stops_the_dispatcher_with_one_line(polyarch: Polyarch) -> None:
@@ -68,7 +68,7 @@ def test_corrupt_state_database_stops_the_dispatcher_with_one_line(polyarch: Pol
     db.parent.mkdir(parents=True)
     db.write_bytes(b"\0garbage" * 1000)
     out = polyarch.cli("dispatcher", "serve", "--config", str(polyarch.config))
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert f"{db}: unreadable state database" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
