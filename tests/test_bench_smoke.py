@@ -17,3 +17,13 @@ def test_latency_benchmark_runs(tmp_path: Path) -> None:
     assert "median" in out.stdout
     figures = json.loads((tmp_path / "l.json").read_text())
     assert figures["n"] == 2 and 0 < figures["min_ms"] <= figures["median_ms"] <= figures["max_ms"]
+
+
+def test_capacity_benchmark_runs(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.capacity", "--runners", "5", "--jobs", "50", "--repeat", "1",
+                          "--hold-runners", "10", "--hold-seconds", "2", "--json", str(tmp_path / "c.json")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    figures = json.loads((tmp_path / "c.json").read_text())
+    assert figures["jobs_per_s_median"] > 0 and figures["hold"]["heartbeats"] >= 10
+    assert figures["hold"]["lease_lost"] == 0 and figures["hold"]["expired"] == 0
