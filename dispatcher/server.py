@@ -77,6 +77,7 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
         self._publish_lock = threading.Lock()
         self._next_service = 0.0
         self._next_publish = 0.0
+        self._publish_wanted = threading.Event()
         self._last_service_error = ""
         self.watchdog = Watchdog()
         addr = config.dispatcher.listen
@@ -125,21 +126,63 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
         now = time.time()
         reason = f"repo {repo!r} is no longer in {self.config.path}"
         self.store.finish(lease_id or "", Status.ERROR, None, now, now, reason.encode() + b"\n", False, b"", reason)
-        self.publish_pending()
+        self.wake_publisher()
 
     # --- results ------------------------------------------------------------------------
+
+    def wake_publisher(self) -> None:
+        self._publish_wanted.set()
+
+    def _publish_loop(self) -> None:
+        """The one thread that writes result files, so result handlers never wait on them.
+
+        A result is acknowledged once it is committed to SQLite; its files follow here,
+        normally within milliseconds. After a failure (disk full) it retries every
+        PUBLISH_RETRY seconds rather than at each new result."""
+        while not self.stopping.is_set():
+            self._publish_wanted.wait(timeout=1.0)
+            if self.stopping.is_set():
+                return
+            if time.monotonic() < self._next_publish:
+                time.sleep(min(SERVICE_INTERVAL, self._next_publish - time.monotonic()))
+                continue
+            self._publish_wanted.clear()
+            try:
+                self.publish_pending()
+            except Exception:  # noqa: BLE001 - the publisher must outlive any one bad result
+                log.exception("writing result files failed")
+                self._next_publish = time.monotonic() + PUBLISH_RETRY
 
     def publish_pending(self) -> None:
         """Write the files of every durable result that has none yet. Safe to call often."""
         with self._publish_lock:
-            for finished in self.store.unpublished():
+            while True:
+                batch = self.store.unpublished()
+                if not batch:
+                    return
+                written: list[FinishedJob] = []
                 try:
-                    self._publish(finished)
+                    for finished in batch:
+                        self._publish(finished)
+                        written.append(finished)
+                    self._summarise(written)
+                    self.store.mark_published(*(f.job.id for f in written))
                 except (OSError, StateError) as exc:
+                    failed = batch[len(written)] if len(written) < len(batch) else batch[-1]
                     log.error("cannot write result files for %s %s %s under %s: %s; will retry",
-                              finished.job.repo, finished.job.sha[:12], finished.job.arch, self.results_dir, exc)
+                              failed.job.repo, failed.job.sha[:12], failed.job.arch, self.results_dir, exc)
                     self._next_publish = time.monotonic() + PUBLISH_RETRY
                     return
+                for finished in written:
+                    job = finished.job
+                    log.info("result %s %s %s: %s (attempt %d, runner %s)", job.repo, job.sha[:12], job.arch,
+                             (job.status or Status.ERROR).value, job.attempt, job.runner)
+
+    def _summarise(self, written: list[FinishedJob]) -> None:
+        """summary.json once per commit of the batch, after all its architectures' files."""
+        commits = {(f.job.repo, f.job.sha): f.job.branch for f in written}
+        for (repo, sha), branch in commits.items():
+            write_summary(self.results_dir, repo, sha, branch, self.store.commit_states(repo, sha))
 
     def _publish(self, finished: FinishedJob) -> None:
         job = finished.job
@@ -152,10 +195,6 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
             runner_host=job.runner_host, runner_machine=job.runner_machine, runner_emulated=job.runner_emulated,
             runner_kernel=job.runner_kernel)
         write_result(self.results_dir, record, finished.log, junit)
-        write_summary(self.results_dir, job.repo, job.sha, job.branch, self.store.commit_states(job.repo, job.sha))
-        self.store.mark_published(job.id)
-        log.info("result %s %s %s: %s (attempt %d, runner %s)", job.repo, job.sha[:12], job.arch,
-                 record.status.value, job.attempt, job.runner)
 
     # --- periodic work ------------------------------------------------------------------
 
@@ -174,8 +213,8 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
                             e.job.repo, e.job.sha[:12], e.job.arch, e.job.runner, self.heartbeat_timeout, what)
             if expired:
                 self.notify_work()
-            if now >= self._next_publish:
-                self.publish_pending()
+            if self.store.has_unpublished():
+                self.wake_publisher()  # results a crash or a full disk left unwritten
             if self._last_service_error:
                 log.info("periodic work succeeds again")
                 self._last_service_error = ""
@@ -187,9 +226,20 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
         except Exception:  # noqa: BLE001 - the serve loop must survive anything here
             log.exception("periodic work failed")
 
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        publisher = threading.Thread(target=self._publish_loop, name="publish", daemon=True)
+        publisher.start()
+        try:
+            super().serve_forever(poll_interval)
+        finally:
+            self.stopping.set()
+            self._publish_wanted.set()
+            publisher.join(timeout=10)
+
     def stop(self) -> None:
         self.stopping.set()
         self.notify_work()
+        self._publish_wanted.set()
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -381,7 +431,7 @@ class _Handler(socketserver.BaseRequestHandler):
             what = f"{late.repo} {late.sha[:12]} {late.arch}" if late else "an unknown lease"
             log.warning("dropped late or duplicate result from %s for %s", self.name, what)
             return Ack(created=0, message="late or duplicate result: discarded")
-        self.server.publish_pending()
+        self.server.wake_publisher()  # files follow; the result is already durable
         return Ack(created=1, message="recorded")
 
 

@@ -126,7 +126,9 @@ def test_late_result_after_lease_expiry_is_acknowledged_and_dropped(server) -> N
     assert late.created == 0 and "discarded" in late.message
     again_dup = fast.request(Result(again.lease_id, Status.FAILED, 1, 1, 2, "dup"))
     assert again_dup.created == 0
-    result = json.loads((Path(server.results_dir) / "demo" / SHA / "amd64.json").read_text())
+    path = Path(server.results_dir) / "demo" / SHA / "amd64.json"
+    wait_for(path.exists, what="the publisher to write the files")  # acked = durable; files follow
+    result = json.loads(path.read_text())
     assert result["status"] == "passed" and result["runner"] == "fast" and result["attempt"] == 2
     assert (Path(server.results_dir) / "demo" / SHA / "amd64.log").read_text() == "fast log"
     slow.close()
