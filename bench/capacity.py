@@ -42,9 +42,9 @@ from dispatcher.protocol import (CommitInfo, Dispatch, Heartbeat, Job, Lease, Re
 class Dispatcher:
     """A real dispatcher process in a temporary folder."""
 
-    def __init__(self, root: Path, heartbeat_timeout: float) -> None:
+    def __init__(self, root: Path, heartbeat_timeout: float, extra: str = "") -> None:
         self.root = root
-        (root / "polyarch.toml").write_text(textwrap.dedent(f"""\
+        (root / "polyarch.toml").write_text(extra + "\n" + textwrap.dedent(f"""\
             [dispatcher]
             listen = "127.0.0.1:0"
             heartbeat_timeout = {heartbeat_timeout}
