@@ -13,6 +13,8 @@ import git
 from dispatcher.errors import PolyarchError
 from dispatcher.protocol import CommitInfo
 
+from .refs import RefsUnclear, read_heads
+
 # Never wait for a password prompt or an unknown host key: a daemon has no terminal.
 GIT_ENV = {
     "GIT_TERMINAL_PROMPT": "0",
@@ -49,6 +51,17 @@ class Mirror:
             self.repo = git.Repo.init(path, bare=True, mkdir=True)
         self.repo.git.update_environment(**GIT_ENV)
 
+    def up_to_date(self) -> bool:
+        """True when the remote is a local repository whose branch heads the mirror already
+        has: then there is nothing to fetch. Any doubt answers False (fetch as usual)."""
+        source = local_git_dir(self.url)
+        if source is None:
+            return False
+        try:
+            return read_heads(source) == read_heads(self.path)
+        except (OSError, RefsUnclear):
+            return False
+
     def fetch(self) -> None:
         try:
             self.repo.git.fetch("--quiet", "--prune", "--no-tags", self.url, "+refs/heads/*:refs/heads/*",
@@ -60,6 +73,10 @@ class Mirror:
             raise FetchError(f"git fetch {self.url}: {detail}") from None
 
     def heads(self) -> dict[str, str]:
+        try:
+            return read_heads(self.path)  # our own bare mirror, written only by our fetch
+        except (OSError, RefsUnclear):
+            pass
         out = self.repo.git.for_each_ref("--format=%(refname:lstrip=2) %(objectname)", "refs/heads/")
         return dict(line.split(" ", 1) for line in out.splitlines() if line)
 

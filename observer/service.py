@@ -70,7 +70,8 @@ class Observer:
             mirror = Mirror(self.settings.state_dir / "mirrors" / f"{repo.name}.git", repo.url,
                             self.settings.fetch_timeout)
             self.mirrors[repo.name] = mirror
-        mirror.fetch()
+        if not mirror.up_to_date():
+            mirror.fetch()
         heads = mirror.heads()
         with self._report_lock:
             for branch in self.cursors.branches(repo.name):

@@ -27,3 +27,12 @@ def test_capacity_benchmark_runs(tmp_path: Path) -> None:
     figures = json.loads((tmp_path / "c.json").read_text())
     assert figures["jobs_per_s_median"] > 0 and figures["hold"]["heartbeats"] >= 10
     assert figures["hold"]["lease_lost"] == 0 and figures["hold"]["expired"] == 0
+
+
+def test_observer_cost_benchmark_runs(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.observer_cost", "--repos", "3", "--branches", "2",
+                          "--cycles", "2", "--json", str(tmp_path / "o.json")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    figures = json.loads((tmp_path / "o.json").read_text())
+    assert figures["repos"] == 3 and 0 < figures["idle_cpu_s_min"] <= figures["idle_cpu_s_max"]

@@ -89,3 +89,23 @@ def test_cursors_persist_and_a_corrupt_file_is_an_error(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(StateError, match=f"{path}: unreadable cursor file"):
         Cursors(path)
+
+
+def test_heads_read_from_files_match_git_and_local_mirror_skips_fetch(tmp_path: Path, repo: GitRepo) -> None:
+    from observer.refs import read_heads
+
+    repo.commit("exit 0")
+    repo.git("branch", "feature")
+    repo.git("pack-refs", "--all")  # one head packed ...
+    repo.git("checkout", "-q", "-b", "loose/nested")
+    repo.commit("exit 0")  # ... one loose, in a nested folder
+    expected = dict(line.split(" ", 1)[::-1] for line in
+                    repo.git("for-each-ref", "--format=%(objectname) %(refname:lstrip=2)", "refs/heads/").splitlines())
+    assert read_heads(repo.path / ".git") == expected
+    mirror = Mirror(tmp_path / "m.git", str(repo.path), 30)
+    assert not mirror.up_to_date()
+    mirror.fetch()
+    assert mirror.up_to_date() and mirror.heads() == expected
+    repo.commit("exit 0")
+    assert not mirror.up_to_date()  # a new commit: fetch again
+    assert not Mirror(tmp_path / "r.git", "https://example.invalid/x.git", 30).up_to_date()  # remote: always fetch
