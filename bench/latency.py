@@ -21,6 +21,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +39,9 @@ def _wait(path: Path, timeout: float) -> float:
     return time.monotonic()
 
 
-def measure(commits: int, poll_interval: float, watch: bool, seed: int) -> list[float]:
+def measure(commits: int, poll_interval: float, watch: bool, seed: int,
+            inspect: Optional[Callable[[Path, list[str]], None]] = None) -> list[float]:
+    """Latencies of `commits` commits; `inspect(root, shas)` sees the run's files before teardown."""
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="polyarch-bench-") as tmp:
         root = Path(tmp)
@@ -75,13 +78,16 @@ def measure(commits: int, poll_interval: float, watch: bool, seed: int) -> list[
                     _wait(root / "var/dispatcher/address", 30)
             results = root / "test_results" / "bench"
             _wait(results / _git(repo, "rev-parse", "HEAD") / "amd64.json", 60)  # warm-up
-            latencies = []
+            latencies, shas = [], []
             for i in range(commits):
                 time.sleep(rng.uniform(0.2, 0.6))
                 _git(repo, "commit", "-q", "--allow-empty", "-m", f"bench {i}")
                 committed = time.monotonic()
                 sha = _git(repo, "rev-parse", "HEAD")
                 latencies.append(_wait(results / sha / "amd64.json", 60 + poll_interval * 4) - committed)
+                shas.append(sha)
+            if inspect is not None:
+                inspect(root, shas)
             return latencies
         finally:
             for proc in procs:

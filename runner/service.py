@@ -201,9 +201,16 @@ class Runner:
             if work.result is None:
                 self._release(job, "runner stopping")
                 return
+            delivering = time.time()
             self._deliver(work.result)
+            work.steps["deliver"] = time.time() - delivering
         finally:
+            cleaning = time.time()
             work.cleanup()
+            work.steps["cleanup"] = time.time() - cleaning
+            if work.steps:
+                log.info("timing %s %s: %s", job.repo, job.commit[:12],
+                         ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in work.steps.items()))
 
     def _release(self, job: Job, reason: str) -> None:
         try:
@@ -232,6 +239,7 @@ class _JobWork:
         self._aborted = threading.Event()
         self._process: Optional[Process] = None
         self._lock = threading.Lock()
+        self.steps: dict[str, float] = {}  # step -> seconds, for the per-job timing log line
 
     def abort(self) -> None:
         with self._lock:
@@ -245,6 +253,7 @@ class _JobWork:
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
             self.runner.mirrors.checkout(job.repo, job.url, job.commit, self.src)
+            self.steps["checkout"] = time.time() - started
             chosen = settings_for(self.src, job.arch, JobSettings(job.test_command, job.timeout,
                                                                   job.timeout_factor))
         except (CheckoutError, ConfigError) as exc:
@@ -265,7 +274,10 @@ class _JobWork:
                 return
         atomic_write(self.runner.marker, json.dumps({"pgid": self._process.pgid, "lease_id": job.lease_id}).encode())
         timeout = chosen.timeout * chosen.timeout_factor
+        spawned = time.time()
+        self.steps["prepare"] = spawned - started - self.steps["checkout"]
         ex = self._process.wait(timeout, settings.kill_grace)
+        self.steps["run"] = time.time() - spawned  # the reaper's start, the command, its exit
         if ex.outcome == Outcome.KILLED:
             return
         if ex.outcome == Outcome.TIMED_OUT:

@@ -36,3 +36,11 @@ def test_observer_cost_benchmark_runs(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     figures = json.loads((tmp_path / "o.json").read_text())
     assert figures["repos"] == 3 and 0 < figures["idle_cpu_s_min"] <= figures["idle_cpu_s_max"]
+
+
+def test_overhead_benchmark_runs(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.overhead", "--commits", "2", "--json", str(tmp_path / "o.json")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    figures = json.loads((tmp_path / "o.json").read_text())
+    assert figures["checkout"]["n"] == 2 and figures["overhead"]["median_ms"] > 0

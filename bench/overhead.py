@@ -1,0 +1,86 @@
+"""Overhead per job: what polyarch adds around the test command, step by step.
+
+    .venv/bin/python -m bench.overhead [--commits 20] [--json FILE]
+
+Real daemons, a local repository, a warm mirror, the test command `true`, commits one
+at a time (the latency benchmark's run). The runner logs each job's steps (`timing`
+lines): checkout (fetch into its mirror + worktree), prepare (settings, environment),
+run (reaper start + command + exit), deliver (result to the dispatcher, acknowledged
+once durable in SQLite); the result file's mtime minus the command's end gives deliver
+plus the dispatcher's file writes. The command's own time (`sh -c true`, measured here)
+is taken out of run. Medians with min/max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+from bench.latency import ROOT, measure
+
+TIMING = re.compile(r"timing bench ([0-9a-f]{12}): (.*)")
+
+
+def _command_time(runs: int = 30) -> float:
+    samples = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        subprocess.run(["sh", "-c", "true"], check=True)
+        samples.append(time.perf_counter() - began)
+    return statistics.median(samples)
+
+
+def collect(commits: int, seed: int) -> dict[str, dict[str, float]]:
+    steps: dict[str, list[float]] = {}
+
+    def inspect(root: Path, shas: list[str]) -> None:
+        short = {s[:12] for s in shas}
+        for m in TIMING.finditer((root / "runner.log").read_text()):
+            if m.group(1) not in short:
+                continue  # the warm-up job
+            for part in m.group(2).split(", "):
+                name, value, _ = part.split(" ")
+                steps.setdefault(name, []).append(float(value))
+        for sha in shas:
+            path = root / "test_results" / "bench" / sha / "amd64.json"
+            stamp = json.loads(path.read_text())["finished_at"]  # ISO 8601, milliseconds, UTC
+            finished = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+            steps.setdefault("deliver+write", []).append((path.stat().st_mtime - finished) * 1000)
+
+    measure(commits, poll_interval=5.0, watch=True, seed=seed, inspect=inspect)
+    command_ms = _command_time() * 1000
+    steps["run-minus-command"] = [v - command_ms for v in steps["run"]]
+    per_job = [c + p + r + d for c, p, r, d in zip(steps["checkout"], steps["prepare"], steps["run-minus-command"],
+                                                  steps["deliver+write"])]
+    steps["overhead"] = per_job
+    out = {k: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "n": len(v)}
+           for k, v in steps.items()}
+    out["command"] = {"median_ms": command_ms, "min_ms": command_ms, "max_ms": command_ms, "n": 30}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--commits", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "overhead.json")
+    args = parser.parse_args()
+    figures = collect(args.commits, args.seed)
+    print(f"overhead per job, test command `true`, {args.commits} jobs (ms):")
+    for name in ("checkout", "prepare", "run", "command", "run-minus-command", "deliver", "deliver+write",
+                 "cleanup", "overhead"):
+        f = figures[name]
+        print(f"  {name:18} median {f['median_ms']:6.1f}   min {f['min_ms']:6.1f}   max {f['max_ms']:6.1f}")
+    print("  (overhead = checkout + prepare + run-minus-command + deliver+write; cleanup runs after the ack)")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
