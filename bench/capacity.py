@@ -80,8 +80,15 @@ class Dispatcher:
         return self.log.read_text(errors="replace").count("expired: runner")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+    def __enter__(self) -> "Dispatcher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()  # also when the benchmark fails: no dispatcher left running
 
 
 def _dispatch(d: Dispatcher, n: int) -> None:
@@ -99,6 +106,11 @@ def _register(conn: Connection) -> None:
 def throughput(runners: int, jobs: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="polyarch-capacity-") as tmp:
         d = Dispatcher(Path(tmp), heartbeat_timeout=30)
+        return _throughput(d, runners, jobs)
+
+
+def _throughput(d: Dispatcher, runners: int, jobs: int) -> dict[str, float]:
+    with d:
         done = threading.Semaphore(0)
         stop = threading.Event()
         errors: list[str] = []
@@ -142,58 +154,62 @@ def throughput(runners: int, jobs: int) -> dict[str, float]:
 
 def hold(runners: int, seconds: float) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="polyarch-hold-") as tmp:
-        d = Dispatcher(Path(tmp), heartbeat_timeout=5)
-        idle_rss = d.rss_mib()
-        _dispatch(d, runners)
-        lost, rtts, errors = [0], [], []
-        lock = threading.Lock()
-        leased = threading.Semaphore(0)
+        with Dispatcher(Path(tmp), heartbeat_timeout=5) as d:
+            return _hold(d, runners, seconds)
 
-        def runner(i: int) -> None:
-            try:
-                with d.connect(Role.RUNNER, f"hold-{i}") as conn:
-                    _register(conn)
-                    job = conn.request(Lease(wait=10))
-                    if not isinstance(job, Job):
-                        raise RemoteError("no-job", "no job leased")
-                    leased.release()  # heartbeats start at once, as a real runner's do
-                    end = time.monotonic() + seconds
-                    while time.monotonic() < end:
-                        time.sleep(1.0)
-                        sent = time.monotonic()
-                        try:
-                            conn.request_ack(Heartbeat(job.lease_id))
-                        except RemoteError as exc:
-                            if exc.code != "lease-lost":
-                                raise
-                            with lock:
-                                lost[0] += 1
+
+def _hold(d: Dispatcher, runners: int, seconds: float) -> dict[str, float]:
+    idle_rss = d.rss_mib()
+    _dispatch(d, runners)
+    lost, rtts, errors = [0], [], []
+    lock = threading.Lock()
+    leased = threading.Semaphore(0)
+
+    def runner(i: int) -> None:
+        try:
+            with d.connect(Role.RUNNER, f"hold-{i}") as conn:
+                _register(conn)
+                job = conn.request(Lease(wait=10))
+                if not isinstance(job, Job):
+                    raise RemoteError("no-job", "no job leased")
+                leased.release()  # heartbeats start at once, as a real runner's do
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    time.sleep(1.0)
+                    sent = time.monotonic()
+                    try:
+                        conn.request_ack(Heartbeat(job.lease_id))
+                    except RemoteError as exc:
+                        if exc.code != "lease-lost":
+                            raise
                         with lock:
-                            rtts.append(time.monotonic() - sent)
-                    now = time.time()
-                    conn.request_ack(Result(lease_id=job.lease_id, status=Status.PASSED, exit_code=0,
-                                            started_at=now, finished_at=now, log="ok\n"))
-            except (OSError, RemoteError) as exc:
-                errors.append(f"hold-{i}: {exc}")
+                            lost[0] += 1
+                    with lock:
+                        rtts.append(time.monotonic() - sent)
+                now = time.time()
+                conn.request_ack(Result(lease_id=job.lease_id, status=Status.PASSED, exit_code=0,
+                                        started_at=now, finished_at=now, log="ok\n"))
+        except (OSError, RemoteError) as exc:
+            errors.append(f"hold-{i}: {exc}")
 
-        threads = [threading.Thread(target=runner, args=(i,), daemon=True) for i in range(runners)]
-        for t in threads:
-            t.start()
-        for _ in range(runners):
-            if not leased.acquire(timeout=120):
-                raise SystemExit("bench: not every held runner got a job")
-        time.sleep(seconds / 2)
-        load_rss = d.rss_mib()
-        for t in threads:
-            t.join(timeout=seconds + 60)
-        expired = d.expired()
-        d.stop()
-        if errors:
-            raise SystemExit(f"bench: {len(errors)} held runner(s) failed, first: {errors[0]}")
-        rtts.sort()
-        return {"runners": runners, "heartbeats": len(rtts), "lease_lost": lost[0], "expired": expired,
-                "heartbeat_rtt_median_ms": statistics.median(rtts) * 1000,
-                "heartbeat_rtt_max_ms": rtts[-1] * 1000, "rss_idle_mib": idle_rss, "rss_under_load_mib": load_rss}
+    threads = [threading.Thread(target=runner, args=(i,), daemon=True) for i in range(runners)]
+    for t in threads:
+        t.start()
+    for _ in range(runners):
+        if not leased.acquire(timeout=120):
+            raise SystemExit("bench: not every held runner got a job")
+    time.sleep(seconds / 2)
+    load_rss = d.rss_mib()
+    for t in threads:
+        t.join(timeout=seconds + 60)
+    expired = d.expired()
+    d.stop()
+    if errors:
+        raise SystemExit(f"bench: {len(errors)} held runner(s) failed, first: {errors[0]}")
+    rtts.sort()
+    return {"runners": runners, "heartbeats": len(rtts), "lease_lost": lost[0], "expired": expired,
+            "heartbeat_rtt_median_ms": statistics.median(rtts) * 1000,
+            "heartbeat_rtt_max_ms": rtts[-1] * 1000, "rss_idle_mib": idle_rss, "rss_under_load_mib": load_rss}
 
 
 def main() -> None:

@@ -75,18 +75,20 @@ def measure(repos: int, branches: int, cycles: int) -> dict[str, float]:
                 """))
         d = Dispatcher(root, heartbeat_timeout=30,
                        extra='[observer]\ndispatcher = "127.0.0.1:0"\nwatch = false\n\n' + "\n".join(blocks))
-        config = load_config(root / "polyarch.toml")
-        observer = Observer(config)
-        mine = [r for r in config.repos if r.name in names]  # not the capacity bench's own repo
-        first = _cycle(observer, mine)
-        idle = [_cycle(observer, mine) for _ in range(cycles)]
-        new = []
-        for i in range(cycles):
-            _commit(root / "repos" / names[i % repos], "main", i)
-            new.append(_cycle(observer, mine))
-        if observer.conn is not None:
-            observer.conn.close()
-        d.stop()
+        try:
+            config = load_config(root / "polyarch.toml")
+            observer = Observer(config)
+            mine = [r for r in config.repos if r.name in names]  # not the capacity bench's own repo
+            first = _cycle(observer, mine)
+            idle = [_cycle(observer, mine) for _ in range(cycles)]
+            new = []
+            for i in range(cycles):
+                _commit(root / "repos" / names[i % repos], "main", i)
+                new.append(_cycle(observer, mine))
+            if observer.conn is not None:
+                observer.conn.close()
+        finally:
+            d.stop()
     idle.sort()
     new.sort()
     return {"repos": repos, "branches": branches, "cycles": cycles, "first_cycle_cpu_s": first,

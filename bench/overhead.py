@@ -41,6 +41,12 @@ def collect(commits: int, seed: int) -> dict[str, dict[str, float]]:
 
     def inspect(root: Path, shas: list[str]) -> None:
         short = {s[:12] for s in shas}
+        # The runner logs a job's timing after its cleanup, i.e. just after the result file
+        # appears: wait for the last one.
+        deadline = time.monotonic() + 10
+        while (not short <= {m.group(1) for m in TIMING.finditer((root / "runner.log").read_text())}
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
         for m in TIMING.finditer((root / "runner.log").read_text()):
             if m.group(1) not in short:
                 continue  # the warm-up job

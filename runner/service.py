@@ -266,6 +266,8 @@ class _JobWork:
         with self._lock:
             if self._aborted.is_set():
                 return
+            spawned = time.time()
+            self.steps["prepare"] = spawned - started - self.steps["checkout"]
             try:
                 self._process = Process(chosen.test_command, self.src, env, self.folder / "output.log",
                                         settings.log_limit)
@@ -274,10 +276,9 @@ class _JobWork:
                 return
         atomic_write(self.runner.marker, json.dumps({"pgid": self._process.pgid, "lease_id": job.lease_id}).encode())
         timeout = chosen.timeout * chosen.timeout_factor
-        spawned = time.time()
-        self.steps["prepare"] = spawned - started - self.steps["checkout"]
         ex = self._process.wait(timeout, settings.kill_grace)
-        self.steps["run"] = time.time() - spawned  # the reaper's start, the command, its exit
+        # From the spawn: the reaper's start, the crash marker, the command, its exit.
+        self.steps["run"] = time.time() - spawned
         if ex.outcome == Outcome.KILLED:
             return
         if ex.outcome == Outcome.TIMED_OUT:
