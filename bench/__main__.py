@@ -25,6 +25,7 @@ FULL = {
     "overhead": ["bench.overhead"],
     "observer-cost": ["bench.observer_cost"],
     "capacity": ["bench.capacity"],
+    "burst": ["bench.burst"],
     "emulation": ["bench.emulation"],
 }
 QUICK = {
@@ -33,6 +34,7 @@ QUICK = {
     "overhead": ["--commits", "2"],
     "observer-cost": ["--repos", "5", "--cycles", "2"],
     "capacity": ["--runners", "5", "--jobs", "50", "--repeat", "1", "--hold-runners", "10", "--hold-seconds", "2"],
+    "burst": ["--sizes", "3", "--runners", "1", "--tests", "true", "--repeat", "1"],
     "emulation": ["--runs", "1"],
 }
 

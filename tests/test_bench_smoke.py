@@ -25,5 +25,7 @@ def test_every_benchmark_runs_quickly(tmp_path: Path) -> None:
     capacity = figures["capacity"]
     assert capacity["jobs_per_s_median"] > 0 and capacity["hold"]["heartbeats"] >= 10
     assert capacity["hold"]["lease_lost"] == 0 and capacity["hold"]["expired"] == 0
+    burst = figures["burst"]
+    assert len(burst) == 1 and burst[0]["commits"] == 3 and burst[0]["median_s"] > 0
     assert figures["quick"] is True
     assert "median" in out.stdout
