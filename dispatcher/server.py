@@ -165,7 +165,6 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
                     for finished in batch:
                         self._publish(finished)
                         written.append(finished)
-                    self._summarise(written)
                     self.store.mark_published(*(f.job.id for f in written))
                 except (OSError, StateError) as exc:
                     failed = batch[len(written)] if len(written) < len(batch) else batch[-1]
@@ -178,12 +177,6 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
                     log.info("result %s %s %s: %s (attempt %d, runner %s)", job.repo, job.sha[:12], job.arch,
                              (job.status or Status.ERROR).value, job.attempt, job.runner)
 
-    def _summarise(self, written: list[FinishedJob]) -> None:
-        """summary.json once per commit of the batch, after all its architectures' files."""
-        commits = {(f.job.repo, f.job.sha): f.job.branch for f in written}
-        for (repo, sha), branch in commits.items():
-            write_summary(self.results_dir, repo, sha, branch, self.store.commit_states(repo, sha))
-
     def _publish(self, finished: FinishedJob) -> None:
         job = finished.job
         junit = finished.junit
@@ -195,6 +188,9 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
             runner_host=job.runner_host, runner_machine=job.runner_machine, runner_emulated=job.runner_emulated,
             runner_kernel=job.runner_kernel)
         write_result(self.results_dir, record, finished.log, junit)
+        # At once, not at the end of the batch: a reader who sees <arch>.json finds a
+        # summary.json that counts it a moment later at most.
+        write_summary(self.results_dir, job.repo, job.sha, job.branch, self.store.commit_states(job.repo, job.sha))
 
     # --- periodic work ------------------------------------------------------------------
 

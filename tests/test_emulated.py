@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Polyarch
+from conftest import Polyarch, wait_for
 from runner import binfmt
 from dispatcher.names import Arch
 
@@ -52,7 +52,11 @@ def test_x86_only_code_passes_natively_and_fails_on_emulated_arm64(polyarch: Pol
     assert emulated["status"] == "failed", emulated
     assert emulated["runner_machine"] == "aarch64" and emulated["emulated"] is True
     assert "machine aarch64" in (polyarch.results / "demo" / sha / "arm64.log").read_text()
-    summary = json.loads((polyarch.results / "demo" / sha / "summary.json").read_text())
+    summary_path = polyarch.results / "demo" / sha / "summary.json"
+    # summary.json is rewritten just after each <arch>.json: wait for the one that counts both.
+    wait_for(lambda: json.loads(summary_path.read_text())["status"] != "pending",
+             what="the summary to count both architectures")
+    summary = json.loads(summary_path.read_text())
     assert summary["arch_specific_failure"] is True and summary["failing_architectures"] == ["arm64"]
     # The launcher's mounts lived in its own namespace: none is visible on the host.
     mounts = Path("/proc/self/mountinfo").read_text()
