@@ -17,6 +17,8 @@ if [ "$emulation" = 1 ]; then
   command -v mmdebstrap >/dev/null || need_apt+=(mmdebstrap)
 fi
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v ip >/dev/null || need_apt+=(iproute2)  # the lab-host test's network namespaces
+command -v mount >/dev/null || need_apt+=(mount)  # the full-disk tests' tmpfs
 python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Polyarch, wait_for
+from conftest import Polyarch, skip_unless_ci, wait_for
 from runner import binfmt
 from dispatcher.names import Arch
 
@@ -30,8 +30,14 @@ def _requirements() -> str | None:
     return None
 
 
-missing = _requirements()
-pytestmark = [pytest.mark.daemons, pytest.mark.skipif(missing is not None, reason=missing or "")]
+pytestmark = pytest.mark.daemons
+
+
+@pytest.fixture(autouse=True)
+def _emulation_possible() -> None:
+    reason = _requirements()
+    if reason is not None:
+        skip_unless_ci(reason)
 
 # An x86-only assumption in the code under test: passes on amd64, fails on aarch64.
 X86_ONLY = ('python3 -c "import platform, sys; m = platform.machine(); print(\'machine\', m); '

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Polyarch, wait_for
+from conftest import Polyarch, skip_unless_ci, wait_for
 from dispatcher.auth import load_secret
 from dispatcher.tls import make_certs
 
@@ -30,7 +30,14 @@ def _why_not() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.daemons, pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")]
+pytestmark = pytest.mark.daemons
+
+
+@pytest.fixture(autouse=True)
+def _lab_host_possible() -> None:
+    reason = _why_not()
+    if reason is not None:
+        skip_unless_ci(reason)
 
 
 def ip(*args: str, ns: str | None = None) -> None:

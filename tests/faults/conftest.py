@@ -16,6 +16,8 @@ from typing import Iterator
 
 import pytest
 
+from conftest import skip_unless_ci
+
 LONG = os.environ.get("POLYARCH_FAULTS") == "long"
 
 
@@ -35,7 +37,7 @@ def record(kind: str, name: str, **figures: object) -> None:
 
 def needs_root(what: str) -> None:
     if os.geteuid() != 0:
-        pytest.skip(f"{what} needs root (mounts a tmpfs); run the suite as root, as CI does")
+        skip_unless_ci(f"{what} needs root (mounts a tmpfs): run bash scripts/test.sh as root, as CI does")
 
 
 @pytest.fixture
@@ -43,7 +45,7 @@ def small_tmpfs(tmp_path: Path) -> Iterator:
     """Mount tmpfs file systems of a given size; all unmounted afterwards."""
     needs_root("a full-disk test")
     if shutil.which("mount") is None:
-        pytest.skip("mount is missing: apt-get install mount")
+        skip_unless_ci("mount is missing: apt-get install mount")
     mounted: list[Path] = []
 
     def make(name: str, size_kib: int) -> Path:
