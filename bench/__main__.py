@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.rig import ROOT, write_json
+
 
 FULL = {
     "latency-watch": ["bench.latency"],
@@ -66,8 +67,7 @@ def main() -> None:
             figures[name] = json.loads(out.read_text())
             print(f"   ({time.monotonic() - began:.0f} s)")
     figures["quick"] = args.quick
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    write_json(args.json, figures)
     print(f"all figures in {args.json}")
 
 

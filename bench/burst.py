@@ -14,18 +14,13 @@ time went to tests rather than to polyarch. Medians with min/max over `--repeat`
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
-from bench.latency import ROOT, _git
+from bench.rig import ROOT, daemons, git, new_repo, wait_file, write_config, write_json
 
 
 def _command_seconds(test: str, runs: int = 10) -> float:
@@ -40,63 +35,21 @@ def _command_seconds(test: str, runs: int = 10) -> float:
 def run_once(size: int, runners: int, test: str) -> float:
     with tempfile.TemporaryDirectory(prefix="polyarch-burst-") as tmp:
         root = Path(tmp)
-        repo = root / "upstream"
-        repo.mkdir()
-        _git(repo, "init", "-q", "-b", "main")
-        _git(repo, "config", "user.email", "bench@example.invalid")
-        _git(repo, "config", "user.name", "Bench")
-        _git(repo, "commit", "-q", "--allow-empty", "-m", "start")
-        config = root / "polyarch.toml"
-        config.write_text(textwrap.dedent(f"""\
-            [dispatcher]
-            listen = "127.0.0.1:0"
-            [observer]
-            dispatcher = "127.0.0.1:0"
-            poll_interval = 5
-            max_backfill = {size + 10}
-            [runner]
-            dispatcher = "127.0.0.1:0"
-            [[repos]]
-            name = "bench"
-            url = "{repo}"
-            test_command = "{test}"
-            """))
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        procs = []
-        try:
-            daemons = [("dispatcher", []), ("observer", [])] + [("runner", ["--name", f"r{i}"]) for i in range(runners)]
-            for name, extra in daemons:
-                log = open(root / f"{name}{extra[-1] if extra else ''}.log", "wb")
-                procs.append(subprocess.Popen([sys.executable, "-m", name, "serve", "--config", str(config), *extra],
-                                              cwd=root, stdout=log, stderr=log, env=env))
-                log.close()
-                if name == "dispatcher":
-                    _wait_for(root / "var/dispatcher/address")
+        repo = new_repo(root)
+        config = write_config(root, repo, test_command=test, max_backfill=size + 10)
+        with daemons(root, config, runners=runners):
             results = root / "test_results" / "bench"
-            _wait_for(results / _git(repo, "rev-parse", "HEAD") / "amd64.json")  # warm: mirrors made
-            _git(repo, "checkout", "-q", "-b", "side")
+            wait_file(results / git(repo, "rev-parse", "HEAD") / "amd64.json")  # warm: mirrors made
+            git(repo, "checkout", "-q", "-b", "side")
             for i in range(size):
-                _git(repo, "commit", "-q", "--allow-empty", "-m", f"burst {i}")
-            shas = _git(repo, "rev-list", "main..side").split()
-            _git(repo, "checkout", "-q", "main")
+                git(repo, "commit", "-q", "--allow-empty", "-m", f"burst {i}")
+            shas = git(repo, "rev-list", "main..side").split()
+            git(repo, "checkout", "-q", "main")
             pushed = time.monotonic()
-            _git(repo, "merge", "-q", "--ff-only", "side")  # the push: main moves N commits at once
+            git(repo, "merge", "-q", "--ff-only", "side")  # the push: main moves N commits at once
             for sha in shas:
-                _wait_for(results / sha / "amd64.json", timeout=600)
+                wait_file(results / sha / "amd64.json", timeout=600)
             return time.monotonic() - pushed
-        finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                proc.wait(timeout=60)
-
-
-def _wait_for(path: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench: {path} did not appear within {timeout} s")
-        time.sleep(0.005)
 
 
 def main() -> None:
@@ -121,8 +74,7 @@ def main() -> None:
                 rows.append(row)
                 print(f"{size:>7} {runners:>7} {test:>10} {median:>9.2f} {times[0]:>7.2f} {times[-1]:>7.2f} "
                       f"{row['utilisation']:>10.0%}", flush=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    write_json(args.json, rows)
 
 
 if __name__ == "__main__":

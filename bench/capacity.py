@@ -17,7 +17,6 @@ expired (its log), the slowest heartbeat round trip, and the dispatcher's RSS.
 from __future__ import annotations
 
 import argparse
-import json
 import secrets
 import statistics
 import subprocess
@@ -28,14 +27,12 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from dispatcher.auth import load_secret  # noqa: E402
-from dispatcher.client import Connection  # noqa: E402
-from dispatcher.config import Address  # noqa: E402
-from dispatcher.errors import RemoteError  # noqa: E402
-from dispatcher.protocol import (CommitInfo, Dispatch, Heartbeat, Job, Lease, Register, Result, Role,  # noqa: E402
+from bench.rig import ROOT, write_json
+from dispatcher.auth import load_secret
+from dispatcher.client import Connection
+from dispatcher.config import Address
+from dispatcher.errors import RemoteError
+from dispatcher.protocol import (CommitInfo, Dispatch, Heartbeat, Job, Lease, Register, Result, Role,
                                  Status)
 
 
@@ -235,8 +232,7 @@ def main() -> None:
           f"heartbeats, lease lost {h['lease_lost']}, leases expired {h['expired']}, round trip median "
           f"{h['heartbeat_rtt_median_ms']:.1f} ms, max {h['heartbeat_rtt_max_ms']:.1f} ms; dispatcher RSS "
           f"{h['rss_idle_mib']:.1f} MiB idle, {h['rss_under_load_mib']:.1f} MiB under load")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    write_json(args.json, figures)
 
 
 if __name__ == "__main__":

@@ -10,33 +10,14 @@ Prints median, p95, min and max; writes the figures as JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def _wait(path: Path, timeout: float) -> float:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bench: no result at {path} within {timeout} s")
-        time.sleep(0.002)
-    return time.monotonic()
+from bench.rig import ROOT, daemons, git, new_repo, wait_file, write_config, write_json
 
 
 def measure(commits: int, poll_interval: float, watch: bool, seed: int,
@@ -45,55 +26,22 @@ def measure(commits: int, poll_interval: float, watch: bool, seed: int,
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="polyarch-bench-") as tmp:
         root = Path(tmp)
-        repo = root / "upstream"
-        repo.mkdir()
-        _git(repo, "init", "-q", "-b", "main")
-        _git(repo, "config", "user.email", "bench@example.invalid")
-        _git(repo, "config", "user.name", "Bench")
-        _git(repo, "commit", "-q", "--allow-empty", "-m", "start")
-        config = root / "polyarch.toml"
-        config.write_text(textwrap.dedent(f"""\
-            [dispatcher]
-            listen = "127.0.0.1:0"
-            [observer]
-            dispatcher = "127.0.0.1:0"
-            poll_interval = {poll_interval}
-            watch = {str(watch).lower()}
-            [runner]
-            dispatcher = "127.0.0.1:0"
-            [[repos]]
-            name = "bench"
-            url = "{repo}"
-            architectures = ["amd64"]
-            test_command = "true"
-            """))
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        procs = []
-        try:
-            for name in ("dispatcher", "runner", "observer"):
-                log = open(root / f"{name}.log", "wb")
-                procs.append(subprocess.Popen([sys.executable, "-m", name, "serve", "--config", str(config)],
-                                              cwd=root, stdout=log, stderr=log, env=env))
-                if name == "dispatcher":
-                    _wait(root / "var/dispatcher/address", 30)
+        repo = new_repo(root)
+        config = write_config(root, repo, poll_interval=poll_interval, watch=watch)
+        with daemons(root, config):
             results = root / "test_results" / "bench"
-            _wait(results / _git(repo, "rev-parse", "HEAD") / "amd64.json", 60)  # warm-up
+            wait_file(results / git(repo, "rev-parse", "HEAD") / "amd64.json")  # warm-up
             latencies, shas = [], []
             for i in range(commits):
                 time.sleep(rng.uniform(0.2, 0.6))
-                _git(repo, "commit", "-q", "--allow-empty", "-m", f"bench {i}")
+                git(repo, "commit", "-q", "--allow-empty", "-m", f"bench {i}")
                 committed = time.monotonic()
-                sha = _git(repo, "rev-parse", "HEAD")
-                latencies.append(_wait(results / sha / "amd64.json", 60 + poll_interval * 4) - committed)
+                sha = git(repo, "rev-parse", "HEAD")
+                latencies.append(wait_file(results / sha / "amd64.json", 60 + poll_interval * 4) - committed)
                 shas.append(sha)
             if inspect is not None:
                 inspect(root, shas)
             return latencies
-        finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                proc.wait(timeout=30)
 
 
 def summarise(latencies: list[float]) -> dict[str, float]:
@@ -116,8 +64,7 @@ def main() -> None:
     print(f"commit-to-result latency, no-op test, {mode}, {figures['n']} commits:")
     print(f"  median {figures['median_ms']:.0f} ms   p95 {figures['p95_ms']:.0f} ms   "
           f"min {figures['min_ms']:.0f} ms   max {figures['max_ms']:.0f} ms")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"mode": mode, **figures}, indent=2) + "\n")
+    write_json(args.json, {"mode": mode, **figures})
 
 
 if __name__ == "__main__":

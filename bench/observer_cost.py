@@ -12,22 +12,18 @@ getrusage, so every git process the cycle spawns is counted.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.capacity import Dispatcher  # noqa: E402
-from dispatcher.config import load_config  # noqa: E402
-from observer.service import Observer  # noqa: E402
+from bench.capacity import Dispatcher
+from bench.rig import ROOT, write_json
+from dispatcher.config import load_config
+from observer.service import Observer
 
 
 def _cpu() -> float:
@@ -111,8 +107,7 @@ def main() -> None:
           f"max {f['idle_cpu_s_max']:.3f}); one new commit median {f['one_new_cpu_s_median']:.3f} s "
           f"(min {f['one_new_cpu_s_min']:.3f}, max {f['one_new_cpu_s_max']:.3f}); first cycle (mirroring) "
           f"{f['first_cycle_cpu_s']:.2f} s; {time.monotonic() - started:.0f} s in all")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(f, indent=2) + "\n")
+    write_json(args.json, f)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from bench.latency import ROOT, measure
+from bench.latency import measure
+from bench.rig import ROOT, write_json
 
 TIMING = re.compile(r"timing bench ([0-9a-f]{12}): (.*)")
 
@@ -84,8 +85,7 @@ def main() -> None:
         f = figures[name]
         print(f"  {name:18} median {f['median_ms']:6.1f}   min {f['min_ms']:6.1f}   max {f['max_ms']:6.1f}")
     print("  (overhead = checkout + prepare + run-minus-command + deliver+write; cleanup runs after the ack)")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    write_json(args.json, figures)
 
 
 if __name__ == "__main__":
