@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Iterator
@@ -73,3 +74,12 @@ def fill(folder: Path, name: str = "filler") -> Path:
             except OSError:
                 pass
     return path
+
+
+def state_value(root: Path, sql: str, *args: object) -> object:
+    """One value from the dispatcher's state database, opened read-only beside it."""
+    db = sqlite3.connect(f"file:{root / 'var/dispatcher/polyarch.sqlite3'}?mode=ro", uri=True)
+    try:
+        return db.execute(sql, args).fetchone()[0]
+    finally:
+        db.close()

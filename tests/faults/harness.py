@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import re
 import signal
@@ -16,8 +17,9 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import Polyarch
+from conftest import GitRepo, Polyarch
 from dispatcher.fsutil import TMP_PREFIX
+from faults.conftest import scale
 
 RESULT_LINE = re.compile(r"result demo ([0-9a-f]{12}) amd64: (\w+) \(attempt (\d+), runner (\S+)\)")
 
@@ -179,3 +181,44 @@ def _logged_twice(env: Polyarch) -> set[str]:
         for m in RESULT_LINE.finditer(d.log()):
             seen.setdefault(m.group(1), set()).add((m.group(3), m.group(4)))
     return {sha for sha, writes in seen.items() if len(writes) > 1}
+
+
+def seeds(base: int, short: int, long: int) -> list[int]:
+    """The trial seeds of one test: base, base+1, ...; POLYARCH_FAULT_SEED replays one."""
+    fixed = os.environ.get("POLYARCH_FAULT_SEED")
+    return [int(fixed)] if fixed else [base + i for i in range(scale(short, long))]
+
+
+@dataclasses.dataclass
+class Trials:
+    """What a series of trials checked, summed, and the seeds that failed."""
+
+    totals: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(
+        ("trials", "commits", "results", "kills", "lost", "duplicated", "partial", "temporaries"), 0))
+    failures: list[str] = dataclasses.field(default_factory=list)
+    stop_seconds: list[float] = dataclasses.field(default_factory=list)
+
+
+def run_trials(tmp_path: Path, daemon: str, trial_seeds: list[int], commits: int, runners: int = 2,
+               graceful: bool = False) -> Trials:
+    """run_kill_trial once per seed, each in a fresh folder, tallied."""
+    out = Trials()
+    for seed in trial_seeds:
+        root = tmp_path / f"seed{seed}"
+        root.mkdir()
+        env = Polyarch(root, GitRepo(root / "upstream"))
+        try:
+            check = run_kill_trial(env, daemon, seed, commits=commits, runners=runners, graceful=graceful)
+        finally:
+            env.close()
+        out.stop_seconds += check.stop_seconds
+        out.totals["trials"] += 1
+        for key in ("commits", "results", "kills"):
+            out.totals[key] += getattr(check, key)
+        for key in ("lost", "duplicated", "partial", "temporaries"):
+            out.totals[key] += len(getattr(check, key))
+        if not check.ok:
+            out.failures.append(f"seed {seed}: lost {check.lost}, duplicated {check.duplicated}, partial "
+                                f"{check.partial}, temporaries {check.temporaries}, exit codes {check.bad_exits} "
+                                f"(logs in {root})")
+    return out

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import sqlite3
 
 import pytest
 
 from conftest import Polyarch, wait_for
 from dispatcher.fsutil import TMP_PREFIX
-from faults.conftest import fill, record
+from faults.conftest import fill, record, state_value
 
 pytestmark = pytest.mark.daemons
 
 
 def _job_state(polyarch: Polyarch, sha: str) -> str:
-    db = sqlite3.connect(f"file:{polyarch.root / 'var/dispatcher/polyarch.sqlite3'}?mode=ro", uri=True)
-    try:
-        return db.execute("SELECT state FROM jobs WHERE sha = ?", (sha,)).fetchone()[0]
-    finally:
-        db.close()
+    return str(state_value(polyarch.root, "SELECT state FROM jobs WHERE sha = ?", sha))
 
 
 def test_full_results_disk_writes_nothing_partial_and_catches_up(polyarch: Polyarch, small_tmpfs) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import sqlite3
 import subprocess
 import threading
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import GitRepo, Polyarch, wait_for
-from faults.conftest import record
+from faults.conftest import record, state_value
 
 pytestmark = pytest.mark.daemons
 
@@ -62,19 +61,11 @@ def _fast_import(repo: GitRepo, n: int) -> str:
 
 
 def _subject(polyarch: Polyarch, sha: str) -> str:
-    db = sqlite3.connect(f"file:{polyarch.root / 'var/dispatcher/polyarch.sqlite3'}?mode=ro", uri=True)
-    try:
-        return db.execute("SELECT subject FROM commits WHERE sha = ?", (sha,)).fetchone()[0]
-    finally:
-        db.close()
+    return str(state_value(polyarch.root, "SELECT subject FROM commits WHERE sha = ?", sha))
 
 
 def _jobs(polyarch: Polyarch, repo: str) -> int:
-    db = sqlite3.connect(f"file:{polyarch.root / 'var/dispatcher/polyarch.sqlite3'}?mode=ro", uri=True)
-    try:
-        return db.execute("SELECT count(*) FROM jobs WHERE repo = ?", (repo,)).fetchone()[0]
-    finally:
-        db.close()
+    return int(state_value(polyarch.root, "SELECT count(*) FROM jobs WHERE repo = ?", repo))
 
 
 def test_git_faults_are_logged_backed_off_and_the_other_repos_served(polyarch: Polyarch, tmp_path: Path) -> None:
