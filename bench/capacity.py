@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.rig import ROOT, write_json
+from bench.rig import ROOT, rss_mib, write_json
 from dispatcher.auth import load_secret
 from dispatcher.client import Connection
 from dispatcher.config import Address
@@ -68,10 +68,7 @@ class Dispatcher:
         return Connection(self.address, role, name, self.secret)
 
     def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        return rss_mib(self.proc.pid)
 
     def expired(self) -> int:
         return self.log.read_text(errors="replace").count("expired: runner")

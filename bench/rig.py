@@ -64,25 +64,45 @@ def wait_file(path: Path, timeout: float = 60) -> float:
 
 
 @contextlib.contextmanager
-def daemons(root: Path, config: Path, runners: int = 1) -> Iterator[None]:
-    """Dispatcher, runners r0.., observer as real processes logging to root/*.log; SIGTERM at the end."""
+def daemons(root: Path, config: Path, runners: int = 1) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """Dispatcher, runners r0.., observer as real processes logging to root/*.log; SIGTERM at the end.
+
+    Yields the processes by log name (dispatcher, runner or runner r0.., observer)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     plan = [("dispatcher", [])] + [("runner", ["--name", f"r{i}"]) for i in range(runners)] + [("observer", [])]
-    procs = []
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name, extra in plan:
             suffix = "" if name != "runner" or runners == 1 else extra[-1]
             with open(root / f"{name}{suffix}.log", "wb") as log:
-                procs.append(subprocess.Popen([sys.executable, "-m", name, "serve", "--config", str(config), *extra],
-                                              cwd=root, stdout=log, stderr=log, env=env))
+                procs[name + suffix] = subprocess.Popen(
+                    [sys.executable, "-m", name, "serve", "--config", str(config), *extra],
+                    cwd=root, stdout=log, stderr=log, env=env)
             if name == "dispatcher":
                 wait_file(root / "var/dispatcher/address", 30)
-        yield
+        yield procs
     finally:
-        for proc in procs:
+        for proc in procs.values():
             proc.send_signal(signal.SIGTERM)
-        for proc in procs:
+        for proc in procs.values():
             proc.wait(timeout=60)
+
+
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process in MiB (`VmHWM` for its peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no {field} for process {pid}")
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process, from /proc."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(part) for part in text.split()]
 
 
 def write_json(path: Path, figures: object) -> None:

@@ -9,11 +9,13 @@ from pathlib import Path
 TMP_PREFIX = ".polyarch-tmp-"
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
     """Write `data` to `path` so that a reader sees the old file or the new one, never half.
 
     Temporary file in the same folder (same file system, so rename is atomic), fsync of
     the file, rename, fsync of the folder so the rename itself survives a power cut.
+    `durable=False` skips both fsyncs, for files that need only outlive a process, not
+    the machine; a reader still never sees half a file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -22,7 +24,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -31,7 +34,8 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         except FileNotFoundError:
             pass
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(folder: Path) -> None:

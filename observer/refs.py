@@ -18,11 +18,18 @@ def _is_sha(text: str) -> bool:
 
 
 def read_heads(git_dir: Path) -> dict[str, str]:
-    """branch -> commit for refs/heads/*: packed-refs first, loose ref files override.
+    """branch -> commit for refs/heads/*."""
+    prefix = "refs/heads/"
+    return {ref[len(prefix):]: sha for ref, sha in read_refs(git_dir, (prefix,)).items()}
+
+
+def read_refs(git_dir: Path, prefixes: tuple[str, ...]) -> dict[str, str]:
+    """full ref name -> object id for the refs under `prefixes` (each ending in "/"):
+    packed-refs first, loose ref files override.
 
     Raises OSError if the folder cannot be read; a ref file caught mid-write (empty or
-    partial) is skipped, and the caller falls back to asking git."""
-    heads: dict[str, str] = {}
+    partial) raises RefsUnclear, and the caller falls back to asking git."""
+    refs: dict[str, str] = {}
     try:
         packed = (git_dir / "packed-refs").read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
@@ -31,22 +38,22 @@ def read_heads(git_dir: Path) -> dict[str, str]:
         if not line or line[0] in "#^":
             continue
         sha, _, ref = line.partition(" ")
-        if ref.startswith("refs/heads/") and _is_sha(sha):
-            heads[ref[len("refs/heads/"):]] = sha
-    root = git_dir / "refs" / "heads"
-    for folder, _, files in os.walk(root):
-        for name in files:
-            path = Path(folder) / name
-            try:
-                sha = path.read_text(encoding="utf-8", errors="replace").strip()
-            except (FileNotFoundError, IsADirectoryError):
-                continue
-            branch = path.relative_to(root).as_posix()
-            if _is_sha(sha):
-                heads[branch] = sha
-            elif not name.endswith(".lock"):
-                raise RefsUnclear(f"{path}: not a commit id")
-    return heads
+        if ref.startswith(prefixes) and _is_sha(sha):
+            refs[ref] = sha
+    for prefix in prefixes:
+        root = git_dir / prefix
+        for folder, _, files in os.walk(root):
+            for name in files:
+                path = Path(folder) / name
+                try:
+                    sha = path.read_text(encoding="utf-8", errors="replace").strip()
+                except (FileNotFoundError, IsADirectoryError):
+                    continue
+                if _is_sha(sha):
+                    refs[prefix + path.relative_to(root).as_posix()] = sha
+                elif not name.endswith(".lock"):
+                    raise RefsUnclear(f"{path}: not an object id")
+    return refs
 
 
 class RefsUnclear(Exception):

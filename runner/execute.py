@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Mapping, Optional
 
-REAPER = Path(__file__).with_name("reaper.py")
+GUARD = Path(__file__).with_name("guard.py")
 
 
 class Outcome(str, enum.Enum):
@@ -72,22 +72,102 @@ class CappedLog:
         return self.dropped > 0
 
 
+class Guard:
+    """The runner's one guard process (guard.py): it kills the jobs if the runner dies."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: Optional[subprocess.Popen[bytes]] = None
+        self._groups: set[int] = set()
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self._proc is None or self._proc.poll() is not None:
+            if self._proc is not None and self._proc.stdin is not None:
+                try:
+                    self._proc.stdin.close()
+                except OSError:
+                    pass  # the pipe to a dead guard: a flush of unsent bytes fails
+            # Its own session: a terminal's Ctrl-C or a group signal must not reach it.
+            self._proc = subprocess.Popen([sys.executable, "-I", "-S", str(GUARD), str(os.getpid())],
+                                          stdin=subprocess.PIPE, start_new_session=True)
+            for pgid in self._groups:  # a guard that died (OOM killer) is replaced, told everything
+                self._send(f"+{pgid}")
+        return self._proc
+
+    def _send(self, line: str) -> None:
+        assert self._proc is not None and self._proc.stdin is not None  # noqa: S101 - narrowing
+        self._proc.stdin.write(line.encode() + b"\n")
+        self._proc.stdin.flush()
+
+    def _tell(self, line: str) -> None:
+        with self._lock:
+            proc = self._started()
+            try:
+                self._send(line)
+            except (BrokenPipeError, OSError):
+                proc.wait()
+                self._started()
+
+    def start(self) -> None:
+        with self._lock:
+            self._started()
+
+    def watch(self, pgid: int) -> None:
+        self._groups.add(pgid)
+        self._tell(f"+{pgid}")
+
+    def forget(self, pgid: int) -> None:
+        self._groups.discard(pgid)
+        self._tell(f"-{pgid}")
+
+    def close(self) -> None:
+        """Stop the guard (a clean runner exit; the jobs have ended already)."""
+        with self._lock:
+            if self._proc is not None:
+                self._groups.clear()
+                if self._proc.stdin is not None:
+                    self._proc.stdin.close()
+                self._proc.wait()
+                self._proc = None
+
+
 class Process:
     """A running test command; `stop` may be called from another thread."""
 
-    def __init__(self, command: str, cwd: Path, env: Mapping[str, str], log_path: Path, log_limit: int) -> None:
+    def __init__(self, command: str, cwd: Path, env: Mapping[str, str], log_path: Path, log_limit: int,
+                 guard: Guard) -> None:
         self.started_at = time.time()
         self._stop_requested = threading.Event()
+        self._exited = threading.Event()
         self.log = CappedLog(log_path, log_limit)
         full_env = dict(env)
-        full_env["POLYARCH_RUNNER_PID"] = str(os.getpid())
+        full_env["POLYARCH_RUNNER_PID"] = str(os.getpid())  # the guard's mark, see guard.py
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", str(REAPER), command], cwd=cwd, env=full_env,
+            ["/bin/sh", "-c", command], cwd=cwd, env=full_env,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True)
         self.pgid = self.proc.pid
+        self._guard = guard
+        guard.watch(self.pgid)
         self._reader = threading.Thread(target=self._pump, name="output", daemon=True)
         self._reader.start()
+        # A blocking wait in its own thread: Popen.wait(timeout) polls with sleeps up to
+        # 50 ms, which a job that takes 2 ms would pay in full.
+        self._waiter = threading.Thread(target=self._wait_exit, name="waitpid", daemon=True)
+        self._waiter.start()
+
+    def _wait_exit(self) -> None:
+        # WNOWAIT: learn of the exit but leave the shell a zombie, so its pid (the group's
+        # id) cannot be reused before `wait` has killed what is left of the group.
+        while True:
+            try:
+                os.waitid(os.P_PID, self.pgid, os.WEXITED | os.WNOWAIT)
+                break
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+        self._exited.set()
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None  # noqa: S101 - narrowing: started with stdout=PIPE
@@ -102,11 +182,8 @@ class Process:
         deadline = self.started_at + timeout
         outcome = Outcome.EXITED
         while True:
-            try:
-                self.proc.wait(timeout=min(0.1, max(0.0, deadline - time.time())))
+            if self._exited.wait(timeout=min(0.1, max(0.0, deadline - time.time()))):
                 break
-            except subprocess.TimeoutExpired:
-                pass
             if self._stop_requested.is_set():
                 outcome = Outcome.KILLED
             elif time.time() >= deadline:
@@ -118,20 +195,21 @@ class Process:
         finished = time.time()
         # Whatever the command left behind in its group (daemons, sleeps) goes now.
         self._signal_group(signal.SIGKILL)
-        self.proc.wait()
+        self.proc.wait()  # reaps the shell; the group's id may be reused from here on
+        self._guard.forget(self.pgid)
         self._reader.join(timeout=5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         truncated = self.log.close()
-        code = self.proc.returncode if outcome == Outcome.EXITED else None
+        code = None
+        if outcome == Outcome.EXITED:
+            # A shell killed by a signal reads as 128 + signal number, as in a shell.
+            code = self.proc.returncode if self.proc.returncode >= 0 else 128 - self.proc.returncode
         return Execution(outcome, code, self.started_at, finished, truncated)
 
     def _terminate(self, grace: float) -> None:
         self._signal_group(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
+        self._exited.wait(timeout=grace)
         self._signal_group(signal.SIGKILL)
 
     def _signal_group(self, sig: int) -> None:

@@ -33,7 +33,7 @@ from dispatcher.tls import for_client
 from dispatcher.protocol import Ack, Heartbeat, Job, Lease, Register, Release, Result, Role, Status, encode
 
 from .checkout import CheckoutError, Mirrors
-from .execute import Outcome, Process
+from .execute import Guard, Outcome, Process
 from .repoconf import JobSettings, settings_for
 from .spool import Spool
 
@@ -58,7 +58,7 @@ class Runner:
         self.work = work
         self.jobs_dir = work / "jobs"
         self.marker = work / "current-job.json"
-        self.mirrors = Mirrors(work / "mirrors")
+        self.mirrors = Mirrors(work / "mirrors", work / "checkouts")
         self.spool = Spool(work / "outbox")
         self.conn: Optional[Connection] = None
         self.heartbeat_interval = 1.0
@@ -66,6 +66,7 @@ class Runner:
         self.stop_count = 0
         self.stop_since = 0.0
         self.watchdog = Watchdog()
+        self.guard = Guard()
         # Set by the --rootfs launcher; inside the root, platform.machine() is already
         # the emulated CPU's, exactly as on a real host of that architecture.
         self.emulated = os.environ.get("POLYARCH_EMULATED") == "1"
@@ -86,6 +87,7 @@ class Runner:
         self.clean_after_crash()
         log.info("runner %s (%s, %s) starting; work dir %s", self.name, self.arch.value, platform.machine(),
                  self.work)
+        self.guard.start()
         backoff = 0.1
         notify("READY=1")
         while not self.stop.is_set():
@@ -111,10 +113,11 @@ class Runner:
             except (OSError, ProtocolError, RemoteError, ConfigError) as exc:
                 log.warning("results left in %s for the next start: %s", self.spool.folder, exc)
         self._disconnect()
+        self.guard.close()
         log.info("runner %s stopped", self.name)
 
     def clean_after_crash(self) -> None:
-        """Kill what a killed runner left running and remove its half-used checkouts."""
+        """Kill what a killed runner left running and remove its job folders and worktrees."""
         if self.marker.exists():
             try:
                 info = json.loads(self.marker.read_text())
@@ -123,7 +126,7 @@ class Runner:
                 log.warning("ignoring unreadable %s: %s", self.marker, exc)
             self.marker.unlink(missing_ok=True)
         if self.jobs_dir.exists():
-            log.info("removing checkouts left by a previous run in %s", self.jobs_dir)
+            log.info("removing job folders left by a previous run in %s", self.jobs_dir)
             shutil.rmtree(self.jobs_dir, ignore_errors=True)
         self.mirrors.prune_all()
 
@@ -234,7 +237,7 @@ class _JobWork:
     def __init__(self, runner: Runner, job: Job) -> None:
         self.runner, self.job = runner, job
         self.folder = runner.jobs_dir / job.lease_id
-        self.src = self.folder / "src"
+        self.src: Optional[Path] = None  # the repository's worktree, once checked out
         self.result: Optional[Result] = None
         self._aborted = threading.Event()
         self._process: Optional[Process] = None
@@ -252,7 +255,7 @@ class _JobWork:
         started = time.time()
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
-            self.runner.mirrors.checkout(job.repo, job.url, job.commit, self.src)
+            self.src = self.runner.mirrors.checkout(job.repo, job.url, job.commit)
             self.steps["checkout"] = time.time() - started
             chosen = settings_for(self.src, job.arch, JobSettings(job.test_command, job.timeout,
                                                                   job.timeout_factor))
@@ -270,14 +273,17 @@ class _JobWork:
             self.steps["prepare"] = spawned - started - self.steps["checkout"]
             try:
                 self._process = Process(chosen.test_command, self.src, env, self.folder / "output.log",
-                                        settings.log_limit)
+                                        settings.log_limit, self.runner.guard)
             except OSError as exc:
                 self.result = _error(job, started, f"cannot start the test command: {exc}")
                 return
-        atomic_write(self.runner.marker, json.dumps({"pgid": self._process.pgid, "lease_id": job.lease_id}).encode())
+        # Not fsynced: it only has to outlive the runner process, not the machine (after a
+        # power cut no job is left running to kill).
+        atomic_write(self.runner.marker, json.dumps({"pgid": self._process.pgid, "lease_id": job.lease_id}).encode(),
+                     durable=False)
         timeout = chosen.timeout * chosen.timeout_factor
         ex = self._process.wait(timeout, settings.kill_grace)
-        # From the spawn: the reaper's start, the crash marker, the command, its exit.
+        # From the spawn: the command, the crash marker, the command's exit seen.
         self.steps["run"] = time.time() - spawned
         if ex.outcome == Outcome.KILLED:
             return
@@ -297,8 +303,8 @@ class _JobWork:
 
     def cleanup(self) -> None:
         self.runner.marker.unlink(missing_ok=True)
-        if self.src.exists():
-            self.runner.mirrors.remove(self.job.repo, self.src)
+        if self.src is not None:
+            self.runner.mirrors.clean(self.job.repo)
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

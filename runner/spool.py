@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
-from dispatcher.errors import ProtocolError
 from dispatcher.fsutil import atomic_write
 from dispatcher.protocol import Result, Status
+
+log = logging.getLogger("polyarch.runner")
 
 
 class Spool:
@@ -20,7 +22,9 @@ class Spool:
         return self.folder / f"{lease_id}.json"
 
     def put(self, result: Result) -> None:
-        atomic_write(self._path(result.lease_id), json.dumps(dataclasses.asdict(result)).encode())
+        # Not fsynced: the spool is for a runner killed or cut off before the ack. After a
+        # power cut the lease expires and the job runs again, which loses nothing.
+        atomic_write(self._path(result.lease_id), json.dumps(dataclasses.asdict(result)).encode(), durable=False)
 
     def remove(self, lease_id: str) -> None:
         self._path(lease_id).unlink(missing_ok=True)
@@ -33,5 +37,9 @@ class Spool:
                 data["status"] = Status(data["status"])
                 out.append(Result(**data))
             except (ValueError, TypeError, KeyError) as exc:
-                raise ProtocolError(f"{path}: unreadable spooled result ({exc}); move it aside") from None
+                # Left by a power cut mid-write (the file is not fsynced): its lease expires
+                # and the job runs again, so set it aside rather than block every result after it.
+                aside = path.with_suffix(".unreadable")
+                path.replace(aside)
+                log.warning("unreadable spooled result %s (%s); moved to %s", path, exc, aside.name)
         return out
