@@ -13,7 +13,7 @@ import git
 from dispatcher.errors import PolyarchError
 from dispatcher.protocol import CommitInfo
 
-from .refs import RefsUnclear, read_heads
+from .refs import RefsUnclear, borrow, local_git_dir, read_heads
 
 # Never wait for a password prompt or an unknown host key: a daemon has no terminal.
 GIT_ENV = {
@@ -63,6 +63,9 @@ class Mirror:
             return False
 
     def fetch(self) -> None:
+        source = local_git_dir(self.url)
+        if source is not None and borrow(self.path, source, ("refs/heads/",)):
+            return
         try:
             self.repo.git.fetch("--quiet", "--prune", "--no-tags", self.url, "+refs/heads/*:refs/heads/*",
                                 kill_after_timeout=self.fetch_timeout)
@@ -113,17 +116,3 @@ class Mirror:
             return True
         except git.GitCommandError:
             return False  # not an ancestor, or `old` no longer exists here at all
-
-
-def local_git_dir(url: str) -> Optional[Path]:
-    """The git folder of a repository on a local path (what a watch can see), else None."""
-    if url.startswith("file://"):
-        url = url[len("file://"):]
-    elif "://" in url:
-        return None
-    path = Path(url)
-    if (path / ".git").is_dir():
-        return path / ".git"
-    if (path / "HEAD").is_file() and (path / "refs").is_dir():
-        return path
-    return None

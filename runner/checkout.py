@@ -1,13 +1,10 @@
 """Mirrors and clean checkouts on the runner: fetch only what is missing.
 
 A repository on a local path (the lab's own checkout, or the demo's) is not fetched at
-all: the mirror borrows its objects through git's alternates file and copies its branch
-and tag refs, so a new commit costs one `git worktree add` instead of a fetch (a git
-process plus an upload-pack, about 25 ms, most of a job's overhead). The borrowing is
-read-only. If the source repository later loses a commit to its own `git gc` (a branch
-deleted or force-pushed, then pruned), the mirror loses it too; a fetched mirror would
-have dropped it from its refs by then anyway. A URL that is not a local git folder on
-this host (a lab host where the path does not exist) is fetched as before.
+all: the mirror borrows its objects and copies its branch and tag refs (observer/refs.py
+`borrow`), so tests that run `git describe` see what a fetch gave them. A URL that is
+not a local git folder on this host (a lab host where the path does not exist) is
+fetched.
 
 Each repository has one worktree per runner, reused from job to job: `git checkout
 --force` of the next commit rewrites only the files that differ (a fresh `git worktree
@@ -21,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Optional
@@ -30,7 +26,7 @@ import git
 
 from dispatcher.errors import PolyarchError
 from dispatcher.names import check_repo
-from observer.refs import RefsUnclear, read_refs
+from observer.refs import borrow, local_git_dir
 
 log = logging.getLogger("polyarch.runner")
 
@@ -92,34 +88,9 @@ class Mirrors:
             self.discard(repo)
 
     def _borrow(self, mirror: git.Repo, url: str) -> bool:
-        """For a local repository: point the mirror at its objects and copy its refs.
-
-        False when `url` is not a git folder on this host, or its refs cannot be read
-        plainly right now (a ref caught mid-write); the caller then fetches."""
-        source = _local_git_dir(url)
-        if source is None:
-            return False
-        mirror_dir = Path(mirror.git_dir)
-        try:
-            wanted = read_refs(source, REF_PREFIXES)
-            have = read_refs(mirror_dir, REF_PREFIXES)
-        except (OSError, RefsUnclear):
-            return False
-        alternates = mirror_dir / "objects" / "info" / "alternates"
-        line = f"{source / 'objects'}\n"
-        if not alternates.is_file() or alternates.read_text() != line:
-            alternates.parent.mkdir(parents=True, exist_ok=True)
-            alternates.write_text(line)
-        # Tests that run `git describe` or read branches see the same refs a fetch gave.
-        commands = [f"update {ref} {sha}" for ref, sha in wanted.items() if have.get(ref) != sha]
-        commands += [f"delete {ref}" for ref in have if ref not in wanted]
-        if commands:
-            done = subprocess.run(["git", "--git-dir", str(mirror_dir), "update-ref", "--stdin"],
-                                  input="\n".join(commands) + "\n", capture_output=True, text=True)
-            if done.returncode != 0:
-                log.warning("cannot copy the refs of %s (%s); fetching instead", url, done.stderr.strip()[-300:])
-                return False
-        return True
+        """For a local repository: borrow its objects and refs instead of fetching."""
+        source = local_git_dir(url)
+        return source is not None and borrow(Path(mirror.git_dir), source, REF_PREFIXES)
 
     @staticmethod
     def _fetch(mirror: git.Repo, url: str) -> None:
@@ -164,19 +135,6 @@ class Mirrors:
             return True
         except git.GitCommandError:
             return False
-
-
-def _local_git_dir(url: str) -> Optional[Path]:
-    """The git folder of a repository on a local path, or None if `url` is not one here."""
-    if url.startswith("file://"):
-        url = url[len("file://"):]
-    if not url.startswith("/"):
-        return None
-    path = Path(url)
-    for candidate in (path / ".git", path):
-        if (candidate / "objects").is_dir() and (candidate / "HEAD").is_file():
-            return candidate
-    return None
 
 
 def _worktree_admin(dest: Path, mirror: Path) -> Optional[Path]:
