@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Optional
@@ -78,14 +79,17 @@ class Mirrors:
 
     def clean(self, repo: str) -> None:
         """After a job: remove all the test left, so the next checkout starts clean."""
+        self.start_clean(repo).finish()
+
+    def start_clean(self, repo: str) -> "Cleaning":
+        """`clean`, started in the background: the runner delivers the result and asks for
+        its next job meanwhile, and finishes it before the next checkout."""
         dest = self.checkouts / check_repo(repo)
         if not dest.exists():
-            return
-        try:
-            git.Git(dest).clean("-ffdqx")
-        except git.GitCommandError as exc:
-            log.warning("git clean in %s failed (%s); removing the worktree", dest, _git_error(exc))
-            self.discard(repo)
+            return Cleaning(self, repo, None)
+        proc = subprocess.Popen(["git", "clean", "-ffdqx"], cwd=dest, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        return Cleaning(self, repo, proc)
 
     def _borrow(self, mirror: git.Repo, url: str) -> bool:
         """For a local repository: borrow its objects and refs instead of fetching."""
@@ -135,6 +139,23 @@ class Mirrors:
             return True
         except git.GitCommandError:
             return False
+
+
+class Cleaning:
+    """A `git clean` under way in a repository's worktree."""
+
+    def __init__(self, mirrors: Mirrors, repo: str, proc: Optional[subprocess.Popen[bytes]]) -> None:
+        self.mirrors, self.repo, self.proc = mirrors, repo, proc
+
+    def finish(self) -> None:
+        if self.proc is None:
+            return
+        _, err = self.proc.communicate()
+        if self.proc.returncode != 0:
+            log.warning("git clean of %s failed (%s); removing the worktree", self.repo,
+                        err.decode(errors="replace").strip()[-300:])
+            self.mirrors.discard(self.repo)
+        self.proc = None
 
 
 def _worktree_admin(dest: Path, mirror: Path) -> Optional[Path]:
