@@ -4,8 +4,9 @@
 
 Real daemons, a local repository, a warm mirror, the test command `true`, commits one
 at a time (the latency benchmark's run). The runner logs each job's steps (`timing`
-lines): checkout (fetch into its mirror + worktree), prepare (settings, environment),
-run (reaper start + command + exit), deliver (result to the dispatcher, acknowledged
+lines): checkout (refs copied into its mirror + `git checkout` in the reused worktree,
+after finishing the previous job's background `git clean`), prepare (settings,
+environment), run (spawn + command + exit seen), deliver (result to the dispatcher, acknowledged
 once durable in SQLite); the result file's mtime minus the command's end gives deliver
 plus the dispatcher's file writes. The command's own time (`sh -c true`, measured here)
 is taken out of run. Medians with min/max.
