@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bench.latency import summarise
-from bench.rig import ROOT, git, new_repo, write_json
+from bench.rig import ROOT, command_seconds, git, new_repo, write_json
 
 VENV = ROOT / "bench" / ".buildbot"
 PACKAGES = ("buildbot==4.3.0", "buildbot-worker==4.3.0", "buildbot-www==4.3.0")
@@ -216,15 +216,6 @@ def burst(bin_dir: Path, size: int) -> float:
     return took
 
 
-def _command_seconds(runs: int = 30) -> float:
-    samples = []
-    for _ in range(runs):
-        began = time.perf_counter()
-        subprocess.run(["sh", "-c", "true"], check=True)
-        samples.append(time.perf_counter() - began)
-    return statistics.median(samples)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commits", type=int, default=20)
@@ -239,7 +230,7 @@ def main() -> None:
         bin_dir = ensure_venv()
     except BuildbotUnavailable as exc:
         raise SystemExit(f"bench.buildbot: {exc}") from None
-    command_s = _command_seconds()
+    command_s = command_seconds()
     figures = latency_and_overhead(bin_dir, args.commits, args.seed, command_s)
     times = sorted(burst(bin_dir, args.burst) for _ in range(args.repeat))
     figures["burst"] = {"commits": args.burst, "median_s": statistics.median(times), "min_s": times[0],

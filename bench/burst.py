@@ -15,23 +15,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from bench.rig import ROOT, daemons, git, new_repo, wait_file, write_config, write_json
-
-
-def _command_seconds(test: str, runs: int = 20) -> float:
-    """The command's own time: the fastest of `runs` (a median taken on this noisy VM once
-    read 0.26 s for `sleep 0.2` and gave utilisations over 100 %)."""
-    samples = []
-    for _ in range(runs):
-        began = time.perf_counter()
-        subprocess.run(["sh", "-c", test], check=True)
-        samples.append(time.perf_counter() - began)
-    return min(samples)
+from bench.rig import ROOT, command_seconds, daemons, git, new_repo, wait_file, write_config, write_json
 
 
 def run_once(size: int, runners: int, test: str) -> float:
@@ -65,7 +53,7 @@ def main() -> None:
     rows = []
     print(f"{'commits':>7} {'runners':>7} {'test':>10} {'median s':>9} {'min':>7} {'max':>7} {'utilisation':>11}")
     for test in args.tests:
-        own = _command_seconds(test)
+        own = command_seconds(test)
         for size in args.sizes:
             for runners in args.runners:
                 times = sorted(run_once(size, runners, test) for _ in range(args.repeat))

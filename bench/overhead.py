@@ -8,7 +8,7 @@ lines): checkout (refs copied into its mirror + `git checkout` in the reused wor
 after finishing the previous job's background `git clean`), prepare (settings,
 environment), run (spawn + command + exit seen), deliver (result to the dispatcher, acknowledged
 once durable in SQLite); the result file's mtime minus the command's end gives deliver
-plus the dispatcher's file writes. The command's own time (`sh -c true`, measured here)
+plus the dispatcher's file writes. The command's own time (fastest `sh -c true` of 20)
 is taken out of run. Medians with min/max.
 """
 
@@ -19,23 +19,13 @@ import datetime
 import json
 import re
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 from bench.latency import measure
-from bench.rig import ROOT, write_json
+from bench.rig import ROOT, command_seconds, write_json
 
 TIMING = re.compile(r"timing bench ([0-9a-f]{12}): (.*)")
-
-
-def _command_time(runs: int = 30) -> float:
-    samples = []
-    for _ in range(runs):
-        began = time.perf_counter()
-        subprocess.run(["sh", "-c", "true"], check=True)
-        samples.append(time.perf_counter() - began)
-    return statistics.median(samples)
 
 
 def collect(commits: int, seed: int) -> dict[str, dict[str, float]]:
@@ -62,7 +52,7 @@ def collect(commits: int, seed: int) -> dict[str, dict[str, float]]:
             steps.setdefault("deliver+write", []).append((path.stat().st_mtime - finished) * 1000)
 
     measure(commits, poll_interval=5.0, watch=True, seed=seed, inspect=inspect)
-    command_ms = _command_time() * 1000
+    command_ms = command_seconds() * 1000
     steps["run-minus-command"] = [v - command_ms for v in steps["run"]]
     per_job = [c + p + r + d for c, p, r, d in zip(steps["checkout"], steps["prepare"], steps["run-minus-command"],
                                                   steps["deliver+write"])]
