@@ -16,10 +16,13 @@ The observer's and the runners' mirrors both use it.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from pathlib import Path
 from typing import Optional
+
+log = logging.getLogger("polyarch.refs")
 
 _HEX = set("0123456789abcdef")
 
@@ -109,5 +112,7 @@ def borrow(mirror: Path, source: Path, prefixes: tuple[str, ...]) -> bool:
         done = subprocess.run(["git", "--git-dir", str(mirror), "update-ref", "--stdin"],
                               input="\n".join(commands) + "\n", capture_output=True, text=True)
         if done.returncode != 0:
+            log.warning("git update-ref in %s failed (%s); fetching instead", mirror,
+                        done.stderr.strip().replace("\n", " ")[-300:])
             return False
     return True

@@ -55,8 +55,11 @@ class Mirrors:
     def checkout(self, repo: str, url: str, commit: str) -> Path:
         """The repository's worktree, holding exactly `commit`; fetches it first if missing."""
         mirror = self._mirror(repo)
-        borrowed = self._borrow(mirror, url)
-        if not borrowed and not self._has(mirror, commit):
+        source = local_git_dir(url)
+        borrowed = source is not None and borrow(Path(mirror.git_dir), source, REF_PREFIXES)
+        # A local source that could not be borrowed is fetched even when its objects show
+        # through the alternates file: the fetch is what brings its refs (tags) up to date.
+        if not borrowed and (source is not None or not self._has(mirror, commit)):
             self._fetch(mirror, url)
             if not self._has(mirror, commit):
                 raise CheckoutError(f"commit {commit} is not on any branch or tag of {url} (force-pushed away?)")
@@ -90,11 +93,6 @@ class Mirrors:
         proc = subprocess.Popen(["git", "clean", "-ffdqx"], cwd=dest, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return Cleaning(self, repo, proc)
-
-    def _borrow(self, mirror: git.Repo, url: str) -> bool:
-        """For a local repository: borrow its objects and refs instead of fetching."""
-        source = local_git_dir(url)
-        return source is not None and borrow(Path(mirror.git_dir), source, REF_PREFIXES)
 
     @staticmethod
     def _fetch(mirror: git.Repo, url: str) -> None:
