@@ -75,6 +75,7 @@ class DispatcherConfig:
     tls_cert: Optional[Path] = None  # with tls_key: TLS on
     tls_key: Optional[Path] = None
     tls_client_ca: Optional[Path] = None  # set: clients must show a certificate it signed
+    http_listen: Optional[Address] = None  # the HTTP API; off unless set
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +115,10 @@ class RepoConfig:
     architectures: tuple[Arch, ...] = (Arch.AMD64,)
     test_command: str = "python -m pytest -q"
     timeout: float = 600.0
+    retry_failed: int = 0  # a failed job runs again up to this often; a later pass is "flaky"
+    on_result: Optional[str] = None  # shell command run after every final result
+    on_failure: Optional[str] = None  # ... after every final result that is not a pass
+    hook_timeout: float = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,7 +191,7 @@ class _Section:
             raise self.fail(name, "must not be empty")
         return (self.base / Path(value).expanduser())
 
-    def address(self, name: str, default: Address) -> Address:
+    def address(self, name: str, default: Optional[Address]) -> Optional[Address]:
         value = self.get(name, str, None)
         if value is None:
             return default
@@ -278,6 +283,7 @@ def _dispatcher(path: Path, table: Any) -> DispatcherConfig:
         tls_cert=s.path_("tls_cert", None),
         tls_key=s.path_("tls_key", None),
         tls_client_ca=s.path_("tls_client_ca", None),
+        http_listen=s.address("http_listen", None),
     )
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         raise s.fail("tls_cert", "tls_cert and tls_key go together")
@@ -368,9 +374,27 @@ def _repo(path: Path, index: int, table: Any) -> RepoConfig:
         architectures=tuple(archs),
         test_command=test_command,
         timeout=s.positive("timeout", d.timeout),
+        retry_failed=_non_negative(s, "retry_failed", d.retry_failed),
+        on_result=_command(s, "on_result"),
+        on_failure=_command(s, "on_failure"),
+        hook_timeout=s.positive("hook_timeout", d.hook_timeout),
     )
     s.done()
     return cfg
+
+
+def _non_negative(s: _Section, name: str, default: int) -> int:
+    value = s.get(name, int, default)
+    if value < 0:
+        raise s.fail(name, f"must be 0 or more, got {value!r}")
+    return value
+
+
+def _command(s: _Section, name: str) -> Optional[str]:
+    value = s.get(name, str, None)
+    if value is not None and not value.strip():
+        raise s.fail(name, "must not be empty (leave the key out for no hook)")
+    return value
 
 
 def _resolve_url(url: str, base: Path) -> str:

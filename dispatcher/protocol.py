@@ -59,6 +59,8 @@ class Status(str, enum.Enum):
     FAILED = "failed"
     TIMEOUT = "timeout"
     ERROR = "error"
+    # Set by the dispatcher, never by a runner: passed on a retry after a failure.
+    FLAKY = "flaky"
 
 
 class ErrorCode(str, enum.Enum):

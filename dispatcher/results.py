@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from .errors import InvalidName
 from .fsutil import atomic_write
+from .junitxml import MAX_NAMED_TESTS, JUnit, TestCounts, arch_specific, parse
 from .names import check_commit, check_repo, parse_arch
 from .protocol import Status
 
@@ -49,37 +49,19 @@ def result_paths(root: Path, repo: str, commit: str, arch: str) -> ResultPaths:
 
 
 @dataclasses.dataclass(frozen=True)
-class TestCounts:
-    total: int
-    passed: int
-    failed: int
-    errors: int
-    skipped: int
+class EarlierAttempt:
+    """A failed attempt that retry_failed ran again; its log is kept beside the final one."""
 
+    attempt: int
+    runner: str
+    status: Status
+    exit_code: Optional[int]
+    started_at: float
+    finished_at: float
+    reason: str
 
-def parse_junit(data: bytes) -> Optional[TestCounts]:
-    """Counts from a JUnit XML file (one <testsuite> or a <testsuites> of several)."""
-    # The file comes from the job, i.e. from whoever can push: no DTD means no entity
-    # expansion tricks (billion laughs, external entities) whatever the XML parser does.
-    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
-        return None
-    try:
-        root = ET.fromstring(data)  # noqa: S314 - DTDs refused just above
-    except ET.ParseError:
-        return None
-    suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
-    if root.tag not in ("testsuite", "testsuites"):
-        return None
-    total = failed = errors = skipped = 0
-    for suite in suites:
-        try:
-            total += int(suite.get("tests", 0))
-            failed += int(suite.get("failures", 0))
-            errors += int(suite.get("errors", 0))
-            skipped += int(suite.get("skipped", suite.get("disabled", 0)))
-        except ValueError:
-            return None
-    return TestCounts(total, max(0, total - failed - errors - skipped), failed, errors, skipped)
+    def log_name(self, arch: str) -> str:
+        return f"{arch}.attempt{self.attempt}.log"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +85,8 @@ class ResultRecord:
     runner_machine: str = ""
     runner_emulated: bool = False
     runner_kernel: str = ""
+    failed_tests: tuple[str, ...] = ()
+    earlier: tuple[EarlierAttempt, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -127,6 +111,14 @@ class ResultRecord:
             "log_truncated": self.log_truncated,
             "junit": f"{self.arch}.junit.xml" if self.tests is not None else None,
             "tests": dataclasses.asdict(self.tests) if self.tests is not None else None,
+            "failed_tests": list(self.failed_tests[:MAX_NAMED_TESTS]),
+            # Failed attempts run again under retry_failed, oldest first.
+            "earlier_attempts": [
+                {"attempt": a.attempt, "runner": a.runner, "status": a.status.value, "exit_code": a.exit_code,
+                 "started_at": _iso(a.started_at), "finished_at": _iso(a.finished_at),
+                 "duration": round(max(0.0, a.finished_at - a.started_at), 3), "reason": a.reason,
+                 "log": a.log_name(self.arch)}
+                for a in self.earlier],
         }
 
 
@@ -140,9 +132,12 @@ def _dumps(data: Mapping[str, Any]) -> bytes:
     return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def write_result(root: Path, record: ResultRecord, log: bytes, junit: bytes) -> ResultPaths:
-    """Write log, JUnit, then <arch>.json last: the JSON's presence means all is there."""
+def write_result(root: Path, record: ResultRecord, log: bytes, junit: bytes,
+                 earlier_logs: Sequence[bytes] = ()) -> ResultPaths:
+    """Write the logs, JUnit, then <arch>.json last: the JSON's presence means all is there."""
     paths = result_paths(root, record.repo, record.commit, record.arch)
+    for attempt, data in zip(record.earlier, earlier_logs):
+        atomic_write(paths.folder / attempt.log_name(paths.json.stem), data)
     atomic_write(paths.log, log)
     if junit and record.tests is not None:
         atomic_write(paths.junit, junit)
@@ -150,17 +145,26 @@ def write_result(root: Path, record: ResultRecord, log: bytes, junit: bytes) -> 
     return paths
 
 
-def summary_dict(repo: str, commit: str, branch: str, statuses: Mapping[str, Optional[str]]) -> dict[str, Any]:
+# A flaky pass is a pass: it is the test, not the code on that arch, that is in doubt.
+PASSING = (Status.PASSED.value, Status.FLAKY.value)
+
+
+def overall_status(statuses: Mapping[str, Optional[str]]) -> str:
+    """pending while any arch is unfinished, else passed when every arch passed (flaky
+    counts as passed), else failed."""
+    values = [s or PENDING for s in statuses.values()]
+    if any(s == PENDING for s in values):
+        return PENDING
+    return Status.PASSED.value if all(s in PASSING for s in values) else Status.FAILED.value
+
+
+def summary_dict(repo: str, commit: str, branch: str, statuses: Mapping[str, Optional[str]],
+                 junit: Optional[Mapping[str, JUnit]] = None) -> dict[str, Any]:
     """summary.json: every configured arch of one commit, and the overall verdict."""
     archs = {arch: (status or PENDING) for arch, status in sorted(statuses.items())}
-    if any(s == PENDING for s in archs.values()):
-        overall = PENDING
-    elif all(s == Status.PASSED.value for s in archs.values()):
-        overall = Status.PASSED.value
-    else:
-        overall = Status.FAILED.value
-    passing = sorted(a for a, s in archs.items() if s == Status.PASSED.value)
-    failing = sorted(a for a, s in archs.items() if s not in (Status.PASSED.value, PENDING))
+    overall = overall_status(archs)
+    passing = sorted(a for a, s in archs.items() if s in PASSING)
+    failing = sorted(a for a, s in archs.items() if s not in PASSING and s != PENDING)
     return {
         "schema": SCHEMA_VERSION,
         "repo": repo,
@@ -171,13 +175,31 @@ def summary_dict(repo: str, commit: str, branch: str, statuses: Mapping[str, Opt
         # Fails on some architectures while passing on others: a portability bug.
         "arch_specific_failure": bool(passing and failing),
         "failing_architectures": failing,
+        "flaky_architectures": sorted(a for a, s in archs.items() if s == Status.FLAKY.value),
+        # Tests that fail on one arch and pass on another (from the JUnit files).
+        "arch_specific_tests": arch_specific(dict(junit or {})),
         "updated_at": _iso(time.time()),
     }
+
+
+def read_junit(folder: Path, archs: Sequence[str]) -> dict[str, JUnit]:
+    """The parsed <arch>.junit.xml of each arch that has one in a commit's folder."""
+    out: dict[str, JUnit] = {}
+    for arch in archs:
+        try:
+            data = (folder / f"{arch}.junit.xml").read_bytes()
+        except OSError:
+            continue
+        report = parse(data)
+        if report is not None:
+            out[arch] = report
+    return out
 
 
 def write_summary(root: Path, repo: str, commit: str, branch: str,
                   statuses: Mapping[str, Optional[str]]) -> Path:
     first_arch = next(iter(statuses))
     path = result_paths(root, repo, commit, first_arch).summary
-    atomic_write(path, _dumps(summary_dict(repo, commit, branch, statuses)))
+    junit = read_junit(path.parent, list(statuses))
+    atomic_write(path, _dumps(summary_dict(repo, commit, branch, statuses, junit)))
     return path

@@ -28,10 +28,12 @@ from .fsutil import remove_stale_temporaries
 from .names import check_branch, check_commit, check_repo, check_runner, parse_arch
 from .protocol import (Ack, Auth, Channel, Dispatch, Error, ErrorCode, Heartbeat, Hello, Job, Lease,
                        Message, NoJob, Register, Release, Result, Role, Status, Submit, Welcome)
+from .presence import FLUSH_INTERVAL, Presence
 from .sdnotify import Watchdog, notify
 from .tls import for_server
-from .results import ResultRecord, parse_junit, write_result, write_summary
-from .store import FinishedJob, RunnerRow, Store
+from .junitxml import parse as parse_junit
+from .results import EarlierAttempt, ResultRecord, write_result, write_summary
+from .store import FinishedJob, JobState, RunnerRow, Store
 
 log = logging.getLogger("polyarch.dispatcher")
 
@@ -80,6 +82,8 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
         self._publish_wanted = threading.Event()
         self._last_service_error = ""
         self.watchdog = Watchdog()
+        self.presence = Presence()
+        self._next_flush = 0.0
         addr = config.dispatcher.listen
         self.address_family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
         super().__init__((addr.host, addr.port), _Handler)
@@ -102,7 +106,8 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
         while not self.stopping.is_set():
             with self._work:
                 generation = self._generation
-            row = self.store.claim(runner, self.heartbeat_timeout)
+            row = self.store.claim(runner, self.heartbeat_timeout,
+                                   alone=not self.presence.others(arch, runner.name))
             if row is not None:
                 repo = self.config.repo(row.repo)
                 if repo is None:
@@ -180,14 +185,18 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
     def _publish(self, finished: FinishedJob) -> None:
         job = finished.job
         junit = finished.junit
+        report = parse_junit(junit) if junit else None
+        earlier = tuple(EarlierAttempt(a.attempt, a.runner, a.status, a.exit_code, a.started_at, a.finished_at,
+                                       a.reason) for a in finished.attempts)
         record = ResultRecord(
             repo=job.repo, branch=job.branch, commit=job.sha, arch=job.arch, runner=job.runner or "",
             status=job.status or Status.ERROR, exit_code=job.exit_code, started_at=job.started_at or 0.0,
             finished_at=job.finished_at or 0.0, attempt=job.attempt, reason=job.reason,
-            log_truncated=job.log_truncated, tests=parse_junit(junit) if junit else None,
+            log_truncated=job.log_truncated, tests=report.counts if report else None,
             runner_host=job.runner_host, runner_machine=job.runner_machine, runner_emulated=job.runner_emulated,
-            runner_kernel=job.runner_kernel)
-        write_result(self.results_dir, record, finished.log, junit)
+            runner_kernel=job.runner_kernel, failed_tests=tuple(report.failing) if report else (),
+            earlier=earlier)
+        write_result(self.results_dir, record, finished.log, junit, [a.log for a in finished.attempts])
         # At once, not at the end of the batch: a reader who sees <arch>.json finds a
         # summary.json that counts it a moment later at most.
         write_summary(self.results_dir, job.repo, job.sha, job.branch, self.store.commit_states(job.repo, job.sha))
@@ -211,6 +220,14 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
                 self.notify_work()
             if self.store.has_unpublished():
                 self.wake_publisher()  # results a crash or a full disk left unwritten
+            if now >= self._next_flush:
+                self._next_flush = now + FLUSH_INTERVAL
+                seen = self.presence.take_dirty()
+                try:
+                    self.store.touch_runners(seen)
+                except StateError:
+                    self.presence.put_back(seen)
+                    raise
             if self._last_service_error:
                 log.info("periodic work succeeds again")
                 self._last_service_error = ""
@@ -265,6 +282,10 @@ class _Handler(socketserver.BaseRequestHandler):
     def finish(self) -> None:
         self.server.admission.closed(self.raw)  # before the close: see Admission._evict_oldest
         self.channel.close()
+        if self.runner is not None:
+            self.server.presence.left(self.runner.name)
+            # A retry kept away from its failing runner may now have nobody else to run it.
+            self.server.notify_work()
 
     def handle(self) -> None:
         try:
@@ -349,6 +370,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 return self._on_register(msg)
             if self.runner is None:
                 raise _Reply(ErrorCode.NOT_ALLOWED, "register first")
+            self.server.presence.heard(self.runner.name)
             if isinstance(msg, Lease):
                 job = self.server.wait_for_job(self.runner, msg.wait)
                 return job if job is not None else NoJob()
@@ -410,18 +432,33 @@ class _Handler(socketserver.BaseRequestHandler):
         check_runner(self.name)
         arch = parse_arch(msg.arch).value
         now = time.time()
+        previous = self.runner
         self.runner = RunnerRow(self.name, arch, msg.host[:200], msg.machine[:50], msg.version[:50], msg.emulated,
                                 msg.kernel[:100], now, now)
         self.server.store.register_runner(self.runner)
+        if previous is not None:
+            self.server.presence.left(previous.name)
+        self.server.presence.arrived(self.runner)
         log.info("runner %s registered from %s: %s (%s%s), polyarch %s", self.name, self.peer, arch, msg.machine,
                  ", emulated" if msg.emulated else "", msg.version)
         self.server.notify_work()
         return Ack()
 
     def _on_result(self, msg: Result) -> Message:
+        if msg.status == Status.FLAKY:
+            raise _Reply(ErrorCode.BAD_MESSAGE, "status flaky is the dispatcher's to give, not a runner's")
+        lease = self.server.store.job_by_lease(msg.lease_id)
+        repo = self.server.config.repo(lease.repo) if lease is not None else None
         job = self.server.store.finish(msg.lease_id, msg.status, msg.exit_code, msg.started_at, msg.finished_at,
                                        msg.log.encode("utf-8", "replace"), msg.log_truncated,
-                                       msg.junit.encode("utf-8", "replace"), msg.reason)
+                                       msg.junit.encode("utf-8", "replace"), msg.reason,
+                                       retry_failed=repo.retry_failed if repo is not None else 0)
+        if job is not None and job.state == JobState.QUEUED:
+            log.info("%s %s %s %s on %s (attempt %d); retry %d of %d, on another runner if one is connected",
+                     job.repo, job.sha[:12], job.arch, msg.status.value, self.name, job.attempt, job.retries,
+                     repo.retry_failed if repo is not None else 0)
+            self.server.notify_work()
+            return Ack(created=1, message="recorded; the job runs again (retry_failed)")
         if job is None:
             late = self.server.store.job_by_lease(msg.lease_id)
             what = f"{late.repo} {late.sha[:12]} {late.arch}" if late else "an unknown lease"

@@ -24,7 +24,7 @@ from typing import Iterable, Optional
 from .errors import StateError
 from .protocol import CommitInfo, Status
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commits (
@@ -77,6 +77,28 @@ CREATE TABLE IF NOT EXISTS runners (
 );
 """
 
+# Each step takes the database from version N-1 to N, in one transaction.
+_MIGRATIONS = {
+    # retry_failed: a failed attempt is kept (with its log) and the job runs again,
+    # preferably on another runner than the one it failed on.
+    2: """
+ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN avoid_runner TEXT;
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    runner TEXT NOT NULL,
+    status TEXT NOT NULL,
+    exit_code INTEGER,
+    started_at REAL,
+    finished_at REAL,
+    reason TEXT NOT NULL DEFAULT '',
+    log BLOB,
+    PRIMARY KEY (job_id, attempt)
+);
+""",
+}
+
 
 class JobState(str, enum.Enum):
     QUEUED = "queued"
@@ -111,12 +133,13 @@ class JobRow:
     runner_machine: str
     runner_emulated: bool
     runner_kernel: str
+    retries: int  # failed attempts run again under retry_failed
 
 
 _JOB_COLUMNS = ("j.id, j.repo, j.sha, j.arch, j.state, j.attempt, j.lease_id, j.runner, "
                 "j.created_at, j.leased_at, j.status, j.exit_code, j.started_at, j.finished_at, "
                 "j.reason, j.log_truncated, c.branch, c.author, c.subject, c.timestamp, "
-                "j.runner_host, j.runner_machine, j.runner_emulated, j.runner_kernel")
+                "j.runner_host, j.runner_machine, j.runner_emulated, j.runner_kernel, j.retries")
 _JOB_FROM = "jobs j JOIN commits c ON c.repo = j.repo AND c.sha = j.sha"
 
 
@@ -130,12 +153,27 @@ def _job(row: tuple) -> JobRow:
 
 
 @dataclasses.dataclass(frozen=True)
+class AttemptRow:
+    """An earlier, failed attempt of a job that retry_failed ran again."""
+
+    attempt: int
+    runner: str
+    status: Status
+    exit_code: Optional[int]
+    started_at: float
+    finished_at: float
+    reason: str
+    log: bytes
+
+
+@dataclasses.dataclass(frozen=True)
 class FinishedJob:
     """A job whose result is durable, with what its files need."""
 
     job: JobRow
     log: bytes
     junit: bytes
+    attempts: tuple[AttemptRow, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +237,13 @@ class Store:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
             db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("PRAGMA user_version = 1")
+            version = 1
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"schema version {version} is newer than this polyarch "
+                                        f"({SCHEMA_VERSION}); run the newer polyarch")
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            db.executescript(f"BEGIN IMMEDIATE;\n{_MIGRATIONS[step]}\nPRAGMA user_version = {step};\nCOMMIT;")
         self._check_schema()
         now = time.time()
         # Leases survive a restart; their runners get a full heartbeat period to come back.
@@ -231,7 +275,8 @@ class Store:
     def _check_schema(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version != SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(f"schema version {version}, this polyarch expects {SCHEMA_VERSION}")
+            raise sqlite3.DatabaseError(f"schema version {version}, this polyarch expects {SCHEMA_VERSION} "
+                                        "(the dispatcher upgrades it when it starts)")
 
     def close(self) -> None:
         with self._lock:
@@ -258,16 +303,19 @@ class Store:
                     created += cur.rowcount
         return created
 
-    def claim(self, runner: RunnerRow, heartbeat_timeout: float) -> Optional[JobRow]:
+    def claim(self, runner: RunnerRow, heartbeat_timeout: float, alone: bool = True) -> Optional[JobRow]:
         """Lease the oldest queued job of the runner's arch to it, or None.
 
-        The runner's host, machine and kernel are copied onto the job: the result must
-        say where it ran even if that runner later re-registers elsewhere."""
+        A job retried after failing on this runner is left for another one of the same
+        arch, unless `alone` says no other is connected. The runner's host, machine and
+        kernel are copied onto the job: the result must say where it ran even if that
+        runner later re-registers elsewhere."""
         lease_id = secrets.token_hex(12)
         now = time.time()
         with self._tx() as db:
-            row = db.execute("SELECT id FROM jobs WHERE state = ? AND arch = ? ORDER BY id LIMIT 1",
-                             (JobState.QUEUED.value, runner.arch)).fetchone()
+            row = db.execute("SELECT id FROM jobs WHERE state = ? AND arch = ? AND (avoid_runner IS NULL "
+                             "OR avoid_runner != ? OR ?) ORDER BY id LIMIT 1",
+                             (JobState.QUEUED.value, runner.arch, runner.name, int(alone))).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE jobs SET state = ?, attempt = attempt + 1, lease_id = ?, runner = ?, leased_at = ?, "
@@ -310,9 +358,10 @@ class Store:
             job = self._job_by("j.lease_id = ? AND j.state = 'leased'", lease_id, db)
             if job is None:
                 continue
-            if job.attempt >= max_attempts:
+            # Attempts that ended in a retried failure do not count against lost runners.
+            if job.attempt - job.retries >= max_attempts:
                 reason = (f"runner {job.runner} lost (no heartbeat); gave up after "
-                          f"{job.attempt} attempt(s), max_attempts = {max_attempts}")
+                          f"{job.attempt - job.retries} attempt(s), max_attempts = {max_attempts}")
                 db.execute("UPDATE jobs SET state = ?, status = ?, reason = ?, started_at = leased_at, "
                            "finished_at = ?, log = ? WHERE id = ?",
                            (JobState.FINISHED.value, Status.ERROR.value, reason, now,
@@ -325,8 +374,13 @@ class Store:
         return out
 
     def finish(self, lease_id: str, status: Status, exit_code: Optional[int], started_at: float,
-               finished_at: float, log: bytes, log_truncated: bool, junit: bytes, reason: str) -> Optional[JobRow]:
-        """Record the result of a current lease; None for a late or duplicate result."""
+               finished_at: float, log: bytes, log_truncated: bool, junit: bytes, reason: str,
+               retry_failed: int = 0) -> Optional[JobRow]:
+        """Record the result of a current lease; None for a late or duplicate result.
+
+        A failure (or timeout) with retries left under `retry_failed` is kept as an
+        attempt and the job queued again: the returned row is then in state QUEUED. A
+        pass after such a retry is recorded as FLAKY."""
         with self._lock:
             if lease_id not in self._deadlines:
                 return None
@@ -334,6 +388,18 @@ class Store:
                 job = self._job_by("j.lease_id = ? AND j.state = 'leased'", lease_id, db)
                 if job is None:
                     return None
+                if status in (Status.FAILED, Status.TIMEOUT) and job.retries < retry_failed:
+                    db.execute("INSERT OR REPLACE INTO attempts (job_id, attempt, runner, status, exit_code, "
+                               "started_at, finished_at, reason, log) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               (job.id, job.attempt, job.runner or "", status.value, exit_code, started_at,
+                                finished_at, reason, log))
+                    db.execute("UPDATE jobs SET state = ?, lease_id = NULL, retries = retries + 1, avoid_runner = ? "
+                               "WHERE id = ?", (JobState.QUEUED.value, job.runner, job.id))
+                    job = self._job_by("j.id = ?", job.id, db)
+                    del self._deadlines[lease_id]
+                    return job
+                if status == Status.PASSED and job.retries:
+                    status = Status.FLAKY
                 db.execute("UPDATE jobs SET state = ?, status = ?, exit_code = ?, started_at = ?, "
                            "finished_at = ?, log = ?, log_truncated = ?, junit = ?, reason = ? WHERE id = ?",
                            (JobState.FINISHED.value, status.value, exit_code, started_at, finished_at, log,
@@ -359,7 +425,18 @@ class Store:
             rows = self._db.execute(f"SELECT {_JOB_COLUMNS}, j.log, j.junit FROM {_JOB_FROM} "
                                     "WHERE j.state = ? ORDER BY j.id LIMIT ?",
                                     (JobState.FINISHED.value, limit)).fetchall()
-        return [FinishedJob(_job(r[:-2]), r[-2] or b"", r[-1] or b"") for r in rows]
+            out = []
+            for r in rows:
+                job = _job(r[:-2])
+                attempts = self._attempts(job.id) if job.retries else ()
+                out.append(FinishedJob(job, r[-2] or b"", r[-1] or b"", attempts))
+        return out
+
+    def _attempts(self, job_id: int) -> tuple[AttemptRow, ...]:
+        rows = self._db.execute("SELECT attempt, runner, status, exit_code, started_at, finished_at, reason, log "
+                                "FROM attempts WHERE job_id = ? ORDER BY attempt", (job_id,)).fetchall()
+        return tuple(AttemptRow(a, r, Status(s), e, st or 0.0, f or 0.0, reason, lg or b"")
+                     for a, r, s, e, st, f, reason, lg in rows)
 
     def has_unpublished(self) -> bool:
         with self._lock:
@@ -373,6 +450,7 @@ class Store:
         with self._tx() as db:
             db.executemany("UPDATE jobs SET state = ?, log = NULL, junit = NULL WHERE id = ? AND state = ?",
                            [(JobState.DONE.value, job_id, JobState.FINISHED.value) for job_id in job_ids])
+            db.executemany("UPDATE attempts SET log = NULL WHERE job_id = ?", [(job_id,) for job_id in job_ids])
 
     def commit_states(self, repo: str, sha: str) -> dict[str, Optional[str]]:
         """arch -> final status (None while not finished) for one commit."""
@@ -423,6 +501,13 @@ class Store:
                        "last_seen = excluded.last_seen",
                        (runner.name, runner.arch, runner.host, runner.machine, runner.version,
                         int(runner.emulated), runner.kernel, runner.first_seen, runner.last_seen))
+
+    def touch_runners(self, seen: dict[str, float]) -> None:
+        """Record when connected runners were last heard from, for `status` in other processes."""
+        if seen:
+            with self._tx() as db:
+                db.executemany("UPDATE runners SET last_seen = max(last_seen, ?) WHERE name = ?",
+                               [(t, name) for name, t in seen.items()])
 
     def runners(self) -> list[RunnerRow]:
         with self._lock:

@@ -35,6 +35,7 @@ from dispatcher.protocol import Ack, Heartbeat, Job, Lease, Register, Release, R
 from .checkout import CheckoutError, Cleaning, Mirrors
 from .execute import Guard, Outcome, Process
 from .repoconf import JobSettings, settings_for
+from .junit import with_junit
 from .spool import Spool
 
 log = logging.getLogger("polyarch.runner")
@@ -281,7 +282,7 @@ class _JobWork:
             spawned = time.time()
             self.steps["prepare"] = spawned - started - self.steps["checkout"]
             try:
-                self._process = Process(chosen.test_command, self.src, env, self.folder / "output.log",
+                self._process = Process(with_junit(chosen.test_command), self.src, env, self.folder / "output.log",
                                         settings.log_limit, self.runner.guard)
             except OSError as exc:
                 self.result = _error(job, started, f"cannot start the test command: {exc}")

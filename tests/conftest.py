@@ -123,13 +123,17 @@ class Polyarch:
 
     def write_config(self, heartbeat_timeout: float = 2, max_attempts: int = 3, poll_interval: float = 0.5,
                      test_command: str = "sh test.sh", timeout: float = 30, archs: tuple[str, ...] = ("amd64",),
-                     watch: bool = True, stop_grace: float = 20, extra_repos: str = "") -> None:
+                     watch: bool = True, stop_grace: float = 20, extra_repos: str = "", repo_settings: str = "",
+                     dispatcher_settings: str = "") -> None:
+        """The config; `repo_settings` and `dispatcher_settings` are TOML lines added to the
+        demo repo's table and to [dispatcher]."""
         arch_list = ", ".join(f'"{a}"' for a in archs)
         self.config.write_text(textwrap.dedent(f"""\
             [dispatcher]
             listen = "127.0.0.1:0"
             heartbeat_timeout = {heartbeat_timeout}
             max_attempts = {max_attempts}
+            {dispatcher_settings}
 
             [observer]
             dispatcher = "127.0.0.1:0"
@@ -147,6 +151,7 @@ class Polyarch:
             architectures = [{arch_list}]
             test_command = "{test_command}"
             timeout = {timeout}
+            {repo_settings}
             """) + extra_repos)
 
     @property

@@ -39,9 +39,19 @@ def _emulation_possible() -> None:
     if reason is not None:
         skip_unless_ci(reason)
 
-# An x86-only assumption in the code under test: passes on amd64, fails on aarch64.
-X86_ONLY = ('python3 -c "import platform, sys; m = platform.machine(); print(\'machine\', m); '
-            'sys.exit(0 if m == \'x86_64\' else 1)"')
+# An x86-only assumption in the code under test: passes on amd64, fails on aarch64. The
+# script leaves JUnit XML where polyarch asks ($POLYARCH_JUNIT): one portable test, one
+# x86-only test.
+X86_ONLY = """python3 - <<'EOF'
+import os, platform, sys
+m = platform.machine()
+print('machine', m)
+bad = '' if m == 'x86_64' else '<failure message="not x86"/>'
+with open(os.environ['POLYARCH_JUNIT'], 'w') as f:
+    f.write('<testsuite tests="2" failures="%d"><testcase classname="calc" name="test_add"/>'
+            '<testcase classname="calc" name="test_x86">%s</testcase></testsuite>' % (bool(bad), bad))
+sys.exit(1 if bad else 0)
+EOF"""
 
 
 @pytest.mark.timeout(300)
@@ -64,6 +74,11 @@ def test_x86_only_code_passes_natively_and_fails_on_emulated_arm64(polyarch: Pol
              what="the summary to count both architectures")
     summary = json.loads(summary_path.read_text())
     assert summary["arch_specific_failure"] is True and summary["failing_architectures"] == ["arm64"]
+    # Per test: the counts on each side, and the one test that only fails on arm64, by name.
+    assert native["tests"]["passed"] == 2 and emulated["tests"]["failed"] == 1
+    assert emulated["failed_tests"] == ["calc::test_x86"]
+    assert summary["arch_specific_tests"] == [{"test": "calc::test_x86", "failed_on": ["arm64"],
+                                               "passed_on": ["amd64"]}]
     # The launcher's mounts lived in its own namespace: none is visible on the host.
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(ROOTFS) not in mounts

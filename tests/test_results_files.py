@@ -11,7 +11,8 @@ from dispatcher.errors import InvalidName
 from dispatcher.fsutil import atomic_write, remove_stale_temporaries
 from dispatcher.names import Arch, check_branch, parse_arch
 from dispatcher.protocol import Status
-from dispatcher.results import ResultRecord, parse_junit, result_paths, summary_dict, write_result
+from dispatcher.junitxml import parse_counts as parse_junit
+from dispatcher.results import ResultRecord, result_paths, summary_dict, write_result
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

@@ -105,3 +105,68 @@ def test_wal_and_full_sync(store: Store) -> None:
     db = sqlite3.connect(store.path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
+
+
+def test_a_failure_with_retries_left_runs_again_elsewhere_and_a_pass_is_flaky(store: Store) -> None:
+    store.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
+    first = store.claim(runner("r1"), 10, alone=False)
+    again = store.finish(first.lease_id, Status.FAILED, 1, 1.0, 2.0, b"first log", False, b"", "exit 1",
+                         retry_failed=1)
+    assert again is not None and again.state == JobState.QUEUED and again.retries == 1
+    # r1 failed it: while another amd64 runner is connected, r1 does not get it back.
+    assert store.claim(runner("r1"), 10, alone=False) is None
+    second = store.claim(runner("r2"), 10, alone=False)
+    assert second is not None and second.attempt == 2
+    done = store.finish(second.lease_id, Status.PASSED, 0, 3.0, 4.0, b"second log", False, b"", "",
+                        retry_failed=1)
+    assert done.state == JobState.FINISHED and done.status == Status.FLAKY
+    [pending] = store.unpublished()
+    [earlier] = pending.attempts
+    assert (earlier.attempt, earlier.runner, earlier.status, earlier.log) == (1, "r1", Status.FAILED, b"first log")
+    store.mark_published(pending.job.id)
+    assert store.commit_states("demo", A) == {"amd64": "flaky"}
+
+
+def test_a_retry_goes_back_to_the_same_runner_when_it_is_alone(store: Store) -> None:
+    store.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
+    first = store.claim(runner("r1"), 10)
+    store.finish(first.lease_id, Status.FAILED, 1, 1.0, 2.0, b"", False, b"", "", retry_failed=2)
+    second = store.claim(runner("r1"), 10, alone=True)
+    store.finish(second.lease_id, Status.TIMEOUT, None, 1.0, 2.0, b"", False, b"", "", retry_failed=2)
+    third = store.claim(runner("r1"), 10, alone=True)
+    done = store.finish(third.lease_id, Status.FAILED, 1, 1.0, 2.0, b"", False, b"", "", retry_failed=2)
+    # Out of retries: the failure is final, and both earlier attempts are kept.
+    assert done.state == JobState.FINISHED and done.status == Status.FAILED
+    [pending] = store.unpublished()
+    assert [a.status for a in pending.attempts] == [Status.FAILED, Status.TIMEOUT]
+
+
+def test_retries_do_not_count_against_lost_runner_attempts(store: Store) -> None:
+    store.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
+    first = store.claim(runner("r1"), 10)
+    store.finish(first.lease_id, Status.FAILED, 1, 1.0, 2.0, b"", False, b"", "", retry_failed=1)
+    second = store.claim(runner("r1"), 10)
+    # Attempt 2, but the first lease was not lost: one more loss is still allowed under max 2.
+    [expired] = store.expire(max_attempts=2, now=second.leased_at + 11)
+    assert expired.requeued
+
+
+def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    from dispatcher import store as store_module
+
+    db.executescript(store_module._SCHEMA)
+    db.execute("PRAGMA user_version = 1")
+    db.execute("INSERT INTO commits (repo, sha, branch, received_at) VALUES ('demo', ?, 'main', 1)", (A,))
+    db.execute("INSERT INTO jobs (repo, sha, arch, state, created_at) VALUES ('demo', ?, 'amd64', 'queued', 1)",
+               (A,))
+    db.commit()
+    db.close()
+    with pytest.raises(StateError, match="upgrades it when it starts"):
+        Store(path, readonly=True)
+    upgraded = Store(path)
+    job = upgraded.claim(runner("r1"), 10)
+    assert job is not None and job.sha == A and job.retries == 0
+    upgraded.close()
+    assert Store(path, readonly=True).queued_count("amd64") == 0

@@ -1,0 +1,67 @@
+"""retry_failed and per-test results, end to end with real daemons."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import Polyarch, wait_for
+
+pytestmark = pytest.mark.daemons
+
+
+def test_a_failure_retried_on_another_runner_that_passes_is_flaky(polyarch: Polyarch, tmp_path: Path) -> None:
+    polyarch.write_config(repo_settings="retry_failed = 1")
+    marker = tmp_path / "failed-once"
+    sha = polyarch.repo.commit(f"if [ -e {marker} ]; then echo second try; exit 0; fi; "
+                               f"touch {marker}; echo first try; exit 1")
+    polyarch.dispatcher()
+    polyarch.runner("r1")
+    polyarch.runner("r2")
+    # Both runners are connected before the commit is seen, so "another runner" exists.
+    wait_for(lambda: polyarch.cli("dispatcher", "status", "--config", str(polyarch.config), "--json")
+             .stdout.count('"arch": "amd64"') >= 2, what="both runners to register")
+    polyarch.observer()
+    result = polyarch.wait_results([sha])[sha]
+    assert result["status"] == "flaky", result
+    [earlier] = result["earlier_attempts"]
+    assert earlier["status"] == "failed" and earlier["runner"] != result["runner"]
+    assert result["attempt"] == 2
+    folder = polyarch.results / "demo" / sha
+    assert "first try" in (folder / earlier["log"]).read_text()
+    assert "second try" in (folder / "amd64.log").read_text()
+    summary = (folder / "summary.json").read_text()
+    assert '"flaky_architectures": [\n    "amd64"' in summary
+
+
+def test_a_real_failure_is_retried_then_failed_with_both_logs(polyarch: Polyarch) -> None:
+    polyarch.write_config(repo_settings="retry_failed = 1")
+    sha = polyarch.repo.commit('echo "attempt $POLYARCH_ATTEMPT"; exit 3')
+    polyarch.dispatcher()
+    polyarch.runner("only")
+    polyarch.observer()
+    result = polyarch.wait_results([sha])[sha]
+    # Alone for its arch, the runner takes its own retry.
+    assert result["status"] == "failed" and result["runner"] == "only" and result["exit_code"] == 3
+    assert [a["attempt"] for a in result["earlier_attempts"]] == [1]
+    folder = polyarch.results / "demo" / sha
+    assert "attempt 1" in (folder / "amd64.attempt1.log").read_text()
+    assert "attempt 2" in (folder / "amd64.log").read_text()
+
+
+def test_plain_pytest_gets_per_test_results_without_config(polyarch: Polyarch) -> None:
+    # The command is exactly what users write; polyarch adds --junitxml itself.
+    polyarch.write_config(test_command=f"{sys.executable} -m pytest -q -p no:cacheprovider")
+    tests = ("def test_ok():\n    assert True\n\n\ndef test_broken():\n    assert 1 == 2\n\n\n"
+             "def test_later():\n    import pytest\n    pytest.skip('not yet')\n")
+    sha = polyarch.repo.commit(files={"test_calc.py": tests})
+    polyarch.dispatcher()
+    polyarch.runner("r1")
+    polyarch.observer()
+    result = polyarch.wait_results([sha])[sha]
+    assert result["status"] == "failed"
+    assert result["tests"] == {"total": 3, "passed": 1, "failed": 1, "errors": 0, "skipped": 1}
+    assert result["failed_tests"] == ["test_calc::test_broken"]
+    assert result["junit"] == "amd64.junit.xml"
