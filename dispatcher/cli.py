@@ -38,9 +38,13 @@ def serve(config_path: str, verbose: bool) -> None:
 @click.option("--commit", help="Only this commit (a prefix is enough).")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10000), help="Commits to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--watch", is_flag=True, help="Redraw live until Ctrl-C.")
+@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="Seconds between redraws with --watch.")
 @one_line_errors
-def status(config_path: str, repo: Optional[str], commit: Optional[str], limit: int, as_json: bool) -> None:
-    """Show recent commits by architecture (reads the state database)."""
+def status(config_path: str, repo: Optional[str], commit: Optional[str], limit: int, as_json: bool, watch: bool,
+           interval: float) -> None:
+    """Recent commits by architecture, queued and running jobs, and runners (reads the state database)."""
     from rich.console import Console
 
     from .server import db_path
@@ -48,15 +52,33 @@ def status(config_path: str, repo: Optional[str], commit: Optional[str], limit: 
     from .store import Store
 
     config = load(config_path)
+    if watch and as_json:
+        raise click.exceptions.UsageError("--watch and --json do not go together (poll the JSON instead)")
     store = Store(db_path(config), readonly=True)
+    timeout = config.dispatcher.heartbeat_timeout
+
+    def report():
+        return collect(store, repo, commit, limit, heartbeat_timeout=timeout)
+
     try:
-        report = collect(store, repo, commit, limit)
+        if as_json:
+            click.echo(json.dumps(to_json(report()), indent=2))
+        elif watch:
+            import time
+
+            from rich.live import Live
+
+            with Live(render(report()), auto_refresh=False, screen=False) as live:
+                try:
+                    while True:
+                        time.sleep(interval)
+                        live.update(render(report()), refresh=True)
+                except KeyboardInterrupt:
+                    pass
+        else:
+            Console().print(render(report()))
     finally:
         store.close()
-    if as_json:
-        click.echo(json.dumps(to_json(report), indent=2))
-    else:
-        Console().print(render(report))
 
 
 @main.command()

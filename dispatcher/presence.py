@@ -33,7 +33,7 @@ class Presence:
         now = time.time()
         with self._lock:
             if name in self._seen:
-                self._seen[name] = self._dirty[name] = now
+                self._seen[name] = now
 
     def left(self, name: str) -> None:
         with self._lock:
@@ -63,14 +63,18 @@ class Presence:
                 out[row.arch] = out.get(row.arch, 0) + 1
             return out
 
-    def take_dirty(self) -> dict[str, float]:
-        """Last-heard times changed since the previous call (to write to the store)."""
+    def take_seen(self) -> dict[str, float]:
+        """name -> when last seen, to write to the store: now for every connected runner
+        (an idle one only speaks every long-poll, up to 30 s, yet is there), and the
+        last contact of those that left since the previous call."""
+        now = time.time()
         with self._lock:
-            dirty, self._dirty = self._dirty, {}
-            return dirty
+            seen, self._dirty = self._dirty, {}
+            seen.update((name, now) for name in self._rows)
+            return seen
 
-    def put_back(self, dirty: dict[str, float]) -> None:
-        """A write of `take_dirty`'s answer failed: keep it for the next flush."""
+    def put_back(self, seen: dict[str, float]) -> None:
+        """A write of `take_seen`'s answer failed: keep it for the next flush."""
         with self._lock:
-            for name, t in dirty.items():
+            for name, t in seen.items():
                 self._dirty[name] = max(t, self._dirty.get(name, 0.0))

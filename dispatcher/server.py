@@ -23,6 +23,7 @@ from . import __version__
 from .admission import Admission
 from .auth import AuthThrottle, client_mac, load_secret, new_nonce, server_proof, verify
 from .config import Config, RepoConfig, write_address_file
+from .dashboard import Dashboard
 from .errors import ConfigError, InvalidName, MessageTooLarge, PolyarchError, ProtocolError, StateError
 from .fsutil import remove_stale_temporaries
 from .names import check_branch, check_commit, check_repo, check_runner, parse_arch
@@ -83,6 +84,8 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
         self._last_service_error = ""
         self.watchdog = Watchdog()
         self.presence = Presence()
+        self.dashboard = Dashboard(self.results_dir, store,
+                                   [(r.name, [a.value for a in r.architectures]) for r in config.repos])
         self._next_flush = 0.0
         addr = config.dispatcher.listen
         self.address_family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
@@ -181,6 +184,15 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
                     job = finished.job
                     log.info("result %s %s %s: %s (attempt %d, runner %s)", job.repo, job.sha[:12], job.arch,
                              (job.status or Status.ERROR).value, job.attempt, job.runner)
+                self._after_publish(written)
+
+    def _after_publish(self, written: list[FinishedJob]) -> None:
+        """The dashboard: derived from the files just written, so a failure here loses
+        nothing (the next result, or a restart, writes the pages again)."""
+        try:
+            self.dashboard.update((f.job.repo, f.job.sha) for f in written)
+        except Exception:  # noqa: BLE001 - result files are written; pages can wait
+            log.exception("updating the HTML dashboard in %s failed", self.results_dir)
 
     def _publish(self, finished: FinishedJob) -> None:
         job = finished.job
@@ -222,7 +234,7 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
                 self.wake_publisher()  # results a crash or a full disk left unwritten
             if now >= self._next_flush:
                 self._next_flush = now + FLUSH_INTERVAL
-                seen = self.presence.take_dirty()
+                seen = self.presence.take_seen()
                 try:
                     self.store.touch_runners(seen)
                 except StateError:
@@ -240,6 +252,10 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
             log.exception("periodic work failed")
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
+        try:
+            self.dashboard.rebuild()
+        except Exception:  # noqa: BLE001 - the pages are not worth refusing to start over
+            log.exception("writing the HTML dashboard in %s failed", self.results_dir)
         publisher = threading.Thread(target=self._publish_loop, name="publish", daemon=True)
         publisher.start()
         try:

@@ -1,28 +1,37 @@
 """What `polyarch-dispatcher status` shows: records from the store, rendered two ways.
 
 `collect` turns rows into plain dataclasses; `to_json` and `render` are pure functions
-of those, so the table and the JSON always say the same thing.
+of those, so the table and the JSON always say the same thing. The HTML dashboard
+(dashboard.py) renders the same `CommitLine`s.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
+from rich.console import Group
 from rich.table import Table
 
-from .results import PENDING
-from .store import JobRow, JobState, RunnerRow, Store
+from .results import overall_status
+from .store import JobRow, JobState, Store
+
+ACTIVE = ("queued", "running")
 
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
     arch: str
-    state: str  # passed/failed/timeout/error, or queued/running
+    state: str  # passed/failed/timeout/error/flaky, or queued/running
     attempt: int
     runner: str
     duration: Optional[float]
+    emulated: bool = False
+
+    @property
+    def final(self) -> bool:
+        return self.state not in ACTIVE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,75 +45,121 @@ class CommitLine:
 
     @property
     def overall(self) -> str:
-        states = [c.state for c in self.cells]
-        if any(s in ("queued", "running") for s in states):
-            return PENDING
-        return "passed" if all(s == "passed" for s in states) else "failed"
+        return overall_status({c.arch: (c.state if c.final else None) for c in self.cells})
+
+    @property
+    def arch_specific(self) -> bool:
+        """Fails on some architectures and passes on others: a portability bug."""
+        finals = [c.state for c in self.cells if c.final]
+        return any(s in ("passed", "flaky") for s in finals) and any(s not in ("passed", "flaky") for s in finals)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActiveJob:
+    repo: str
+    commit: str
+    arch: str
+    state: str  # queued or running
+    runner: str
+    elapsed: float  # since queued, or since leased when running
+    attempt: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerLine:
+    name: str
+    arch: str
+    host: str
+    emulated: bool
+    version: str
+    last_seen: float
+    connected: bool
 
 
 @dataclasses.dataclass(frozen=True)
 class Report:
     commits: tuple[CommitLine, ...]
-    runners: tuple[RunnerRow, ...]
+    active: tuple[ActiveJob, ...]
+    runners: tuple[RunnerLine, ...]
     generated_at: float
 
 
-def _cell(job: JobRow, now: float) -> Cell:
+def cell(job: JobRow, now: float) -> Cell:
     if job.state in (JobState.FINISHED, JobState.DONE):
         state = job.status.value if job.status else "error"
-        duration = (job.finished_at or 0) - (job.started_at or 0)
+        duration: Optional[float] = (job.finished_at or 0) - (job.started_at or 0)
     elif job.state == JobState.LEASED:
         state, duration = "running", now - (job.leased_at or now)
     else:
         state, duration = "queued", None
-    return Cell(job.arch, state, job.attempt, job.runner or "", duration)
+    return Cell(job.arch, state, job.attempt, job.runner or "", duration, job.runner_emulated)
 
 
-def collect(store: Store, repo: Optional[str] = None, commit: Optional[str] = None, limit: int = 20) -> Report:
-    now = time.time()
-    lines: list[CommitLine] = []
+def commit_lines(jobs: Iterable[JobRow], now: float) -> list[CommitLine]:
+    """Group jobs (in commit order) into one line per commit."""
     by_commit: dict[tuple[str, str], list[JobRow]] = {}
-    for job in store.jobs(repo, commit, limit):
+    for job in jobs:
         by_commit.setdefault((job.repo, job.sha), []).append(job)
-    for (repo_name, sha), jobs in by_commit.items():
-        first = jobs[0]
-        lines.append(CommitLine(repo_name, sha, first.branch, first.author, first.subject,
-                                tuple(_cell(j, now) for j in jobs)))
-    return Report(tuple(lines), tuple(store.runners()), now)
+    return [CommitLine(repo, sha, js[0].branch, js[0].author, js[0].subject, tuple(cell(j, now) for j in js))
+            for (repo, sha), js in by_commit.items()]
+
+
+def collect(store: Store, repo: Optional[str] = None, commit: Optional[str] = None, limit: int = 20,
+            heartbeat_timeout: float = 10.0) -> Report:
+    now = time.time()
+    lines = commit_lines(store.jobs(repo, commit, limit), now)
+    active = [ActiveJob(j.repo, j.sha, j.arch, "running" if j.state == JobState.LEASED else "queued",
+                        j.runner or "" if j.state == JobState.LEASED else "",
+                        now - ((j.leased_at if j.state == JobState.LEASED else j.created_at) or now), j.attempt)
+              for j in store.active_jobs(repo)]
+    # The dispatcher writes last_seen every couple of seconds for connected runners.
+    runners = [RunnerLine(r.name, r.arch, r.host, r.emulated, r.version, r.last_seen,
+                          now - r.last_seen <= heartbeat_timeout) for r in store.runners()]
+    return Report(tuple(lines), tuple(active), tuple(runners), now)
 
 
 def to_json(report: Report) -> dict[str, Any]:
     return {
+        "generated_at": report.generated_at,
         "commits": [
             {"repo": c.repo, "commit": c.commit, "branch": c.branch, "author": c.author, "subject": c.subject,
-             "status": c.overall,
+             "status": c.overall, "arch_specific_failure": c.arch_specific,
              "architectures": {cell.arch: dataclasses.asdict(cell) for cell in c.cells}}
             for c in report.commits
         ],
+        "active": [dataclasses.asdict(a) for a in report.active],
         "runners": [dataclasses.asdict(r) for r in report.runners],
     }
 
 
-MARKS = {"passed": ("✔", "green"), "failed": ("✘", "red"), "timeout": ("⧗", "magenta"),
-         "error": ("!", "red"), "running": ("▶", "yellow"), "queued": ("…", "dim")}
+MARKS = {"passed": ("✔", "green"), "failed": ("✘", "red"), "timeout": ("◷", "magenta"),
+         "error": ("!", "red"), "flaky": ("≈", "yellow"), "running": ("▶", "cyan"), "queued": ("…", "dim")}
 
 
-def render(report: Report) -> Table:
+def render(report: Report) -> Group:
+    return Group(_commits_table(report), _active_table(report), _runners_table(report))
+
+
+def _commits_table(report: Report) -> Table:
     archs = sorted({cell.arch for c in report.commits for cell in c.cells})
     table = Table(title="polyarch: recent commits", expand=False)
     table.add_column("repo", no_wrap=True)
     table.add_column("commit", no_wrap=True, min_width=10)
     table.add_column("branch", no_wrap=True)
+    table.add_column("author", no_wrap=True, max_width=16, overflow="ellipsis")
     table.add_column("subject", max_width=30, overflow="ellipsis", no_wrap=True)
     for arch in archs:
         table.add_column(arch)
     for line in report.commits:
         cells = {cell.arch: cell for cell in line.cells}
-        row = [line.repo, line.commit[:10], line.branch, line.subject]
+        sha = line.commit[:10] + (" [red]⚠[/]" if line.arch_specific else "")
+        row = [line.repo, sha, line.branch, line.author, line.subject]
         for arch in archs:
-            cell = cells.get(arch)
-            row.append(_render_cell(cell) if cell else "")
+            c = cells.get(arch)
+            row.append(_render_cell(c) if c else "")
         table.add_row(*row)
+    if any(line.arch_specific for line in report.commits):
+        table.caption = "[red]⚠[/] fails on some architectures and passes on others"
     return table
 
 
@@ -116,3 +171,38 @@ def _render_cell(cell: Cell) -> str:
     if cell.runner:
         parts.append(f"[dim]{cell.runner}[/]")
     return " ".join(parts)
+
+
+def _active_table(report: Report) -> Table:
+    table = Table(title=f"queued and running: {len(report.active)}", expand=False)
+    for name in ("repo", "commit", "arch", "state", "runner", "elapsed", "attempt"):
+        table.add_column(name, no_wrap=True)
+    for a in report.active[:30]:
+        mark, colour = MARKS[a.state]
+        table.add_row(a.repo, a.commit[:10], a.arch, f"[{colour}]{mark} {a.state}[/]", a.runner,
+                      _elapsed(a.elapsed), str(a.attempt))
+    if len(report.active) > 30:
+        table.caption = f"and {len(report.active) - 30} more"
+    return table
+
+
+def _runners_table(report: Report) -> Table:
+    table = Table(title="runners", expand=False)
+    for name in ("runner", "arch", "host", "emulated", "last heartbeat", "state"):
+        table.add_column(name, no_wrap=True)
+    for r in report.runners:
+        ago = _elapsed(report.generated_at - r.last_seen) + " ago"
+        state = "[green]connected[/]" if r.connected else "[dim]gone[/]"
+        table.add_row(r.name, r.arch, r.host, "qemu-user" if r.emulated else "native", ago, state)
+    return table
+
+
+def _elapsed(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    return f"{int(seconds // 86400)}d"

@@ -477,6 +477,38 @@ class Store:
                 "ORDER BY c.received_at DESC, c.rowid DESC, j.arch", (*args, limit_commits)).fetchall()
         return [_job(r) for r in rows]
 
+    def active_jobs(self, repo: Optional[str] = None, limit: int = 1000) -> list[JobRow]:
+        """Queued and leased jobs, running ones first, then oldest first."""
+        cond, args = ("AND j.repo = ?", (repo,)) if repo else ("", ())
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} WHERE j.state IN (?, ?) {cond} "
+                "ORDER BY j.state = ? DESC, j.id LIMIT ?",
+                (JobState.QUEUED.value, JobState.LEASED.value, *args, JobState.LEASED.value, limit)).fetchall()
+        return [_job(r) for r in rows]
+
+    def commit_count(self, repo: str) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM commits WHERE repo = ?", (repo,)).fetchone()[0]
+
+    def ordinal(self, repo: str, sha: str) -> Optional[int]:
+        """Position of a commit among its repo's commits, oldest = 0 (stable as commits arrive)."""
+        with self._lock:
+            row = self._db.execute("SELECT rowid FROM commits WHERE repo = ? AND sha = ?", (repo, sha)).fetchone()
+            if row is None:
+                return None
+            return self._db.execute("SELECT count(*) FROM commits WHERE repo = ? AND rowid < ?",
+                                    (repo, row[0])).fetchone()[0]
+
+    def page(self, repo: str, first: int, count: int) -> list[JobRow]:
+        """Jobs of the repo's commits with ordinals first .. first+count-1, newest commit first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} WHERE c.rowid IN "
+                "(SELECT rowid FROM commits WHERE repo = ? ORDER BY rowid LIMIT ? OFFSET ?) "
+                "ORDER BY c.rowid DESC, j.arch", (repo, count, first)).fetchall()
+        return [_job(r) for r in rows]
+
     def job_by_lease(self, lease_id: str) -> Optional[JobRow]:
         with self._lock:
             return self._job_by("j.lease_id = ?", lease_id, self._db)

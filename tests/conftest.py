@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+ROOTFS_ARM64 = Path(os.environ.get("POLYARCH_ROOTFS_ARM64", "/var/cache/polyarch/rootfs-arm64"))
 
 
 def skip_unless_ci(reason: str) -> None:
@@ -27,6 +28,20 @@ def skip_unless_ci(reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"would skip under CI, where nothing may be missing: {reason}")
     pytest.skip(reason)
+
+
+def require_emulated_arm64() -> None:
+    """Skip (fail under CI) unless an arm64 runner can run here under qemu-user."""
+    from dispatcher.names import Arch
+    from runner import binfmt
+
+    if os.geteuid() != 0:
+        skip_unless_ci("needs root for chroot and mounts: run bash scripts/test.sh as root")
+    state = binfmt.support(Arch.ARM64)
+    if not state.runnable:
+        skip_unless_ci(f"arm64 {state.support.value}: apt-get install qemu-user-static && polyarch-runner binfmt")
+    if not (ROOTFS_ARM64 / "etc/polyarch-rootfs.json").exists():
+        skip_unless_ci(f"no arm64 root at {ROOTFS_ARM64}: run bash scripts/setup.sh as root (it builds one)")
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> object:

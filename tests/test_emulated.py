@@ -7,37 +7,21 @@ clone, in $POLYARCH_ROOTFS_ARM64 (default /var/cache/polyarch/rootfs-arm64).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from conftest import Polyarch, skip_unless_ci, wait_for
-from runner import binfmt
-from dispatcher.names import Arch
+from conftest import ROOTFS_ARM64, Polyarch, require_emulated_arm64, wait_for
 
-ROOTFS = Path(os.environ.get("POLYARCH_ROOTFS_ARM64", "/var/cache/polyarch/rootfs-arm64"))
-
-
-def _requirements() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root for chroot and mounts: run bash scripts/test.sh as root"
-    state = binfmt.support(Arch.ARM64)
-    if not state.runnable:
-        return f"arm64 {state.support.value}: apt-get install qemu-user-static && polyarch-runner binfmt"
-    if not (ROOTFS / "etc/polyarch-rootfs.json").exists():
-        return f"no arm64 root at {ROOTFS}: run bash scripts/setup.sh as root (it builds one)"
-    return None
-
+ROOTFS = ROOTFS_ARM64
 
 pytestmark = pytest.mark.daemons
 
 
 @pytest.fixture(autouse=True)
 def _emulation_possible() -> None:
-    reason = _requirements()
-    if reason is not None:
-        skip_unless_ci(reason)
+    require_emulated_arm64()
+
 
 # An x86-only assumption in the code under test: passes on amd64, fails on aarch64. The
 # script leaves JUnit XML where polyarch asks ($POLYARCH_JUNIT): one portable test, one
