@@ -107,10 +107,12 @@ def test_dispatcher_killed_mid_burst_loses_nothing_and_duplicates_nothing(polyar
     results = polyarch.wait_results(burst + later, timeout=90)
     assert all(r["status"] == "passed" for r in results.values())
     # Exactly one result per commit: one folder each, one arch file each, no temporaries.
-    folders = [p for p in (polyarch.results / "demo").iterdir()]
+    folders = [p for p in (polyarch.results / "demo").iterdir() if p.is_dir()]
     assert len(folders) == 36
     for folder in folders:
-        assert sorted(p.name for p in folder.iterdir()) == ["amd64.json", "amd64.log", "summary.json"]
+        # index.html: the dashboard's page for the commit.
+        wait_for(lambda f=folder: (f / "index.html").exists(), what=f"the dashboard page of {folder.name}")
+        assert sorted(p.name for p in folder.iterdir()) == ["amd64.json", "amd64.log", "index.html", "summary.json"]
 
 
 def test_commits_pushed_while_the_observer_is_down_are_tested_after_it_restarts(polyarch: Polyarch) -> None:

@@ -105,5 +105,6 @@ def test_remote_runner_over_mutual_tls_loses_its_job_when_cut_off_and_comes_back
     assert "dropped late or duplicate result from remote" in dispatcher.log()
     final = polyarch.result(sha)
     assert final["runner"] == "local" and final["attempt"] == 2
+    wait_for(lambda: (polyarch.results / "demo" / sha / "index.html").exists(), what="the commit's dashboard page")
     assert sorted(p.name for p in (polyarch.results / "demo" / sha).iterdir()) == [
-        "amd64.json", "amd64.log", "summary.json"]
+        "amd64.json", "amd64.log", "index.html", "summary.json"]

@@ -36,7 +36,9 @@ def test_full_results_disk_writes_nothing_partial_and_catches_up(polyarch: Polya
     for sha in shas:
         assert not (results / "demo" / sha / "amd64.json").exists()
         assert _job_state(polyarch, sha) == "finished"
-    assert all(p.read_bytes() == data for p, data in before.items() if p.name != "summary.json")
+    # summary.json and the dashboard's pages are rewritten as results come; nothing else may change.
+    assert all(p.read_bytes() == data for p, data in before.items()
+               if p.name != "summary.json" and p.suffix != ".html")
 
     filler.unlink()  # space comes back: the files are written from the database
     written = polyarch.wait_results(shas, timeout=30)
@@ -70,6 +72,6 @@ def test_full_state_disk_refuses_new_work_and_keeps_what_it_had(polyarch: Polyar
     filler.unlink()
     results = polyarch.wait_results(shas, timeout=90)
     assert all(r["status"] == "passed" for r in results.values())
-    assert len(list((polyarch.results / "demo").iterdir())) == 31
+    assert len([p for p in (polyarch.results / "demo").iterdir() if p.is_dir()]) == 31
     record("fault", "state database disk full (tmpfs), then space returns", trials=1, commits=31, results=31,
            lost=0, duplicated=0)
