@@ -90,12 +90,8 @@ def status(config_path: str, repo: Optional[str], commit: Optional[str], limit: 
 @one_line_errors
 def submit(config_path: str, repo: str, commit: str, branch: str, archs: tuple[str, ...]) -> None:
     """Queue one commit by hand."""
-    from .auth import load_secret
-    from .client import Connection
-    from .config import dispatcher_address
     from .names import check_commit, parse_arch
-    from .protocol import Role, Submit
-    from .tls import for_client
+    from .protocol import Submit
 
     config = load(config_path)
     if config.repo(repo) is None:
@@ -103,12 +99,71 @@ def submit(config_path: str, repo: str, commit: str, branch: str, archs: tuple[s
     check_commit(commit)
     for a in archs:
         parse_arch(a)
-    address = dispatcher_address(config, "observer")
-    with Connection(address, Role.CLIENT, "submit", load_secret(config.token_for("observer")),
-                    tls=for_client(config, "observer")) as conn:
+    with _client_connection(config, "submit") as conn:
         reply = conn.request_ack(Submit(repo=repo, commit=commit, branch=branch, archs=list(archs)))
     click.echo(f"{repo} {commit[:12]}: {reply.created} job(s) queued" if reply.created
                else f"{repo} {commit[:12]}: already known, nothing queued")
+
+
+@main.command("wait")
+@config_option
+@click.option("--repo", required=True, help="Repository name from the config.")
+@click.option("--commit", required=True, help="Full commit SHA (40 or 64 hex digits).")
+@click.option("--branch", default="", help="Branch to record if the commit is new (default: the repo's first).")
+@click.option("--timeout", default=3600.0, show_default=True, type=click.FloatRange(0, None),
+              help="Seconds to wait for every architecture; exit 3 after that.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON instead of a table.")
+@one_line_errors
+def wait_command(config_path: str, repo: str, commit: str, branch: str, timeout: float, as_json: bool) -> None:
+    """CI gate: submit the commit if new, wait for every configured architecture.
+
+    Exit 0 when all passed (flaky counts as passed), 1 when any failed, 3 on timeout,
+    2 for bad usage (unknown repo, malformed commit)."""
+    import dataclasses
+
+    from rich.console import Console
+
+    from .errors import PolyarchError
+    from .gate import summary, verdict, wait
+    from .names import check_branch, check_commit
+
+    config = load(config_path)
+    repo_config = config.repo(repo)
+    if repo_config is None:
+        raise click.exceptions.UsageError(f"unknown repo {repo!r} (not in {config.path})")
+    check_commit(commit)
+    if branch:
+        check_branch(branch)
+    console = Console(stderr=as_json)
+    try:
+        with console.status(f"waiting for {repo} {commit[:12]} on "
+                            f"{', '.join(a.value for a in repo_config.architectures)}") as spinner:
+            def progress(status) -> None:
+                done = sum(1 for a in status.archs if a.state not in ("queued", "running"))
+                spinner.update(f"{repo} {commit[:12]}: {done}/{len(status.archs)} architecture(s) finished")
+
+            status = wait(lambda: _client_connection(config, "wait"), repo, commit, branch,
+                          [a.value for a in repo_config.architectures], timeout, on_update=progress)
+    except OSError as exc:
+        raise PolyarchError(f"cannot reach the dispatcher: {exc}") from None
+    outcome = verdict(status)
+    if as_json:
+        click.echo(json.dumps({"verdict": outcome.name.lower(), "exit_code": int(outcome),
+                               "status": dataclasses.asdict(status) if status else None}, indent=2))
+    else:
+        console.print(summary(status, repo, commit, timed_out=True))
+    raise click.exceptions.Exit(int(outcome))
+
+
+def _client_connection(config, name: str):
+    from .auth import load_secret
+    from .client import Connection
+    from .config import dispatcher_address
+    from .protocol import Role
+    from .tls import for_client
+
+    return Connection(dispatcher_address(config, "observer"), Role.CLIENT, name,
+                      load_secret(config.token_for("observer")), tls=for_client(config, "observer"))
 
 
 @main.command()

@@ -44,6 +44,8 @@ class Kind(str, enum.Enum):
     HEARTBEAT = "heartbeat"
     RESULT = "result"
     RELEASE = "release"
+    QUERY = "query"
+    COMMIT_STATUS = "commit_status"
 
 
 class Role(str, enum.Enum):
@@ -211,8 +213,45 @@ class Release:
     reason: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """Where one commit stands (`polyarch-dispatcher wait`)."""
+
+    KIND: ClassVar[Kind] = Kind.QUERY
+    repo: str
+    commit: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchState:
+    arch: str
+    state: str  # queued, running, or the final status (passed, failed, timeout, error, flaky)
+    runner: str = ""
+    duration: float = 0.0
+    attempt: int = 0
+    emulated: bool = False
+    tests_total: int = -1  # -1: no JUnit
+    tests_failed: int = 0
+    failed_tests: list[str] = dataclasses.field(default_factory=list)
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class CommitStatus:
+    """The answer to QUERY; `known` is False for a commit the dispatcher never saw."""
+
+    KIND: ClassVar[Kind] = Kind.COMMIT_STATUS
+    repo: str
+    commit: str
+    known: bool
+    status: str = ""  # pending, passed or failed (results.overall_status)
+    branch: str = ""
+    subject: str = ""
+    archs: list[ArchState] = dataclasses.field(default_factory=list)
+
+
 Message = Union[Hello, Auth, Welcome, Error, Dispatch, Submit, Ack, Register, Lease, Job,
-                NoJob, Heartbeat, Result, Release]
+                NoJob, Heartbeat, Result, Release, Query, CommitStatus]
 _BY_KIND: dict[str, type] = {cls.KIND.value: cls for cls in typing.get_args(Message)}
 
 

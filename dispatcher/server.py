@@ -28,12 +28,13 @@ from .errors import ConfigError, InvalidName, MessageTooLarge, PolyarchError, Pr
 from .fsutil import remove_stale_temporaries
 from .names import check_branch, check_commit, check_repo, check_runner, parse_arch
 from .protocol import (Ack, Auth, Channel, Dispatch, Error, ErrorCode, Heartbeat, Hello, Job, Lease,
-                       Message, NoJob, Register, Release, Result, Role, Status, Submit, Welcome)
+                       Message, NoJob, Query, Register, Release, Result, Role, Status, Submit, Welcome)
 from .presence import FLUSH_INTERVAL, Presence
 from .sdnotify import Watchdog, notify
 from .tls import for_server
 from .junitxml import parse as parse_junit
 from .results import EarlierAttempt, ResultRecord, write_result, write_summary
+from .status import commit_status
 from .store import FinishedJob, JobState, RunnerRow, Store
 
 log = logging.getLogger("polyarch.dispatcher")
@@ -371,8 +372,8 @@ class _Handler(socketserver.BaseRequestHandler):
 
     def _dispatch(self, msg: Message) -> Message:
         allowed = {
-            Role.OBSERVER: (Dispatch, Submit),
-            Role.CLIENT: (Submit,),
+            Role.OBSERVER: (Dispatch, Submit, Query),
+            Role.CLIENT: (Submit, Query),
             Role.RUNNER: (Register, Lease, Heartbeat, Result, Release),
         }[self.role or Role.CLIENT]
         if not isinstance(msg, allowed):
@@ -382,6 +383,9 @@ class _Handler(socketserver.BaseRequestHandler):
                 return self._on_dispatch(msg)
             if isinstance(msg, Submit):
                 return self._on_submit(msg)
+            if isinstance(msg, Query):
+                repo = self._repo(msg.repo)
+                return commit_status(self.server.store, self.server.results_dir, repo.name, check_commit(msg.commit))
             if isinstance(msg, Register):
                 return self._on_register(msg)
             if self.runner is None:

@@ -8,12 +8,16 @@ of those, so the table and the JSON always say the same thing. The HTML dashboar
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from rich.console import Group
 from rich.table import Table
 
+from .junitxml import MAX_NAMED_TESTS
+from .protocol import ArchState, CommitStatus
 from .results import overall_status
 from .store import JobRow, JobState, Store
 
@@ -206,3 +210,31 @@ def _elapsed(seconds: float) -> str:
     if seconds < 86400:
         return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
     return f"{int(seconds // 86400)}d"
+
+
+def commit_status(store: Store, results_dir: Path, repo: str, sha: str) -> CommitStatus:
+    """One commit for scripts (`wait`, the HTTP API): each arch's state, and for finished
+    ones the test counts and failing tests from its result file."""
+    jobs = [j for j in store.jobs(repo, sha, 1) if j.sha == sha]
+    if not jobs:
+        return CommitStatus(repo=repo, commit=sha, known=False)
+    now = time.time()
+    [line] = commit_lines(jobs, now)
+    archs = []
+    for c in line.cells:
+        data: dict[str, Any] = {}
+        if c.final:
+            try:
+                loaded = json.loads((results_dir / repo / sha / f"{c.arch}.json").read_bytes())
+                data = loaded if isinstance(loaded, dict) else {}
+            except (OSError, ValueError):
+                pass  # durable but its file not written yet: the state is still right
+        tests = data.get("tests") if isinstance(data.get("tests"), dict) else None
+        archs.append(ArchState(arch=c.arch, state=c.state, runner=c.runner, duration=round(c.duration or 0.0, 3),
+                               attempt=c.attempt, emulated=c.emulated,
+                               tests_total=int(tests.get("total", 0)) if tests else -1,
+                               tests_failed=int(tests.get("failed", 0)) + int(tests.get("errors", 0)) if tests else 0,
+                               failed_tests=[str(t) for t in data.get("failed_tests", []) or []][:MAX_NAMED_TESTS],
+                               reason=str(data.get("reason", ""))))
+    return CommitStatus(repo=repo, commit=sha, known=True, status=line.overall, branch=line.branch,
+                        subject=line.subject, archs=archs)

@@ -62,7 +62,10 @@ class Mirrors:
         if not borrowed and (source is not None or not self._has(mirror, commit)):
             self._fetch(mirror, url)
             if not self._has(mirror, commit):
-                raise CheckoutError(f"commit {commit} is not on any branch or tag of {url} (force-pushed away?)")
+                self._fetch_commit(mirror, url, commit)
+            if not self._has(mirror, commit):
+                raise CheckoutError(f"commit {commit} is not on any branch or tag of {url}, nor fetchable by "
+                                    "its id (force-pushed away?)")
         dest = self.checkouts / check_repo(repo)
         if (dest / ".git").is_file():
             try:
@@ -107,6 +110,16 @@ class Mirrors:
                     raise CheckoutError(f"git fetch {url} failed: {_git_error(exc)}") from None
                 log.warning("git fetch %s failed (%s); trying again", url, _git_error(exc))
                 time.sleep(0.5 * 2 ** attempt)
+
+    @staticmethod
+    def _fetch_commit(mirror: git.Repo, url: str, commit: str) -> None:
+        """A commit on no branch or tag: a pull request's, submitted by `polyarch-dispatcher
+        wait`. Hosts (and git's protocol v2) serve any commit reachable from some ref,
+        refs/pull/* included, when asked by id."""
+        try:
+            mirror.git.fetch("--quiet", "--no-tags", url, commit, kill_after_timeout=FETCH_TIMEOUT)
+        except git.GitCommandError as exc:
+            log.warning("git fetch %s %s failed: %s", url, commit[:12], _git_error(exc))
 
     def discard(self, repo: str) -> None:
         """Delete a worktree and its entry in the mirror's worktrees/ folder.
