@@ -33,6 +33,14 @@ class InvalidName(PolyarchError):
     """A repo, branch, arch or commit name that does not match its strict pattern."""
 
 
+class UnknownName(PolyarchError):
+    """A well-formed repo or arch name that the config does not list."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind  # "repo" or "arch"
+        super().__init__(message)
+
+
 class ProtocolError(PolyarchError):
     """A message that cannot be framed, decoded or accepted in this state."""
 

@@ -24,11 +24,14 @@ from .admission import Admission
 from .auth import AuthThrottle, client_mac, load_secret, new_nonce, server_proof, verify
 from .config import Config, RepoConfig, write_address_file
 from .dashboard import Dashboard
-from .errors import ConfigError, InvalidName, MessageTooLarge, PolyarchError, ProtocolError, StateError
-from .fsutil import remove_stale_temporaries
+from .errors import (ConfigError, InvalidName, MessageTooLarge, PolyarchError, ProtocolError, StateError,
+                     UnknownName)
+from .fsutil import atomic_write, remove_stale_temporaries
+from .http_api import start_api
 from .names import check_branch, check_commit, check_repo, check_runner, parse_arch
-from .protocol import (Ack, Auth, Channel, Dispatch, Error, ErrorCode, Heartbeat, Hello, Job, Lease,
+from .protocol import (Ack, Auth, Channel, CommitInfo, Dispatch, Error, ErrorCode, Heartbeat, Hello, Job, Lease,
                        Message, NoJob, Query, Register, Release, Result, Role, Status, Submit, Welcome)
+from .metrics import Metrics
 from .presence import FLUSH_INTERVAL, Presence
 from .sdnotify import Watchdog, notify
 from .tls import for_server
@@ -85,6 +88,7 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
         self._last_service_error = ""
         self.watchdog = Watchdog()
         self.presence = Presence()
+        self.metrics = Metrics()
         self.dashboard = Dashboard(self.results_dir, store,
                                    [(r.name, [a.value for a in r.architectures]) for r in config.repos])
         self._next_flush = 0.0
@@ -137,6 +141,30 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
         self.store.finish(lease_id or "", Status.ERROR, None, now, now, reason.encode() + b"\n", False, b"", reason)
         self.wake_publisher()
 
+    # --- requests shared by the protocol and the HTTP API --------------------------------
+
+    def repo(self, name: str) -> RepoConfig:
+        repo = self.config.repo(check_repo(name))
+        if repo is None:
+            raise UnknownName("repo", f"unknown repo {name!r} (not in {self.config.path})")
+        return repo
+
+    def submit(self, repo_name: str, commit: str, branch: str, archs: list[str], by: str) -> int:
+        """Queue one commit on some (default: all) of its repo's archs; returns new jobs.
+        Raises InvalidName or UnknownName, having changed nothing."""
+        repo = self.repo(repo_name)
+        check_commit(commit)
+        branch = check_branch(branch) if branch else repo.branches[0]
+        chosen = [parse_arch(a) for a in archs] or list(repo.architectures)
+        unknown = [a.value for a in chosen if a not in repo.architectures]
+        if unknown:
+            raise UnknownName("arch", f"{', '.join(unknown)} not configured for repo {repo.name}")
+        created = self.store.enqueue(repo.name, branch, [CommitInfo(commit)], [a.value for a in chosen])
+        if created:
+            log.info("queued %d job(s) for %s %s (submitted by %s)", created, repo.name, commit[:12], by)
+            self.notify_work()
+        return created
+
     # --- results ------------------------------------------------------------------------
 
     def wake_publisher(self) -> None:
@@ -183,6 +211,8 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
                     return
                 for finished in written:
                     job = finished.job
+                    self.metrics.result((job.status or Status.ERROR).value,
+                                        (job.finished_at or time.time()) - job.created_at)
                     log.info("result %s %s %s: %s (attempt %d, runner %s)", job.repo, job.sha[:12], job.arch,
                              (job.status or Status.ERROR).value, job.attempt, job.runner)
                 self._after_publish(written)
@@ -230,6 +260,7 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
                 log.warning("lease of %s %s %s expired: runner %s sent no heartbeat for %.0f s; job %s",
                             e.job.repo, e.job.sha[:12], e.job.arch, e.job.runner, self.heartbeat_timeout, what)
             if expired:
+                self.metrics.expired(len(expired))
                 self.notify_work()
             if self.store.has_unpublished():
                 self.wake_publisher()  # results a crash or a full disk left unwritten
@@ -414,10 +445,10 @@ class _Handler(socketserver.BaseRequestHandler):
             raise _Reply(ErrorCode.UNAVAILABLE, f"dispatcher cannot record this now: {exc}") from None
 
     def _repo(self, name: str) -> RepoConfig:
-        repo = self.server.config.repo(check_repo(name))
-        if repo is None:
-            raise _Reply(ErrorCode.UNKNOWN_REPO, f"unknown repo {name!r} (not in {self.server.config.path})")
-        return repo
+        try:
+            return self.server.repo(name)
+        except UnknownName as exc:
+            raise _Reply(ErrorCode.UNKNOWN_REPO, str(exc)) from None
 
     def _on_dispatch(self, msg: Dispatch) -> Message:
         repo = self._repo(msg.repo)
@@ -433,19 +464,11 @@ class _Handler(socketserver.BaseRequestHandler):
         return Ack(created=created)
 
     def _on_submit(self, msg: Submit) -> Message:
-        repo = self._repo(msg.repo)
-        from .protocol import CommitInfo
-
-        check_commit(msg.commit)
-        branch = check_branch(msg.branch) if msg.branch else repo.branches[0]
-        archs = [parse_arch(a) for a in msg.archs] or list(repo.architectures)
-        unknown = [a.value for a in archs if a not in repo.architectures]
-        if unknown:
-            raise _Reply(ErrorCode.UNKNOWN_ARCH, f"{', '.join(unknown)} not configured for repo {repo.name}")
-        created = self.server.store.enqueue(repo.name, branch, [CommitInfo(msg.commit)], [a.value for a in archs])
-        if created:
-            log.info("queued %d job(s) for %s %s (manual submit by %s)", created, repo.name, msg.commit[:12], self.name)
-            self.server.notify_work()
+        try:
+            created = self.server.submit(msg.repo, msg.commit, msg.branch, msg.archs, f"{self.name} ({self.peer})")
+        except UnknownName as exc:
+            code = ErrorCode.UNKNOWN_REPO if exc.kind == "repo" else ErrorCode.UNKNOWN_ARCH
+            raise _Reply(code, str(exc)) from None
         return Ack(created=created, message="queued" if created else "already known")
 
     def _on_register(self, msg: Register) -> Message:
@@ -523,6 +546,20 @@ def serve(config: Config) -> None:
     signal.signal(signal.SIGINT, on_signal)
     host, port = server.server_address[:2]
     write_address_file(config, f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    try:
+        api = start_api(server)
+    except PolyarchError:
+        server.server_close()
+        store.close()
+        raise
+    if api is not None:
+        api_host, api_port = api.server_address[:2]
+        atomic_write(config.dispatcher.state_dir / "http-address",
+                     f"{api_host}:{api_port}\n".encode(), durable=False)
+        log.info("HTTP API on http://%s:%d/", api_host, api_port)
+        if not config.dispatcher.http_listen.is_loopback:
+            log.warning("HTTP API listens off loopback without TLS: the bearer secret of POST /jobs crosses the "
+                        "network in clear; put a TLS reverse proxy in front, or listen on loopback")
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="serve")
     thread.start()
     log.info("dispatcher listening on %s:%d, state %s, results %s", host, port, db_path(config),
@@ -535,6 +572,8 @@ def serve(config: Config) -> None:
         log.info("stopping")
         notify("STOPPING=1")
         server.stop()
+        if api is not None:
+            api.shutdown()
         server.shutdown()
         server.server_close()
         thread.join()

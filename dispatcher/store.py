@@ -487,6 +487,34 @@ class Store:
                 (JobState.QUEUED.value, JobState.LEASED.value, *args, JobState.LEASED.value, limit)).fetchall()
         return [_job(r) for r in rows]
 
+    def job_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(queued jobs per arch, jobs per state or final status) for the metrics."""
+        queue: dict[str, int] = {}
+        by_status: dict[str, int] = {}
+        with self._lock:
+            rows = self._db.execute("SELECT state, status, arch, count(*) FROM jobs GROUP BY state, status, arch")
+            for state, status, arch, n in rows.fetchall():
+                if state == JobState.QUEUED.value:
+                    queue[arch] = queue.get(arch, 0) + n
+                    key = "queued"
+                elif state == JobState.LEASED.value:
+                    key = "running"
+                else:
+                    key = status or Status.ERROR.value
+                by_status[key] = by_status.get(key, 0) + n
+        return queue, by_status
+
+    def commit_id(self, repo: str, sha: str) -> Optional[int]:
+        """The commit's number, used as the HTTP API's job id (stable, never reused)."""
+        with self._lock:
+            row = self._db.execute("SELECT rowid FROM commits WHERE repo = ? AND sha = ?", (repo, sha)).fetchone()
+        return row[0] if row else None
+
+    def commit_by_id(self, commit_id: int) -> Optional[tuple[str, str]]:
+        with self._lock:
+            row = self._db.execute("SELECT repo, sha FROM commits WHERE rowid = ?", (commit_id,)).fetchone()
+        return (row[0], row[1]) if row else None
+
     def commit_count(self, repo: str) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM commits WHERE repo = ?", (repo,)).fetchone()[0]

@@ -1,0 +1,113 @@
+"""The HTTP API over a real socket, served by a real dispatcher process."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from typing import Any, Optional
+
+import pytest
+
+from conftest import Polyarch, wait_for
+
+pytestmark = pytest.mark.daemons
+
+
+class Api:
+    def __init__(self, polyarch: Polyarch) -> None:
+        self.base = "http://" + (polyarch.root / "var/dispatcher/http-address").read_text().strip()
+        self.secret = (polyarch.root / "var/secret").read_text().strip()
+
+    def call(self, method: str, path: str, body: Optional[bytes] = None,
+             token: Optional[str] = "") -> tuple[int, Any]:
+        headers = {"Content-Type": "application/json"}
+        token = self.secret if token == "" else token
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(self.base + path, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback only
+                status, raw, kind = response.status, response.read(), response.headers["Content-Type"]
+        except urllib.error.HTTPError as exc:
+            status, raw, kind = exc.code, exc.read(), exc.headers["Content-Type"]
+        return status, json.loads(raw) if kind == "application/json" else raw.decode()
+
+    def post(self, data: Any, token: Optional[str] = "") -> tuple[int, Any]:
+        return self.call("POST", "/jobs", json.dumps(data).encode(), token)
+
+
+@pytest.fixture
+def api(polyarch: Polyarch) -> Api:
+    polyarch.write_config(dispatcher_settings='http_listen = "127.0.0.1:0"')
+    polyarch.dispatcher()
+    wait_for(lambda: (polyarch.root / "var/dispatcher/http-address").exists(), what="the HTTP API to listen")
+    return Api(polyarch)
+
+
+def test_submit_then_follow_a_job_to_its_result(polyarch: Polyarch, api: Api) -> None:
+    sha = polyarch.repo.commit("exit 0")
+    assert api.call("GET", "/healthz")[0] == 200
+    status, job = api.post({"repo": "demo", "commit": sha, "architectures": ["amd64"]})
+    assert status == 201 and job["created"] == 1 and job["status"] == "running"
+    assert job["architectures"]["amd64"]["status"] == "queued"
+    # The same commit again: the same id, nothing new queued.
+    status, again = api.post({"repo": "demo", "commit": sha})
+    assert status == 200 and again["id"] == job["id"] and again["created"] == 0
+    polyarch.runner("r1")
+    wait_for(lambda: api.call("GET", f"/jobs/{job['id']}")[1]["status"] == "passed", what="the job to pass")
+    status, by_name = api.call("GET", f"/repos/demo/commits/{sha}")
+    assert status == 200 and by_name["architectures"]["amd64"]["status"] == "passed"
+    assert by_name["architectures"]["amd64"]["runner"] == "r1" and by_name["id"] == job["id"]
+
+    status, metrics = api.call("GET", "/metrics")
+    assert status == 200
+    lines = set(metrics.splitlines())
+    assert 'polyarch_jobs{status="passed"} 1' in lines and 'polyarch_runners_connected{arch="amd64"} 1' in lines
+    assert "polyarch_commit_to_result_seconds_count 1" in lines and "polyarch_lease_expiries_total 0" in lines
+    assert '# TYPE polyarch_commit_to_result_seconds histogram' in lines
+
+
+def test_a_failure_is_failed_overall(polyarch: Polyarch, api: Api) -> None:
+    sha = polyarch.repo.commit("exit 1")
+    polyarch.runner("r1")
+    job = api.post({"repo": "demo", "commit": sha})[1]
+    wait_for(lambda: api.call("GET", f"/jobs/{job['id']}")[1]["status"] == "failed", what="the job to fail")
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b"{not json", "body is not JSON"),
+    (b"[1, 2]", "must be a JSON object"),
+    (b'{"repo": "demo"}', '"repo" and "commit" are required'),
+    (b'{"repo": "nope", "commit": "' + b"a" * 40 + b'"}', "unknown repo 'nope'"),
+    (b'{"repo": "demo", "commit": "xyz"}', "invalid commit 'xyz'"),
+    (b'{"repo": "demo", "commit": "' + b"a" * 40 + b'", "architectures": ["m68k"]}', "unknown architecture"),
+    (b'{"repo": "demo", "commit": "' + b"a" * 40 + b'", "architectures": ["arm64"]}', "not configured"),
+    (b'{"repo": "demo", "commit": "' + b"a" * 40 + b'", "priority": 1}', "unknown field 'priority'"),
+])
+def test_bad_requests_get_400_with_a_message(api: Api, body: bytes, message: str) -> None:
+    status, data = api.call("POST", "/jobs", body)
+    assert status == 400 and message in data["error"], data
+
+
+def test_auth_and_unknown_things(polyarch: Polyarch, api: Api) -> None:
+    body = {"repo": "demo", "commit": "a" * 40}
+    assert api.post(body, token=None)[0] == 401
+    status, data = api.post(body, token="wrong" * 8)
+    assert status == 401 and "Bearer" in data["error"]
+    assert api.call("GET", "/jobs/999999")[0] == 404
+    assert api.call("GET", "/nothing")[0] == 404
+    assert api.call("GET", f"/repos/demo/commits/{'b' * 40}")[0] == 404
+    assert api.call("GET", f"/repos/nope/commits/{'b' * 40}")[0] == 400
+    assert api.call("DELETE", "/jobs/1")[0] == 405
+    # Garbage on the socket, and a huge body: refused, and the API keeps serving.
+    host, port = api.base[len("http://"):].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        raw.sendall(b"\x00\xff garbage \r\n\r\n")
+        assert b'"code": 400' in raw.recv(1000)
+    status, _ = api.call("POST", "/jobs", b"x" * 100_000)
+    assert status == 413
+    assert api.call("GET", "/healthz")[0] == 200
+    # Nothing was queued by any of it.
+    assert "polyarch_jobs{" not in api.call("GET", "/metrics")[1]
