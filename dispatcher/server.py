@@ -31,12 +31,13 @@ from .http_api import start_api
 from .names import check_branch, check_commit, check_repo, check_runner, parse_arch
 from .protocol import (Ack, Auth, Channel, CommitInfo, Dispatch, Error, ErrorCode, Heartbeat, Hello, Job, Lease,
                        Message, NoJob, Query, Register, Release, Result, Role, Status, Submit, Welcome)
+from .hooks import HookRunner, Notification, hooks_for
 from .metrics import Metrics
 from .presence import FLUSH_INTERVAL, Presence
 from .sdnotify import Watchdog, notify
 from .tls import for_server
 from .junitxml import parse as parse_junit
-from .results import EarlierAttempt, ResultRecord, write_result, write_summary
+from .results import EarlierAttempt, ResultRecord, overall_status, result_paths, write_result, write_summary
 from .status import commit_status
 from .store import FinishedJob, JobState, RunnerRow, Store
 
@@ -89,6 +90,7 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
         self.watchdog = Watchdog()
         self.presence = Presence()
         self.metrics = Metrics()
+        self.hooks = HookRunner(config.path.parent)
         self.dashboard = Dashboard(self.results_dir, store,
                                    [(r.name, [a.value for a in r.architectures]) for r in config.repos])
         self._next_flush = 0.0
@@ -224,6 +226,17 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
             self.dashboard.update((f.job.repo, f.job.sha) for f in written)
         except Exception:  # noqa: BLE001 - result files are written; pages can wait
             log.exception("updating the HTML dashboard in %s failed", self.results_dir)
+        for finished in written:
+            job = finished.job
+            repo = self.config.repo(job.repo)
+            status = (job.status or Status.ERROR).value
+            hooks = hooks_for(repo.on_result, repo.on_failure, repo.hook_timeout, status) if repo else []
+            if hooks:
+                paths = result_paths(self.results_dir, job.repo, job.sha, job.arch)
+                overall = overall_status(self.store.commit_states(job.repo, job.sha))
+                self.hooks.notify(hooks, Notification(job.repo, job.sha, job.branch, job.arch, status, overall,
+                                                      job.runner or "", paths.json, paths.log, paths.summary,
+                                                      paths.folder / "index.html"))
 
     def _publish(self, finished: FinishedJob) -> None:
         job = finished.job
@@ -296,6 +309,7 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
             self.stopping.set()
             self._publish_wanted.set()
             publisher.join(timeout=10)
+            self.hooks.stop()
 
     def stop(self) -> None:
         self.stopping.set()
