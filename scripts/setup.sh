@@ -20,6 +20,10 @@ command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v ip >/dev/null || need_apt+=(iproute2)  # the lab-host test's network namespaces
 command -v mount >/dev/null || need_apt+=(mount)  # the full-disk tests' tmpfs
 python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
+# The dashboard tests load the pages in headless Chromium; scripts/test.sh asks for it.
+if [ -n "${POLYARCH_WITH_BROWSER:-}" ]; then
+  command -v chromium >/dev/null || need_apt+=(chromium fonts-dejavu-core)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing ${need_apt[*]}; run as root or: sudo apt-get install -y ${need_apt[*]}" >&2

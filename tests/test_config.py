@@ -61,6 +61,11 @@ def test_the_shipped_example_config_is_valid() -> None:
     (('"main", "release/1.x"', '"main", "x;rm -rf"'), "repos[0].branches", "invalid branch name 'x;rm -rf'"),
     (('arch = "auto"', 'arch = "pdp11"'), "runner.arch", "unknown architecture 'pdp11'"),
     (('timeout = 600', 'timeout = true'), "repos[0].timeout", "got True"),
+    (('timeout = 600', 'timeout = 600\nretry_failed = -1'), "repos[0].retry_failed", "must be 0 or more"),
+    (('timeout = 600', 'timeout = 600\non_failure = " "'), "repos[0].on_failure", "must not be empty"),
+    (('timeout = 600', 'timeout = 600\nhook_timeout = 0'), "repos[0].hook_timeout", "greater than 0"),
+    (('listen = "127.0.0.1:7341"', 'listen = "127.0.0.1:7341"\nhttp_listen = "7342"'), "dispatcher.http_listen",
+     "'7342'"),
 ])
 def test_each_mistake_names_file_key_and_value(tmp_path: Path, change, key: str, words: str) -> None:
     old, new = change
