@@ -42,11 +42,21 @@ def serve(config_path: str, verbose: bool) -> None:
 @one_line_errors
 def once(config_path: str, verbose: bool) -> None:
     """Poll every repository once; exit 1 if any could not be fetched or reported."""
+    import sys
+
+    from dispatcher.progress import Bars
+
     from .service import once as poll
 
     config = _config(config_path)
     setup_logging(verbose)
-    if not poll(config):
+    if not sys.stderr.isatty():
+        ok = poll(config)
+    else:
+        # A first mirror of a large repository can take minutes: show git's progress.
+        with Bars(transient=True) as bars:
+            ok = poll(config, progress=bars)
+    if not ok:
         raise click.exceptions.Exit(1)
 
 

@@ -6,11 +6,13 @@ import dataclasses
 import enum
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import git
 
 from dispatcher.errors import PolyarchError
+from dispatcher.progress import git_progress
+from dispatcher.progress import run as progress_run
 from dispatcher.protocol import CommitInfo
 
 from .refs import RefsUnclear, borrow, local_git_dir, read_heads
@@ -62,9 +64,20 @@ class Mirror:
         except (OSError, RefsUnclear):
             return False
 
-    def fetch(self) -> None:
+    def fetch(self, progress: Optional[Callable[[str, int, int], None]] = None) -> None:
+        """Bring the mirror's heads up to date; `progress` gets git's progress (a first
+        mirror of a large repository from `polyarch-observer once`)."""
         source = local_git_dir(self.url)
         if source is not None and borrow(self.path, source, ("refs/heads/",)):
+            return
+        if progress is not None:
+            code, tail = progress_run(["git", "-C", str(self.path), "fetch", "--progress", "--prune", "--no-tags",
+                                       self.url, "+refs/heads/*:refs/heads/*"], git_progress, progress,
+                                      timeout=self.fetch_timeout)
+            if code == -9:
+                raise FetchError(f"git fetch {self.url}: no answer within {self.fetch_timeout:g} s (fetch_timeout)")
+            if code != 0:
+                raise FetchError(f"git fetch {self.url}: {' '.join(tail[-3:])[-300:] or f'exit status {code}'}")
             return
         try:
             self.repo.git.fetch("--quiet", "--prune", "--no-tags", self.url, "+refs/heads/*:refs/heads/*",

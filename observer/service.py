@@ -19,6 +19,7 @@ from dispatcher.auth import load_secret
 from dispatcher.client import Connection
 from dispatcher.config import Config, RepoConfig, dispatcher_address
 from dispatcher.errors import ConfigError, InvalidName, ProtocolError, RemoteError
+from dispatcher.progress import Sink
 from dispatcher.protocol import Ack, Dispatch, ErrorCode, Role
 from dispatcher.sdnotify import Watchdog, notify
 from dispatcher.tls import for_client
@@ -40,8 +41,9 @@ class DispatcherDown(Exception):
 
 
 class Observer:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, progress: Optional[Sink] = None) -> None:
         self.config = config
+        self.progress = progress  # a progress bar for first mirrors (`once` on a terminal)
         self.settings = config.observer
         self.secret = load_secret(config.token_for("observer"))
         self.tls = for_client(config, "observer")
@@ -71,7 +73,9 @@ class Observer:
                             self.settings.fetch_timeout)
             self.mirrors[repo.name] = mirror
         if not mirror.up_to_date():
-            mirror.fetch()
+            first = self.progress is not None and not mirror.heads()
+            mirror.fetch((lambda step, done, total: self.progress(repo.name, step, done, total))
+                         if first and self.progress is not None else None)
         heads = mirror.heads()
         with self._report_lock:
             for branch in self.cursors.branches(repo.name):
@@ -227,5 +231,5 @@ def serve(config: Config) -> None:
     observer.run()
 
 
-def once(config: Config) -> bool:
-    return Observer(config).poll_once()
+def once(config: Config, progress: Optional[Sink] = None) -> bool:
+    return Observer(config, progress).poll_once()

@@ -87,10 +87,13 @@ def rootfs() -> None:
 @one_line_errors
 def rootfs_build(arch_name: str, directory: Path, verbose: bool) -> None:
     """Build DIRECTORY with mmdebstrap and install polyarch in it; refresh it when it exists."""
+    from dispatcher.progress import Bars
+
     from .rootfs import build
 
     setup_logging(verbose)
-    info = build(parse_arch(arch_name), directory)
+    with Bars() as bars:
+        info = build(parse_arch(arch_name), directory, progress=bars)
     click.echo(f"{directory}: {info.arch.value} root with polyarch {info.polyarch} ({info.python})")
 
 

@@ -19,11 +19,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 from dispatcher import __version__
 from dispatcher.errors import SetupError
 from dispatcher.fsutil import atomic_write
 from dispatcher.names import Arch
+from dispatcher.progress import Sink
+from dispatcher.progress import run as progress_run
 
 from . import binfmt
 
@@ -88,20 +91,44 @@ def _pinned_deps() -> tuple[str, ...]:
     return tuple(pins)
 
 
-def build(arch: Arch, root: Path) -> RootInfo:
-    """Make (or refresh) the root at `root`. Needs root privileges, mmdebstrap and binfmt."""
+# mmdebstrap's own "I: ..." lines, in the order it prints them, then our two steps.
+PHASES = ("running apt-get update", "downloading packages", "extracting archives", "installing essential packages",
+          "installing remaining packages", "cleaning package lists", "success")
+STEPS = PHASES + ("installing Python packages", "copying polyarch")
+
+
+def mmdebstrap_phase(line: str) -> Optional[tuple[str, int, int]]:
+    """('downloading packages', 2, len(STEPS)) for mmdebstrap's 'I: downloading packages with apt...'."""
+    if not line.startswith("I: "):
+        return None
+    for i, phase in enumerate(PHASES):
+        if line[3:].startswith(phase):
+            return phase, i + 1, len(STEPS)
+    return None
+
+
+def build(arch: Arch, root: Path, progress: Optional[Sink] = None) -> RootInfo:
+    """Make (or refresh) the root at `root`. Needs root privileges, mmdebstrap and binfmt.
+    `progress` gets each step (a progress bar in the CLI)."""
     if os.geteuid() != 0:
         raise RootfsError("building a root file system needs root: run it with sudo")
     if not binfmt.is_native(arch):
         binfmt.register(arch)
     root = root.absolute()
+    def report(step: str, done: int, total: int) -> None:
+        if progress is not None:
+            progress(f"{arch.value} root", step, done, total)
+
     if not _is_debian_root(root, arch):
-        _debootstrap(arch, root)
+        _debootstrap(arch, root, report)
     deps = _pinned_deps()
     previous = read_info(root) if (root / MARKER).exists() else None
+    report(STEPS[-2], len(STEPS) - 2, len(STEPS))
     if previous is None or previous.deps != deps or not (root / VENV / "bin" / "python").exists():
         _install_deps(arch, root, deps)
+    report(STEPS[-1], len(STEPS) - 1, len(STEPS))
     _copy_polyarch(root)
+    report("done", len(STEPS), len(STEPS))
     info = RootInfo(arch, __version__, deps, time.time())
     atomic_write(root / MARKER, json.dumps(dataclasses.asdict(info)).encode())
     return info
@@ -126,7 +153,7 @@ def _is_debian_root(root: Path, arch: Arch) -> bool:
     return True
 
 
-def _debootstrap(arch: Arch, root: Path) -> None:
+def _debootstrap(arch: Arch, root: Path, report: Callable[[str, int, int], None]) -> None:
     if shutil.which("mmdebstrap") is None:
         raise RootfsError("mmdebstrap is not installed; run: apt-get install mmdebstrap")
     if root.exists() and any(root.iterdir()):
@@ -139,10 +166,9 @@ def _debootstrap(arch: Arch, root: Path) -> None:
     log.info("building a %s root file system with mmdebstrap in %s (a few minutes)", arch.value, root)
     cmd = ["mmdebstrap", f"--arch={arch.value}", "--variant=minbase", f"--include={','.join(PACKAGES)}",
            SUITE, str(partial)]
-    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if result.returncode != 0:
-        tail = " | ".join(result.stdout.strip().splitlines()[-3:])
-        raise RootfsError(f"mmdebstrap failed (exit {result.returncode}): {tail}")
+    code, output = progress_run(cmd, mmdebstrap_phase, report)
+    if code != 0:
+        raise RootfsError(f"mmdebstrap failed (exit {code}): {' | '.join(output[-3:])}")
     if root.exists():
         root.rmdir()
     partial.rename(root)

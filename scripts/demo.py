@@ -22,17 +22,27 @@ BIN = Path(sys.executable).parent
 ROOTFS_ARM64 = Path(os.environ.get("POLYARCH_ROOTFS_ARM64", "/var/cache/polyarch/rootfs-arm64"))
 
 CALC = '''\
+import platform
+
+
 def add(a, b):
     return a + b
 
 
 def sub(a, b):
     return a {op} b
+
+
+def double(n):
+    {double}
 '''
+DOUBLE = "return n * 2"
+# A "fast path" that only holds on x86: the kind of bug polyarch exists to catch.
+DOUBLE_X86 = "return n << 1 if platform.machine() == 'x86_64' else n + n + 1"
 TESTS = '''\
 import unittest
 
-from calc import add, sub
+from calc import add, double, sub
 
 
 class CalcTest(unittest.TestCase):
@@ -42,11 +52,38 @@ class CalcTest(unittest.TestCase):
     def test_sub(self):
         self.assertEqual(sub(5, 3), 2)
 
+    def test_double(self):
+        self.assertEqual(double(21), 42)
+
 
 if __name__ == "__main__":
     unittest.main()
 '''
-STEPS = [("calc: add and sub", "-"), ("calc: refactor sub (oops)", "+"), ("calc: fix sub", "-")]
+# The test command: unittest, with a JUnit XML file left where polyarch asks for one
+# ($POLYARCH_JUNIT), so the results name each failing test.
+RUN_TESTS = '''\
+import os
+import sys
+import unittest
+from xml.sax.saxutils import quoteattr
+
+suite = unittest.defaultTestLoader.discover(".")
+result = unittest.TextTestRunner(verbosity=2).run(suite)
+failed = {t.id(): "failure" for t, _ in result.failures}
+failed.update({t.id(): "error" for t, _ in result.errors})
+cases = []
+for test in (t for group in suite for module in group for t in module):
+    kind = failed.get(test.id())
+    module, _, name = test.id().rpartition(".")
+    body = f"<{kind}/>" if kind else ""
+    cases.append(f"<testcase classname={quoteattr(module)} name={quoteattr(name)}>{body}</testcase>")
+with open(os.environ.get("POLYARCH_JUNIT", "junit.xml"), "w") as f:
+    f.write(f'<testsuite tests="{result.testsRun}" failures="{len(result.failures)}" '
+            f'errors="{len(result.errors)}">' + "".join(cases) + "</testsuite>")
+sys.exit(0 if result.wasSuccessful() else 1)
+'''
+STEPS = [("calc: add and sub", "-", DOUBLE), ("calc: refactor sub (oops)", "+", DOUBLE),
+         ("calc: fix sub", "-", DOUBLE), ("calc: a faster double", "-", DOUBLE_X86)]
 
 
 def git(*args: str) -> str:
@@ -54,10 +91,11 @@ def git(*args: str) -> str:
                           text=True).stdout.strip()
 
 
-def commit(message: str, op: str) -> str:
+def commit(message: str, op: str, double: str = DOUBLE) -> str:
     repo = DEMO / "upstream"
-    (repo / "calc.py").write_text(CALC.format(op=op))
+    (repo / "calc.py").write_text(CALC.format(op=op, double=double))
     (repo / "test_calc.py").write_text(TESTS)
+    (repo / "run_tests.py").write_text(RUN_TESTS)
     with open(repo / "CHANGES", "a") as f:
         f.write(message + "\n")
     git("add", "-A")
@@ -109,7 +147,7 @@ def main() -> None:
         url = "upstream"
         branches = ["main"]
         architectures = {json.dumps(archs)}
-        test_command = "python3 -m unittest -v"
+        test_command = "python3 run_tests.py"
         timeout = 60
         """))
     first = commit("calc: a first version", "-")
@@ -130,18 +168,22 @@ def main() -> None:
             print(f"demo: no arm64 runner under qemu-user: {missing}")
         shas = [first]
         report(first, "calc: a first version", archs)
-        for message, op in STEPS:
-            shas.append(commit(message, op))
+        for message, op, double in STEPS:
+            shas.append(commit(message, op, double))
             report(shas[-1], message, archs)
         print()
-        subprocess.run([str(BIN / "polyarch-dispatcher"), "status", "--config", str(config)], check=True)
-        print("\ndemo: result files:")
-        for path in sorted((DEMO / "test_results").rglob("*")):
-            if path.is_file():
-                print(f"  {path.relative_to(DEMO)}")
+        dispatcher = str(BIN / "polyarch-dispatcher")
+        subprocess.run([dispatcher, "status", "--config", str(config)], check=True)
         failed = next(s for s in shas if wait_result(s)["status"] == "failed")
         print(f"\ndemo: the failing commit's result, test_results/demo/{failed}/amd64.json:")
         print((DEMO / "test_results" / "demo" / failed / "amd64.json").read_text())
+        print(f"demo: the CI gate on the newest commit: polyarch-dispatcher wait --repo demo --commit {shas[-1][:12]}...")
+        gate = subprocess.run([dispatcher, "wait", "--config", str(config), "--repo", "demo", "--commit", shas[-1],
+                               "--timeout", "60"])
+        print(f"demo: wait exited with {gate.returncode} (0 all passed, 1 some failed, 3 timed out)")
+        index = DEMO / "test_results" / "index.html"
+        print(f"\ndemo: the dashboard: open {index.as_uri()} in a browser")
+        print("demo: (the grid by architecture; a commit's page lists its failing tests and links each log)")
     finally:
         for proc in reversed(procs):
             proc.send_signal(signal.SIGTERM)
