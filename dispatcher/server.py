@@ -2,8 +2,10 @@
 
 One handler thread per connection. Runners long-poll for work: a LEASE request waits on
 a condition that every enqueue notifies, so a new job reaches a waiting runner within
-milliseconds. Periodic work (expiring leases, writing result files that a crash or a
-full disk left unwritten) runs in `service_actions`, on the serve_forever thread.
+milliseconds. Periodic work (expiring leases, waking the publisher for results a crash
+or a full disk left unwritten, recording when runners were seen) runs in
+`service_actions`, on the serve_forever thread. Result files, the dashboard and hooks
+are the publisher's (publisher.py); the HTTP API is http_api.py.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from . import __version__
 from .admission import Admission
 from .auth import AuthThrottle, client_mac, load_secret, new_nonce, server_proof, verify
 from .config import Config, RepoConfig, write_address_file
-from .dashboard import Dashboard
 from .errors import (ConfigError, InvalidName, MessageTooLarge, PolyarchError, ProtocolError, StateError,
                      UnknownName)
 from .fsutil import atomic_write, remove_stale_temporaries
@@ -31,22 +32,19 @@ from .http_api import start_api
 from .names import check_branch, check_commit, check_repo, check_runner, parse_arch
 from .protocol import (Ack, Auth, Channel, CommitInfo, Dispatch, Error, ErrorCode, Heartbeat, Hello, Job, Lease,
                        Message, NoJob, Query, Register, Release, Result, Role, Status, Submit, Welcome)
-from .hooks import HookRunner, Notification, hooks_for
 from .metrics import Metrics
 from .presence import FLUSH_INTERVAL, Presence
+from .publisher import Publisher
 from .sdnotify import Watchdog, notify
 from .tls import for_server
-from .junitxml import parse as parse_junit
-from .results import EarlierAttempt, ResultRecord, overall_status, result_paths, write_result, write_summary
 from .status import commit_status
-from .store import FinishedJob, JobState, RunnerRow, Store
+from .store import JobState, RunnerRow, Store
 
 log = logging.getLogger("polyarch.dispatcher")
 
 AUTH_TIMEOUT = 10.0
 MAX_LEASE_WAIT = 30.0
 SERVICE_INTERVAL = 0.2
-PUBLISH_RETRY = 5.0
 MAX_COMMITS_PER_DISPATCH = 1000
 
 
@@ -82,17 +80,12 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
         self._generation = 0
         self.admission = Admission(config.dispatcher.max_connections, config.dispatcher.max_unauthenticated)
         self.throttle = AuthThrottle()
-        self._publish_lock = threading.Lock()
         self._next_service = 0.0
-        self._next_publish = 0.0
-        self._publish_wanted = threading.Event()
         self._last_service_error = ""
         self.watchdog = Watchdog()
         self.presence = Presence()
         self.metrics = Metrics()
-        self.hooks = HookRunner(config.path.parent)
-        self.dashboard = Dashboard(self.results_dir, store,
-                                   [(r.name, [a.value for a in r.architectures]) for r in config.repos])
+        self.publisher = Publisher(config, store, self.metrics)
         self._next_flush = 0.0
         addr = config.dispatcher.listen
         self.address_family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
@@ -170,92 +163,7 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
     # --- results ------------------------------------------------------------------------
 
     def wake_publisher(self) -> None:
-        self._publish_wanted.set()
-
-    def _publish_loop(self) -> None:
-        """The one thread that writes result files, so result handlers never wait on them.
-
-        A result is acknowledged once it is committed to SQLite; its files follow here,
-        normally within milliseconds. After a failure (disk full) it retries every
-        PUBLISH_RETRY seconds rather than at each new result."""
-        while not self.stopping.is_set():
-            self._publish_wanted.wait(timeout=1.0)
-            if self.stopping.is_set():
-                return
-            if time.monotonic() < self._next_publish:
-                time.sleep(min(SERVICE_INTERVAL, self._next_publish - time.monotonic()))
-                continue
-            self._publish_wanted.clear()
-            try:
-                self.publish_pending()
-            except Exception:  # noqa: BLE001 - the publisher must outlive any one bad result
-                log.exception("writing result files failed")
-                self._next_publish = time.monotonic() + PUBLISH_RETRY
-
-    def publish_pending(self) -> None:
-        """Write the files of every durable result that has none yet. Safe to call often."""
-        with self._publish_lock:
-            while True:
-                batch = self.store.unpublished()
-                if not batch:
-                    return
-                written: list[FinishedJob] = []
-                try:
-                    for finished in batch:
-                        self._publish(finished)
-                        written.append(finished)
-                    self.store.mark_published(*(f.job.id for f in written))
-                except (OSError, StateError) as exc:
-                    failed = batch[len(written)] if len(written) < len(batch) else batch[-1]
-                    log.error("cannot write result files for %s %s %s under %s: %s; will retry",
-                              failed.job.repo, failed.job.sha[:12], failed.job.arch, self.results_dir, exc)
-                    self._next_publish = time.monotonic() + PUBLISH_RETRY
-                    return
-                for finished in written:
-                    job = finished.job
-                    self.metrics.result((job.status or Status.ERROR).value,
-                                        (job.finished_at or time.time()) - job.created_at)
-                    log.info("result %s %s %s: %s (attempt %d, runner %s)", job.repo, job.sha[:12], job.arch,
-                             (job.status or Status.ERROR).value, job.attempt, job.runner)
-                self._after_publish(written)
-
-    def _after_publish(self, written: list[FinishedJob]) -> None:
-        """The dashboard: derived from the files just written, so a failure here loses
-        nothing (the next result, or a restart, writes the pages again)."""
-        try:
-            self.dashboard.update((f.job.repo, f.job.sha) for f in written)
-        except Exception:  # noqa: BLE001 - result files are written; pages can wait
-            log.exception("updating the HTML dashboard in %s failed", self.results_dir)
-        for finished in written:
-            job = finished.job
-            repo = self.config.repo(job.repo)
-            status = (job.status or Status.ERROR).value
-            hooks = hooks_for(repo.on_result, repo.on_failure, repo.hook_timeout, status) if repo else []
-            if hooks:
-                paths = result_paths(self.results_dir, job.repo, job.sha, job.arch)
-                overall = overall_status(self.store.commit_states(job.repo, job.sha))
-                self.hooks.notify(hooks, Notification(job.repo, job.sha, job.branch, job.arch, status, overall,
-                                                      job.runner or "", paths.json, paths.log, paths.summary,
-                                                      paths.folder / "index.html"))
-
-    def _publish(self, finished: FinishedJob) -> None:
-        job = finished.job
-        junit = finished.junit
-        report = parse_junit(junit) if junit else None
-        earlier = tuple(EarlierAttempt(a.attempt, a.runner, a.status, a.exit_code, a.started_at, a.finished_at,
-                                       a.reason) for a in finished.attempts)
-        record = ResultRecord(
-            repo=job.repo, branch=job.branch, commit=job.sha, arch=job.arch, runner=job.runner or "",
-            status=job.status or Status.ERROR, exit_code=job.exit_code, started_at=job.started_at or 0.0,
-            finished_at=job.finished_at or 0.0, attempt=job.attempt, reason=job.reason,
-            log_truncated=job.log_truncated, tests=report.counts if report else None,
-            runner_host=job.runner_host, runner_machine=job.runner_machine, runner_emulated=job.runner_emulated,
-            runner_kernel=job.runner_kernel, failed_tests=tuple(report.failing) if report else (),
-            earlier=earlier)
-        write_result(self.results_dir, record, finished.log, junit, [a.log for a in finished.attempts])
-        # At once, not at the end of the batch: a reader who sees <arch>.json finds a
-        # summary.json that counts it a moment later at most.
-        write_summary(self.results_dir, job.repo, job.sha, job.branch, self.store.commit_states(job.repo, job.sha))
+        self.publisher.wake()
 
     # --- periodic work ------------------------------------------------------------------
 
@@ -297,24 +205,17 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
             log.exception("periodic work failed")
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
-        try:
-            self.dashboard.rebuild()
-        except Exception:  # noqa: BLE001 - the pages are not worth refusing to start over
-            log.exception("writing the HTML dashboard in %s failed", self.results_dir)
-        publisher = threading.Thread(target=self._publish_loop, name="publish", daemon=True)
-        publisher.start()
+        self.publisher.start()
         try:
             super().serve_forever(poll_interval)
         finally:
             self.stopping.set()
-            self._publish_wanted.set()
-            publisher.join(timeout=10)
-            self.hooks.stop()
+            self.publisher.stop()
 
     def stop(self) -> None:
         self.stopping.set()
         self.notify_work()
-        self._publish_wanted.set()
+        self.publisher.wake()
 
 
 class _Handler(socketserver.BaseRequestHandler):

@@ -12,8 +12,6 @@ worthless after a restart, when every lease simply gets a fresh deadline.
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import secrets
 import sqlite3
 import threading
@@ -23,6 +21,9 @@ from typing import Iterable, Optional
 
 from .errors import StateError
 from .protocol import CommitInfo, Status
+from .queries import Queries
+from .rows import (_JOB_COLUMNS, _JOB_FROM, _RUNNER_COLUMNS, AttemptRow, Expired, FinishedJob, JobRow,  # noqa: F401
+                   JobState, RunnerRow, _job)
 
 SCHEMA_VERSION = 2
 
@@ -100,106 +101,9 @@ CREATE TABLE IF NOT EXISTS attempts (
 }
 
 
-class JobState(str, enum.Enum):
-    QUEUED = "queued"
-    LEASED = "leased"
-    FINISHED = "finished"  # result durable in SQLite, files not yet written
-    DONE = "done"  # files written
-
-
-@dataclasses.dataclass(frozen=True)
-class JobRow:
-    id: int
-    repo: str
-    sha: str
-    arch: str
-    state: JobState
-    attempt: int
-    lease_id: Optional[str]
-    runner: Optional[str]
-    created_at: float
-    leased_at: Optional[float]
-    status: Optional[Status]
-    exit_code: Optional[int]
-    started_at: Optional[float]
-    finished_at: Optional[float]
-    reason: str
-    log_truncated: bool
-    branch: str
-    author: str
-    subject: str
-    timestamp: int
-    runner_host: str
-    runner_machine: str
-    runner_emulated: bool
-    runner_kernel: str
-    retries: int  # failed attempts run again under retry_failed
-
-
-_JOB_COLUMNS = ("j.id, j.repo, j.sha, j.arch, j.state, j.attempt, j.lease_id, j.runner, "
-                "j.created_at, j.leased_at, j.status, j.exit_code, j.started_at, j.finished_at, "
-                "j.reason, j.log_truncated, c.branch, c.author, c.subject, c.timestamp, "
-                "j.runner_host, j.runner_machine, j.runner_emulated, j.runner_kernel, j.retries")
-_JOB_FROM = "jobs j JOIN commits c ON c.repo = j.repo AND c.sha = j.sha"
-
-
-def _job(row: tuple) -> JobRow:
-    values = list(row)
-    values[4] = JobState(values[4])
-    values[10] = Status(values[10]) if values[10] else None
-    values[15] = bool(values[15])
-    values[22] = bool(values[22])
-    return JobRow(*values)
-
-
-@dataclasses.dataclass(frozen=True)
-class AttemptRow:
-    """An earlier, failed attempt of a job that retry_failed ran again."""
-
-    attempt: int
-    runner: str
-    status: Status
-    exit_code: Optional[int]
-    started_at: float
-    finished_at: float
-    reason: str
-    log: bytes
-
-
-@dataclasses.dataclass(frozen=True)
-class FinishedJob:
-    """A job whose result is durable, with what its files need."""
-
-    job: JobRow
-    log: bytes
-    junit: bytes
-    attempts: tuple[AttemptRow, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class Expired:
-    job: JobRow
-    requeued: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class RunnerRow:
-    name: str
-    arch: str
-    host: str
-    machine: str
-    version: str
-    emulated: bool
-    kernel: str
-    first_seen: float
-    last_seen: float
-
-
-_RUNNER_COLUMNS = "name, arch, host, machine, version, emulated, kernel, first_seen, last_seen"
-
-
-class Store:
-    """All SQL lives here. Thread-safe: one connection behind one lock."""
+class Store(Queries):
+    """All writes live here, the reads for views in queries.py. Thread-safe: one
+    connection behind one lock."""
 
     def __init__(self, path: Path, readonly: bool = False, lease_grace: float = 10.0) -> None:
         self.path = Path(path)
@@ -452,91 +356,6 @@ class Store:
                            [(JobState.DONE.value, job_id, JobState.FINISHED.value) for job_id in job_ids])
             db.executemany("UPDATE attempts SET log = NULL WHERE job_id = ?", [(job_id,) for job_id in job_ids])
 
-    def commit_states(self, repo: str, sha: str) -> dict[str, Optional[str]]:
-        """arch -> final status (None while not finished) for one commit."""
-        with self._lock:
-            rows = self._db.execute("SELECT arch, state, status FROM jobs WHERE repo = ? AND sha = ?",
-                                    (repo, sha)).fetchall()
-        return {arch: (status if state in (JobState.FINISHED.value, JobState.DONE.value) else None)
-                for arch, state, status in rows}
-
-    def jobs(self, repo: Optional[str] = None, sha: Optional[str] = None, limit_commits: int = 20) -> list[JobRow]:
-        """Jobs of the newest `limit_commits` commits (filtered), newest commit first."""
-        where, args = ["1 = 1"], []
-        if repo:
-            where.append("repo = ?")
-            args.append(repo)
-        if sha:
-            where.append("sha LIKE ?")
-            args.append(sha + "%")
-        cond = " AND ".join(where)
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} WHERE (j.repo, j.sha) IN "
-                f"(SELECT repo, sha FROM commits WHERE {cond} ORDER BY received_at DESC, rowid DESC LIMIT ?) "
-                "ORDER BY c.received_at DESC, c.rowid DESC, j.arch", (*args, limit_commits)).fetchall()
-        return [_job(r) for r in rows]
-
-    def active_jobs(self, repo: Optional[str] = None, limit: int = 1000) -> list[JobRow]:
-        """Queued and leased jobs, running ones first, then oldest first."""
-        cond, args = ("AND j.repo = ?", (repo,)) if repo else ("", ())
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} WHERE j.state IN (?, ?) {cond} "
-                "ORDER BY j.state = ? DESC, j.id LIMIT ?",
-                (JobState.QUEUED.value, JobState.LEASED.value, *args, JobState.LEASED.value, limit)).fetchall()
-        return [_job(r) for r in rows]
-
-    def job_counts(self) -> tuple[dict[str, int], dict[str, int]]:
-        """(queued jobs per arch, jobs per state or final status) for the metrics."""
-        queue: dict[str, int] = {}
-        by_status: dict[str, int] = {}
-        with self._lock:
-            rows = self._db.execute("SELECT state, status, arch, count(*) FROM jobs GROUP BY state, status, arch")
-            for state, status, arch, n in rows.fetchall():
-                if state == JobState.QUEUED.value:
-                    queue[arch] = queue.get(arch, 0) + n
-                    key = "queued"
-                elif state == JobState.LEASED.value:
-                    key = "running"
-                else:
-                    key = status or Status.ERROR.value
-                by_status[key] = by_status.get(key, 0) + n
-        return queue, by_status
-
-    def commit_id(self, repo: str, sha: str) -> Optional[int]:
-        """The commit's number, used as the HTTP API's job id (stable, never reused)."""
-        with self._lock:
-            row = self._db.execute("SELECT rowid FROM commits WHERE repo = ? AND sha = ?", (repo, sha)).fetchone()
-        return row[0] if row else None
-
-    def commit_by_id(self, commit_id: int) -> Optional[tuple[str, str]]:
-        with self._lock:
-            row = self._db.execute("SELECT repo, sha FROM commits WHERE rowid = ?", (commit_id,)).fetchone()
-        return (row[0], row[1]) if row else None
-
-    def commit_count(self, repo: str) -> int:
-        with self._lock:
-            return self._db.execute("SELECT count(*) FROM commits WHERE repo = ?", (repo,)).fetchone()[0]
-
-    def ordinal(self, repo: str, sha: str) -> Optional[int]:
-        """Position of a commit among its repo's commits, oldest = 0 (stable as commits arrive)."""
-        with self._lock:
-            row = self._db.execute("SELECT rowid FROM commits WHERE repo = ? AND sha = ?", (repo, sha)).fetchone()
-            if row is None:
-                return None
-            return self._db.execute("SELECT count(*) FROM commits WHERE repo = ? AND rowid < ?",
-                                    (repo, row[0])).fetchone()[0]
-
-    def page(self, repo: str, first: int, count: int) -> list[JobRow]:
-        """Jobs of the repo's commits with ordinals first .. first+count-1, newest commit first."""
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} WHERE c.rowid IN "
-                "(SELECT rowid FROM commits WHERE repo = ? ORDER BY rowid LIMIT ? OFFSET ?) "
-                "ORDER BY c.rowid DESC, j.arch", (repo, count, first)).fetchall()
-        return [_job(r) for r in rows]
-
     def job_by_lease(self, lease_id: str) -> Optional[JobRow]:
         with self._lock:
             return self._job_by("j.lease_id = ?", lease_id, self._db)
@@ -544,11 +363,6 @@ class Store:
     def _job_by(self, cond: str, value: object, db: sqlite3.Connection) -> Optional[JobRow]:
         row = db.execute(f"SELECT {_JOB_COLUMNS} FROM {_JOB_FROM} WHERE {cond}", (value,)).fetchone()
         return _job(row) if row else None
-
-    def queued_count(self, arch: str) -> int:
-        with self._lock:
-            return self._db.execute("SELECT count(*) FROM jobs WHERE state = ? AND arch = ?",
-                                    (JobState.QUEUED.value, arch)).fetchone()[0]
 
     # --- runners -----------------------------------------------------------------------
 
@@ -568,12 +382,6 @@ class Store:
             with self._tx() as db:
                 db.executemany("UPDATE runners SET last_seen = max(last_seen, ?) WHERE name = ?",
                                [(t, name) for name, t in seen.items()])
-
-    def runners(self) -> list[RunnerRow]:
-        with self._lock:
-            rows = self._db.execute(f"SELECT {_RUNNER_COLUMNS} FROM runners ORDER BY name").fetchall()
-        return [RunnerRow(*r[:5], bool(r[5]), *r[6:]) for r in rows]
-
 
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT under the store's lock; rolls back on any error.

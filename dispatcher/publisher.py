@@ -1,0 +1,149 @@
+"""Writing result files, the dashboard, and running hooks: one thread, off the request path.
+
+A result is acknowledged once it is committed to SQLite; its files follow here, normally
+within milliseconds, then the dashboard's pages and the repository's hooks. After a
+failure (disk full) the publisher retries every PUBLISH_RETRY seconds rather than at
+each new result; what a crash leaves unwritten is written again from the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Optional
+
+from .config import Config
+from .dashboard import Dashboard
+from .errors import StateError
+from .hooks import HookRunner, Notification, hooks_for
+from .junitxml import parse as parse_junit
+from .metrics import Metrics
+from .protocol import Status
+from .results import EarlierAttempt, ResultRecord, overall_status, result_paths, write_result, write_summary
+from .store import FinishedJob, Store
+
+log = logging.getLogger("polyarch.dispatcher")
+
+PUBLISH_RETRY = 5.0
+RETRY_SLEEP = 0.2
+
+
+class Publisher:
+    def __init__(self, config: Config, store: Store, metrics: Metrics) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.results_dir = config.dispatcher.results_dir
+        self.hooks = HookRunner(config.path.parent)
+        self.dashboard = Dashboard(self.results_dir, store,
+                                   [(r.name, [a.value for a in r.architectures]) for r in config.repos])
+        self._lock = threading.Lock()
+        self._wanted = threading.Event()
+        self._stopping = threading.Event()
+        self._next = 0.0
+        self._thread: Optional[threading.Thread] = None
+
+    def wake(self) -> None:
+        self._wanted.set()
+
+    def start(self) -> None:
+        try:
+            self.dashboard.rebuild()
+        except Exception:  # noqa: BLE001 - the pages are not worth refusing to start over
+            log.exception("writing the HTML dashboard in %s failed", self.results_dir)
+        self._thread = threading.Thread(target=self._loop, name="publish", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wanted.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.hooks.stop()
+
+    def _loop(self) -> None:
+        """The one thread that writes result files, so result handlers never wait on them.
+
+        A result is acknowledged once it is committed to SQLite; its files follow here,
+        normally within milliseconds. After a failure (disk full) it retries every
+        PUBLISH_RETRY seconds rather than at each new result."""
+        while not self._stopping.is_set():
+            self._wanted.wait(timeout=1.0)
+            if self._stopping.is_set():
+                return
+            if time.monotonic() < self._next:
+                time.sleep(min(RETRY_SLEEP, self._next - time.monotonic()))
+                continue
+            self._wanted.clear()
+            try:
+                self.publish_pending()
+            except Exception:  # noqa: BLE001 - the publisher must outlive any one bad result
+                log.exception("writing result files failed")
+                self._next = time.monotonic() + PUBLISH_RETRY
+
+    def publish_pending(self) -> None:
+        """Write the files of every durable result that has none yet. Safe to call often."""
+        with self._lock:
+            while True:
+                batch = self.store.unpublished()
+                if not batch:
+                    return
+                written: list[FinishedJob] = []
+                try:
+                    for finished in batch:
+                        self._publish(finished)
+                        written.append(finished)
+                    self.store.mark_published(*(f.job.id for f in written))
+                except (OSError, StateError) as exc:
+                    failed = batch[len(written)] if len(written) < len(batch) else batch[-1]
+                    log.error("cannot write result files for %s %s %s under %s: %s; will retry",
+                              failed.job.repo, failed.job.sha[:12], failed.job.arch, self.results_dir, exc)
+                    self._next = time.monotonic() + PUBLISH_RETRY
+                    return
+                for finished in written:
+                    job = finished.job
+                    self.metrics.result((job.status or Status.ERROR).value,
+                                        (job.finished_at or time.time()) - job.created_at)
+                    log.info("result %s %s %s: %s (attempt %d, runner %s)", job.repo, job.sha[:12], job.arch,
+                             (job.status or Status.ERROR).value, job.attempt, job.runner)
+                self._after_publish(written)
+
+    def _after_publish(self, written: list[FinishedJob]) -> None:
+        """The dashboard: derived from the files just written, so a failure here loses
+        nothing (the next result, or a restart, writes the pages again)."""
+        try:
+            self.dashboard.update((f.job.repo, f.job.sha) for f in written)
+        except Exception:  # noqa: BLE001 - result files are written; pages can wait
+            log.exception("updating the HTML dashboard in %s failed", self.results_dir)
+        for finished in written:
+            job = finished.job
+            repo = self.config.repo(job.repo)
+            status = (job.status or Status.ERROR).value
+            hooks = hooks_for(repo.on_result, repo.on_failure, repo.hook_timeout, status) if repo else []
+            if hooks:
+                paths = result_paths(self.results_dir, job.repo, job.sha, job.arch)
+                overall = overall_status(self.store.commit_states(job.repo, job.sha))
+                self.hooks.notify(hooks, Notification(job.repo, job.sha, job.branch, job.arch, status, overall,
+                                                      job.runner or "", paths.json, paths.log, paths.summary,
+                                                      paths.folder / "index.html"))
+
+    def _publish(self, finished: FinishedJob) -> None:
+        job = finished.job
+        junit = finished.junit
+        report = parse_junit(junit) if junit else None
+        earlier = tuple(EarlierAttempt(a.attempt, a.runner, a.status, a.exit_code, a.started_at, a.finished_at,
+                                       a.reason) for a in finished.attempts)
+        record = ResultRecord(
+            repo=job.repo, branch=job.branch, commit=job.sha, arch=job.arch, runner=job.runner or "",
+            status=job.status or Status.ERROR, exit_code=job.exit_code, started_at=job.started_at or 0.0,
+            finished_at=job.finished_at or 0.0, attempt=job.attempt, reason=job.reason,
+            log_truncated=job.log_truncated, tests=report.counts if report else None,
+            runner_host=job.runner_host, runner_machine=job.runner_machine, runner_emulated=job.runner_emulated,
+            runner_kernel=job.runner_kernel, failed_tests=tuple(report.failing) if report else (),
+            earlier=earlier)
+        write_result(self.results_dir, record, finished.log, junit, [a.log for a in finished.attempts])
+        # At once, not at the end of the batch: a reader who sees <arch>.json finds a
+        # summary.json that counts it a moment later at most.
+        write_summary(self.results_dir, job.repo, job.sha, job.branch, self.store.commit_states(job.repo, job.sha))
+
