@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -32,7 +34,7 @@ def served(tmp_path: Path, repo: GitRepo) -> Iterator[str]:
         port = probe.getsockname()[1]
     daemon = subprocess.Popen(["git", "daemon", "--export-all", "--reuseaddr", "--listen=127.0.0.1",
                                f"--port={port}", f"--base-path={tmp_path}", str(tmp_path)],
-                              stderr=subprocess.DEVNULL)
+                              stderr=subprocess.DEVNULL, start_new_session=True)
 
     def listening() -> bool:
         try:
@@ -45,7 +47,8 @@ def served(tmp_path: Path, repo: GitRepo) -> Iterator[str]:
         wait_for(listening, timeout=10, what="git daemon to listen")
         yield f"git://127.0.0.1:{port}/{repo.path.name}"
     finally:
-        daemon.kill()
+        # `git daemon` runs git-daemon as a child: kill the group, not just the wrapper.
+        os.killpg(daemon.pid, signal.SIGKILL)
         daemon.wait()
 
 
