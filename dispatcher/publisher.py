@@ -20,7 +20,7 @@ from .hooks import HookRunner, Notification, hooks_for
 from .junitxml import parse as parse_junit
 from .metrics import Metrics
 from .protocol import Status
-from .results import EarlierAttempt, ResultRecord, overall_status, result_paths, write_result, write_summary
+from .results import ResultRecord, overall_status, result_paths, write_result, write_summary
 from .store import FinishedJob, Store
 
 log = logging.getLogger("polyarch.dispatcher")
@@ -132,8 +132,6 @@ class Publisher:
         job = finished.job
         junit = finished.junit
         report = parse_junit(junit) if junit else None
-        earlier = tuple(EarlierAttempt(a.attempt, a.runner, a.status, a.exit_code, a.started_at, a.finished_at,
-                                       a.reason) for a in finished.attempts)
         record = ResultRecord(
             repo=job.repo, branch=job.branch, commit=job.sha, arch=job.arch, runner=job.runner or "",
             status=job.status or Status.ERROR, exit_code=job.exit_code, started_at=job.started_at or 0.0,
@@ -141,8 +139,8 @@ class Publisher:
             log_truncated=job.log_truncated, tests=report.counts if report else None,
             runner_host=job.runner_host, runner_machine=job.runner_machine, runner_emulated=job.runner_emulated,
             runner_kernel=job.runner_kernel, failed_tests=tuple(report.failing) if report else (),
-            earlier=earlier)
-        write_result(self.results_dir, record, finished.log, junit, [a.log for a in finished.attempts])
+            earlier=finished.attempts)
+        write_result(self.results_dir, record, finished.log, junit)
         # At once, not at the end of the batch: a reader who sees <arch>.json finds a
         # summary.json that counts it a moment later at most.
         write_summary(self.results_dir, job.repo, job.sha, job.branch, self.store.commit_states(job.repo, job.sha))

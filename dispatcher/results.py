@@ -17,6 +17,7 @@ from .fsutil import atomic_write
 from .junitxml import MAX_NAMED_TESTS, JUnit, TestCounts, arch_specific, parse
 from .names import check_commit, check_repo, parse_arch
 from .protocol import Status
+from .rows import AttemptRow
 
 SCHEMA_VERSION = 1
 PENDING = "pending"
@@ -48,20 +49,9 @@ def result_paths(root: Path, repo: str, commit: str, arch: str) -> ResultPaths:
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class EarlierAttempt:
-    """A failed attempt that retry_failed ran again; its log is kept beside the final one."""
-
-    attempt: int
-    runner: str
-    status: Status
-    exit_code: Optional[int]
-    started_at: float
-    finished_at: float
-    reason: str
-
-    def log_name(self, arch: str) -> str:
-        return f"{arch}.attempt{self.attempt}.log"
+def attempt_log_name(arch: str, attempt: int) -> str:
+    """The log of an earlier attempt that retry_failed ran again, beside the final one."""
+    return f"{arch}.attempt{attempt}.log"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +76,7 @@ class ResultRecord:
     runner_emulated: bool = False
     runner_kernel: str = ""
     failed_tests: tuple[str, ...] = ()
-    earlier: tuple[EarlierAttempt, ...] = ()
+    earlier: tuple[AttemptRow, ...] = ()  # failed attempts run again under retry_failed
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,7 +107,7 @@ class ResultRecord:
                 {"attempt": a.attempt, "runner": a.runner, "status": a.status.value, "exit_code": a.exit_code,
                  "started_at": _iso(a.started_at), "finished_at": _iso(a.finished_at),
                  "duration": round(max(0.0, a.finished_at - a.started_at), 3), "reason": a.reason,
-                 "log": a.log_name(self.arch)}
+                 "log": attempt_log_name(self.arch, a.attempt)}
                 for a in self.earlier],
         }
 
@@ -132,12 +122,11 @@ def _dumps(data: Mapping[str, Any]) -> bytes:
     return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def write_result(root: Path, record: ResultRecord, log: bytes, junit: bytes,
-                 earlier_logs: Sequence[bytes] = ()) -> ResultPaths:
+def write_result(root: Path, record: ResultRecord, log: bytes, junit: bytes) -> ResultPaths:
     """Write the logs, JUnit, then <arch>.json last: the JSON's presence means all is there."""
     paths = result_paths(root, record.repo, record.commit, record.arch)
-    for attempt, data in zip(record.earlier, earlier_logs):
-        atomic_write(paths.folder / attempt.log_name(paths.json.stem), data)
+    for attempt in record.earlier:
+        atomic_write(paths.folder / attempt_log_name(paths.json.stem, attempt.attempt), attempt.log)
     atomic_write(paths.log, log)
     if junit and record.tests is not None:
         atomic_write(paths.junit, junit)
