@@ -33,6 +33,7 @@ FULL = {
     "emulation": ["bench.emulation"],
     "memory": ["bench.memory"],
     "buildbot": ["bench.buildbot"],
+    "dashboard": ["bench.dashboard"],
 }
 QUICK = {
     "latency-watch": ["--commits", "2"],
@@ -44,6 +45,7 @@ QUICK = {
     "emulation": ["--runs", "1"],
     "memory": ["--jobs", "20"],
     "buildbot": ["--commits", "2", "--burst", "3", "--repeat", "1"],
+    "dashboard": ["--commits", "500", "--baseline", "50", "--repeat", "3"],
 }
 
 
@@ -106,6 +108,9 @@ def table(figures: dict) -> list[Row]:
     add("observer cycle, one new commit", "CPU s", obs.get("one_new_cpu_s_median"), "")
     emu = figures.get("emulation", {}).get("unittest suite", {})
     add("emulated arm64 / native, unittest suite", "x", emu.get("ratio"), "")
+    dash = figures.get("dashboard", {})
+    add(f"dashboard pages after one result, {dash.get('long', {}).get('commits', 0):,} commits", "ms",
+        dash.get("long", {}).get("median_ms"), "")
     return rows
 
 

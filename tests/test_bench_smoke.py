@@ -35,6 +35,9 @@ def test_every_benchmark_runs_quickly(tmp_path: Path) -> None:
     buildbot = figures["buildbot"]
     assert buildbot["latency"]["n"] == 2 and buildbot["overhead"]["median_ms"] > 0
     assert buildbot["burst"]["commits"] == 3 and buildbot["burst"]["median_s"] > 0
+    dashboard = figures["dashboard"]
+    assert dashboard["long"]["commits"] == 500 and dashboard["long"]["median_ms"] > 0
+    assert dashboard["long"]["pages_written"] == 4
     table = {row["figure"]: row for row in figures["table"]}
     assert table["latency, watch trigger"]["buildbot"] == buildbot["latency"]["median_ms"]
     assert table["overhead per job"]["ratio"] > 0
