@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Polyarch, skip_unless_ci
+from conftest import ROOT, Polyarch, skip_unless_ci, wait_for
 
 COMMANDS = [("dispatcher", ()), ("dispatcher", ("serve",)), ("dispatcher", ("status",)), ("dispatcher", ("submit",)),
             ("observer", ()), ("observer", ("serve",)), ("observer", ("once",)), ("runner", ()), ("runner", ("serve",))]
@@ -56,6 +59,34 @@ def test_submit_queues_once_and_status_shows_it(polyarch: Polyarch) -> None:
     assert data["commits"][0]["architectures"]["amd64"]["state"] == "queued"
     table = polyarch.cli("dispatcher", "status", *cfg)
     assert table.returncode == 0 and sha[:10] in table.stdout and "queued" in table.stdout
+    [active] = data["active"]
+    assert (active["commit"], active["state"], active["runner"]) == (sha, "queued", "")
+
+
+def test_status_shows_runners_and_watch_redraws_until_interrupted(polyarch: Polyarch) -> None:
+    sha = polyarch.repo.commit("sleep 30")
+    polyarch.dispatcher()
+    polyarch.runner("r1")
+    cfg = ("--config", str(polyarch.config))
+    assert polyarch.cli("dispatcher", "submit", *cfg, "--repo", "demo", "--commit", sha).returncode == 0
+
+    def running() -> dict:
+        data = json.loads(polyarch.cli("dispatcher", "status", *cfg, "--json").stdout)
+        return data if data["active"] and data["active"][0]["state"] == "running" and data["runners"] else {}
+
+    data = wait_for(running, what="the job to run on r1")
+    assert data["active"][0]["runner"] == "r1" and data["active"][0]["elapsed"] >= 0
+    [runner] = data["runners"]
+    assert runner["name"] == "r1" and runner["connected"] is True and runner["emulated"] is False
+    watch = subprocess.Popen([sys.executable, "-m", "dispatcher", "status", *cfg, "--watch", "--interval", "0.2"],
+                             cwd=polyarch.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="160"))
+    time.sleep(1.5)  # a few redraws; the condition checked is the output after Ctrl-C
+    watch.send_signal(signal.SIGINT)
+    out, err = watch.communicate(timeout=20)
+    assert watch.returncode == 0, err
+    assert "recent commits" in out and "▶ running" in out and "connected" in out
+    assert polyarch.cli("dispatcher", "status", *cfg, "--watch", "--json").returncode == 2
 
 
 def test_status_without_a_database_says_so(polyarch: Polyarch) -> None:
