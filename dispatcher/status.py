@@ -15,6 +15,7 @@ from typing import Any, Iterable, Optional
 
 from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from .junitxml import MAX_NAMED_TESTS
 from .protocol import ArchState, CommitStatus
@@ -141,13 +142,17 @@ MARKS = {"passed": ("✔", "green"), "failed": ("✘", "red"), "timeout": ("◷"
 
 
 def render(report: Report) -> Group:
-    return Group(_commits_table(report), _active_table(report), _runners_table(report))
+    active = _active_table(report) if report.active else Text("queued and running: none", style="dim")
+    return Group(_commits_table(report), active, _runners_table(report))
 
 
 def _commits_table(report: Report) -> Table:
     archs = sorted({cell.arch for c in report.commits for cell in c.cells})
-    table = Table(title="polyarch: recent commits", expand=False)
-    table.add_column("repo", no_wrap=True)
+    repos = {c.repo for c in report.commits}
+    title = "polyarch: recent commits" + (f" of {next(iter(repos))}" if len(repos) == 1 else "")
+    table = Table(title=title, expand=False)
+    if len(repos) > 1:
+        table.add_column("repo", no_wrap=True)
     table.add_column("commit", no_wrap=True, min_width=10)
     table.add_column("branch", no_wrap=True)
     table.add_column("author", no_wrap=True, max_width=16, overflow="ellipsis")
@@ -157,7 +162,7 @@ def _commits_table(report: Report) -> Table:
     for line in report.commits:
         cells = {cell.arch: cell for cell in line.cells}
         sha = line.commit[:10] + (" [red]⚠[/]" if line.arch_specific else "")
-        row = [line.repo, sha, line.branch, line.author, line.subject]
+        row = ([line.repo] if len(repos) > 1 else []) + [sha, line.branch, line.author, line.subject]
         for arch in archs:
             c = cells.get(arch)
             row.append(_render_cell(c) if c else "")
@@ -192,7 +197,9 @@ def _active_table(report: Report) -> Table:
 
 def _runners_table(report: Report) -> Table:
     table = Table(title="runners", expand=False)
-    for name in ("runner", "arch", "host", "emulated", "last heartbeat", "state"):
+    # last seen: the dispatcher notes every 2 s which runners are connected, and when
+    # one leaves, the last time it heard from it.
+    for name in ("runner", "arch", "host", "emulated", "last seen", "state"):
         table.add_column(name, no_wrap=True)
     for r in report.runners:
         ago = _elapsed(report.generated_at - r.last_seen) + " ago"

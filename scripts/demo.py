@@ -68,11 +68,13 @@ import unittest
 from xml.sax.saxutils import quoteattr
 
 suite = unittest.defaultTestLoader.discover(".")
+# Listed before the run: a suite lets go of each test once it has run.
+tests = [t for group in suite for module in group for t in module]
 result = unittest.TextTestRunner(verbosity=2).run(suite)
 failed = {t.id(): "failure" for t, _ in result.failures}
 failed.update({t.id(): "error" for t, _ in result.errors})
 cases = []
-for test in (t for group in suite for module in group for t in module):
+for test in tests:
     kind = failed.get(test.id())
     module, _, name = test.id().rpartition(".")
     body = f"<{kind}/>" if kind else ""
@@ -173,13 +175,15 @@ def main() -> None:
             report(shas[-1], message, archs)
         print()
         dispatcher = str(BIN / "polyarch-dispatcher")
-        subprocess.run([dispatcher, "status", "--config", str(config)], check=True)
+        # Wide enough for the grid when the output is not a terminal (rich then assumes 80).
+        wide = dict(os.environ, COLUMNS=os.environ.get("COLUMNS", "150"))
+        subprocess.run([dispatcher, "status", "--config", str(config)], check=True, env=wide)
         failed = next(s for s in shas if wait_result(s)["status"] == "failed")
         print(f"\ndemo: the failing commit's result, test_results/demo/{failed}/amd64.json:")
         print((DEMO / "test_results" / "demo" / failed / "amd64.json").read_text())
         print(f"demo: the CI gate on the newest commit: polyarch-dispatcher wait --repo demo --commit {shas[-1][:12]}...")
         gate = subprocess.run([dispatcher, "wait", "--config", str(config), "--repo", "demo", "--commit", shas[-1],
-                               "--timeout", "60"])
+                               "--timeout", "60"], env=wide)
         print(f"demo: wait exited with {gate.returncode} (0 all passed, 1 some failed, 3 timed out)")
         index = DEMO / "test_results" / "index.html"
         print(f"\ndemo: the dashboard: open {index.as_uri()} in a browser")
