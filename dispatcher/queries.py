@@ -32,8 +32,9 @@ class Queries:
             where.append("repo = ?")
             args.append(repo)
         if sha:
-            where.append("sha LIKE ?")
-            args.append(sha + "%")
+            # A full id matches exactly, on the primary key; a prefix needs LIKE (a scan).
+            where.append("sha = ?" if len(sha) in (40, 64) else "sha LIKE ?")
+            args.append(sha if len(sha) in (40, 64) else sha + "%")
         cond = " AND ".join(where)
         with self._lock:
             rows = self._db.execute(
