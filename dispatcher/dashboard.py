@@ -79,6 +79,7 @@ class Dashboard:
                     self._write_commit(line, now)
                 written += 1 + len(lines)
             self._repo_front(repo, total, now)
+            written += 1
         self._index(now)
         return written + 1
 

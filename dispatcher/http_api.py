@@ -73,6 +73,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: ApiServer
     server_version = f"polyarch-dispatcher/{__version__}"
     protocol_version = "HTTP/1.1"
+    # A client that opens a connection and sends nothing holds a thread: not for long.
+    timeout = 30
     # Requests too malformed to reach a route (garbage, a bad request line) are answered
     # by http.server itself: in JSON too.
     error_message_format = '{"error": "%(message)s: %(explain)s", "code": %(code)d}\n'

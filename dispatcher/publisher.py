@@ -48,10 +48,6 @@ class Publisher:
         self._wanted.set()
 
     def start(self) -> None:
-        try:
-            self.dashboard.rebuild()
-        except Exception:  # noqa: BLE001 - the pages are not worth refusing to start over
-            log.exception("writing the HTML dashboard in %s failed", self.results_dir)
         self._thread = threading.Thread(target=self._loop, name="publish", daemon=True)
         self._thread.start()
 
@@ -68,6 +64,7 @@ class Publisher:
         A result is acknowledged once it is committed to SQLite; its files follow here,
         normally within milliseconds. After a failure (disk full) it retries every
         PUBLISH_RETRY seconds rather than at each new result."""
+        self._first_pages()
         while not self._stopping.is_set():
             self._wanted.wait(timeout=1.0)
             if self._stopping.is_set():
@@ -81,6 +78,21 @@ class Publisher:
             except Exception:  # noqa: BLE001 - the publisher must outlive any one bad result
                 log.exception("writing result files failed")
                 self._next = time.monotonic() + PUBLISH_RETRY
+
+    def _first_pages(self) -> None:
+        """The dashboard's front pages at start (the config may list other repositories
+        now); every page when there is no index yet, as after an upgrade from a polyarch
+        without the dashboard, so that no link in the grid leads nowhere."""
+        try:
+            if (self.results_dir / "index.html").exists():
+                self.dashboard.rebuild()
+            else:
+                started = time.monotonic()
+                pages = self.dashboard.rebuild_all()
+                log.info("wrote the HTML dashboard in %s: %d page(s) in %.1f s", self.results_dir, pages,
+                         time.monotonic() - started)
+        except Exception:  # noqa: BLE001 - the pages are not worth refusing to work over
+            log.exception("writing the HTML dashboard in %s failed", self.results_dir)
 
     def publish_pending(self) -> None:
         """Write the files of every durable result that has none yet. Safe to call often."""

@@ -142,3 +142,19 @@ def test_text_from_commits_is_escaped(tmp_path: Path) -> None:
         text = page.read_text()
         assert "<script>" not in text and "&lt;script&gt;" in text and "<b>Mallory" not in text
     store.close()
+
+
+def test_rebuild_all_writes_a_page_for_every_commit(tmp_path: Path) -> None:
+    # As after an upgrade from a polyarch without the dashboard: results exist, pages do not.
+    store = Store(tmp_path / "state.sqlite3")
+    results = tmp_path / "test_results"
+    shas = [f"{i:040x}" for i in range(1, 151)]
+    store.enqueue("demo", "main", [CommitInfo(s) for s in shas], ["amd64"])
+    runner = RunnerRow("r1", "amd64", "host", "x86_64", "0", False, "", 0.0, 0.0)
+    for _ in shas:
+        _finish(store, runner, results, Status.PASSED)
+    written = Dashboard(results, store, [("demo", ["amd64"])]).rebuild_all()
+    assert all((results / "demo" / s / "index.html").exists() for s in shas)
+    assert (results / "demo" / "page-0.html").exists() and (results / "demo" / "page-1.html").exists()
+    assert written == 150 + 2 + 1 + 1  # commits, two pages, the front page, the index
+    store.close()
