@@ -64,7 +64,10 @@ def wait(connect: Callable[[], Connection], repo: str, commit: str, branch: str,
                     continue
                 last, last_error = status, None
                 on_update(status)
-                if status.known and not missing and status.status != PENDING:
+                # Final and written: the result files (test counts, failing tests) are
+                # there a few milliseconds after the result is durable.
+                if status.known and not missing and status.status != PENDING and all(a.published
+                                                                                        for a in status.archs):
                     return status
             except RemoteError:
                 raise  # the dispatcher refused (unknown repo, bad commit): waiting will not help

@@ -3,7 +3,8 @@
 Gauges (queue depth, jobs by status, connected runners) are read from the store and
 the presence table at scrape time. Counters and the latency histogram live in memory
 and start from zero with the process, as Prometheus counters may: `rate()` and
-`histogram_quantile()` handle resets.
+`histogram_quantile()` handle resets. A result is counted when its files are written
+(by the publisher), a moment after it is durable.
 """
 
 from __future__ import annotations

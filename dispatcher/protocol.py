@@ -234,6 +234,7 @@ class ArchState:
     tests_failed: int = 0
     failed_tests: list[str] = dataclasses.field(default_factory=list)
     reason: str = ""
+    published: bool = False  # final and its result files written (tests and names above are then known)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -230,18 +230,20 @@ def commit_status(store: Store, results_dir: Path, repo: str, sha: str) -> Commi
     archs = []
     for c in line.cells:
         data: dict[str, Any] = {}
+        published = False
         if c.final:
             try:
                 loaded = json.loads((results_dir / repo / sha / f"{c.arch}.json").read_bytes())
                 data = loaded if isinstance(loaded, dict) else {}
+                published = True
             except (OSError, ValueError):
-                pass  # durable but its file not written yet: the state is still right
+                pass  # durable but its file not written yet: the state is right, the test names not yet
         tests = data.get("tests") if isinstance(data.get("tests"), dict) else None
         archs.append(ArchState(arch=c.arch, state=c.state, runner=c.runner, duration=round(c.duration or 0.0, 3),
                                attempt=c.attempt, emulated=c.emulated,
                                tests_total=int(tests.get("total", 0)) if tests else -1,
                                tests_failed=int(tests.get("failed", 0)) + int(tests.get("errors", 0)) if tests else 0,
                                failed_tests=[str(t) for t in data.get("failed_tests", []) or []][:MAX_NAMED_TESTS],
-                               reason=str(data.get("reason", ""))))
+                               reason=str(data.get("reason", "")), published=published))
     return CommitStatus(repo=repo, commit=sha, known=True, status=line.overall, branch=line.branch,
                         subject=line.subject, archs=archs)

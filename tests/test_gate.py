@@ -30,7 +30,7 @@ def test_a_pull_request_commit_is_submitted_and_passes(polyarch: Polyarch) -> No
     out = _wait(polyarch, sha, "--branch", "feature")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "all 1 architecture(s) passed" in out.stdout and "✔ passed" in out.stdout
-    assert polyarch.result(sha)["branch"] == "feature"
+    assert polyarch.wait_results([sha])[sha]["branch"] == "feature"
     # Known now: a second wait submits nothing and answers at once.
     again = _wait(polyarch, sha, "--json")
     data = json.loads(again.stdout)

@@ -61,6 +61,10 @@ def test_submit_then_follow_a_job_to_its_result(polyarch: Polyarch, api: Api) ->
     assert status == 200 and by_name["architectures"]["amd64"]["status"] == "passed"
     assert by_name["architectures"]["amd64"]["runner"] == "r1" and by_name["id"] == job["id"]
 
+    # /jobs says passed once the result is durable; the metrics count it once its files
+    # are written, a moment later.
+    wait_for(lambda: "polyarch_commit_to_result_seconds_count 1" in api.call("GET", "/metrics")[1],
+             what="the result to be counted in the metrics")
     status, metrics = api.call("GET", "/metrics")
     assert status == 200
     lines = set(metrics.splitlines())
