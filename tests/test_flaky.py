@@ -32,8 +32,9 @@ def test_a_failure_retried_on_another_runner_that_passes_is_flaky(polyarch: Poly
     folder = polyarch.results / "demo" / sha
     assert "first try" in (folder / earlier["log"]).read_text()
     assert "second try" in (folder / "amd64.log").read_text()
-    summary = (folder / "summary.json").read_text()
-    assert '"flaky_architectures": [\n    "amd64"' in summary
+    # summary.json follows <arch>.json by a moment.
+    wait_for(lambda: '"flaky_architectures": [\n    "amd64"' in (folder / "summary.json").read_text(),
+             what="the summary to name amd64 flaky")
 
 
 def test_a_real_failure_is_retried_then_failed_with_both_logs(polyarch: Polyarch) -> None:
