@@ -33,7 +33,8 @@ def test_a_failure_retried_on_another_runner_that_passes_is_flaky(polyarch: Poly
     assert "first try" in (folder / earlier["log"]).read_text()
     assert "second try" in (folder / "amd64.log").read_text()
     # summary.json follows <arch>.json by a moment.
-    wait_for(lambda: '"flaky_architectures": [\n    "amd64"' in (folder / "summary.json").read_text(),
+    summary = folder / "summary.json"
+    wait_for(lambda: summary.exists() and '"flaky_architectures": [\n    "amd64"' in summary.read_text(),
              what="the summary to name amd64 flaky")
 
 
