@@ -106,6 +106,9 @@ class Publisher:
                     for finished in batch:
                         self._publish(finished)
                         written.append(finished)
+                    # The pages before the mark: a crash in between leaves the results
+                    # unmarked, and the restart writes their files and pages again.
+                    self._update_pages(written)
                     self.store.mark_published(*(f.job.id for f in written))
                 except (OSError, StateError) as exc:
                     failed = batch[len(written)] if len(written) < len(batch) else batch[-1]
@@ -119,15 +122,17 @@ class Publisher:
                                         (job.finished_at or time.time()) - job.created_at)
                     log.info("result %s %s %s: %s (attempt %d, runner %s)", job.repo, job.sha[:12], job.arch,
                              (job.status or Status.ERROR).value, job.attempt, job.runner)
-                self._after_publish(written)
+                self._run_hooks(written)
 
-    def _after_publish(self, written: list[FinishedJob]) -> None:
-        """The dashboard: derived from the files just written, so a failure here loses
-        nothing (the next result, or a restart, writes the pages again)."""
+    def _update_pages(self, written: list[FinishedJob]) -> None:
+        """The dashboard: derived from the files just written, so a failure here is
+        logged and holds nothing up (the next result rewrites the same pages)."""
         try:
             self.dashboard.update((f.job.repo, f.job.sha) for f in written)
         except Exception:  # noqa: BLE001 - result files are written; pages can wait
             log.exception("updating the HTML dashboard in %s failed", self.results_dir)
+
+    def _run_hooks(self, written: list[FinishedJob]) -> None:
         for finished in written:
             job = finished.job
             repo = self.config.repo(job.repo)
