@@ -85,6 +85,7 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
         self.watchdog = Watchdog()
         self.presence = Presence()
         self.metrics = Metrics()
+        self.retry_failed = {r.name: r.retry_failed for r in config.repos}
         self.publisher = Publisher(config, store, self.metrics)
         self._next_flush = 0.0
         addr = config.dispatcher.listen
@@ -405,16 +406,14 @@ class _Handler(socketserver.BaseRequestHandler):
     def _on_result(self, msg: Result) -> Message:
         if msg.status == Status.FLAKY:
             raise _Reply(ErrorCode.BAD_MESSAGE, "status flaky is the dispatcher's to give, not a runner's")
-        lease = self.server.store.job_by_lease(msg.lease_id)
-        repo = self.server.config.repo(lease.repo) if lease is not None else None
+        retries = self.server.retry_failed
         job = self.server.store.finish(msg.lease_id, msg.status, msg.exit_code, msg.started_at, msg.finished_at,
                                        msg.log.encode("utf-8", "replace"), msg.log_truncated,
-                                       msg.junit.encode("utf-8", "replace"), msg.reason,
-                                       retry_failed=repo.retry_failed if repo is not None else 0)
+                                       msg.junit.encode("utf-8", "replace"), msg.reason, retry_failed=retries)
         if job is not None and job.state == JobState.QUEUED:
             log.info("%s %s %s %s on %s (attempt %d); retry %d of %d, on another runner if one is connected",
                      job.repo, job.sha[:12], job.arch, msg.status.value, self.name, job.attempt, job.retries,
-                     repo.retry_failed if repo is not None else 0)
+                     retries.get(job.repo, 0))
             self.server.notify_work()
             return Ack(created=1, message="recorded; the job runs again (retry_failed)")
         if job is None:

@@ -17,7 +17,8 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Optional
+from types import MappingProxyType
+from typing import Iterable, Mapping, Optional
 
 from .errors import StateError
 from .protocol import CommitInfo, Status
@@ -279,10 +280,10 @@ class Store(Queries):
 
     def finish(self, lease_id: str, status: Status, exit_code: Optional[int], started_at: float,
                finished_at: float, log: bytes, log_truncated: bool, junit: bytes, reason: str,
-               retry_failed: int = 0) -> Optional[JobRow]:
+               retry_failed: Mapping[str, int] = MappingProxyType({})) -> Optional[JobRow]:
         """Record the result of a current lease; None for a late or duplicate result.
 
-        A failure (or timeout) with retries left under `retry_failed` is kept as an
+        A failure (or timeout) with retries left under `retry_failed` (per repo) is kept as an
         attempt and the job queued again: the returned row is then in state QUEUED. A
         pass after such a retry is recorded as FLAKY."""
         with self._lock:
@@ -292,7 +293,7 @@ class Store(Queries):
                 job = self._job_by("j.lease_id = ? AND j.state = 'leased'", lease_id, db)
                 if job is None:
                     return None
-                if status in (Status.FAILED, Status.TIMEOUT) and job.retries < retry_failed:
+                if status in (Status.FAILED, Status.TIMEOUT) and job.retries < retry_failed.get(job.repo, 0):
                     db.execute("INSERT OR REPLACE INTO attempts (job_id, attempt, runner, status, exit_code, "
                                "started_at, finished_at, reason, log) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                (job.id, job.attempt, job.runner or "", status.value, exit_code, started_at,

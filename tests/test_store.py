@@ -111,14 +111,14 @@ def test_a_failure_with_retries_left_runs_again_elsewhere_and_a_pass_is_flaky(st
     store.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
     first = store.claim(runner("r1"), 10, alone=False)
     again = store.finish(first.lease_id, Status.FAILED, 1, 1.0, 2.0, b"first log", False, b"", "exit 1",
-                         retry_failed=1)
+                         retry_failed={"demo": 1})
     assert again is not None and again.state == JobState.QUEUED and again.retries == 1
     # r1 failed it: while another amd64 runner is connected, r1 does not get it back.
     assert store.claim(runner("r1"), 10, alone=False) is None
     second = store.claim(runner("r2"), 10, alone=False)
     assert second is not None and second.attempt == 2
     done = store.finish(second.lease_id, Status.PASSED, 0, 3.0, 4.0, b"second log", False, b"", "",
-                        retry_failed=1)
+                        retry_failed={"demo": 1})
     assert done.state == JobState.FINISHED and done.status == Status.FLAKY
     [pending] = store.unpublished()
     [earlier] = pending.attempts
@@ -130,11 +130,11 @@ def test_a_failure_with_retries_left_runs_again_elsewhere_and_a_pass_is_flaky(st
 def test_a_retry_goes_back_to_the_same_runner_when_it_is_alone(store: Store) -> None:
     store.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
     first = store.claim(runner("r1"), 10)
-    store.finish(first.lease_id, Status.FAILED, 1, 1.0, 2.0, b"", False, b"", "", retry_failed=2)
+    store.finish(first.lease_id, Status.FAILED, 1, 1.0, 2.0, b"", False, b"", "", retry_failed={"demo": 2})
     second = store.claim(runner("r1"), 10, alone=True)
-    store.finish(second.lease_id, Status.TIMEOUT, None, 1.0, 2.0, b"", False, b"", "", retry_failed=2)
+    store.finish(second.lease_id, Status.TIMEOUT, None, 1.0, 2.0, b"", False, b"", "", retry_failed={"demo": 2})
     third = store.claim(runner("r1"), 10, alone=True)
-    done = store.finish(third.lease_id, Status.FAILED, 1, 1.0, 2.0, b"", False, b"", "", retry_failed=2)
+    done = store.finish(third.lease_id, Status.FAILED, 1, 1.0, 2.0, b"", False, b"", "", retry_failed={"demo": 2})
     # Out of retries: the failure is final, and both earlier attempts are kept.
     assert done.state == JobState.FINISHED and done.status == Status.FAILED
     [pending] = store.unpublished()
@@ -144,7 +144,7 @@ def test_a_retry_goes_back_to_the_same_runner_when_it_is_alone(store: Store) -> 
 def test_retries_do_not_count_against_lost_runner_attempts(store: Store) -> None:
     store.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
     first = store.claim(runner("r1"), 10)
-    store.finish(first.lease_id, Status.FAILED, 1, 1.0, 2.0, b"", False, b"", "", retry_failed=1)
+    store.finish(first.lease_id, Status.FAILED, 1, 1.0, 2.0, b"", False, b"", "", retry_failed={"demo": 1})
     second = store.claim(runner("r1"), 10)
     # Attempt 2, but the first lease was not lost: one more loss is still allowed under max 2.
     [expired] = store.expire(max_attempts=2, now=second.leased_at + 11)
