@@ -28,12 +28,12 @@ import time
 from pathlib import Path
 
 from bench.rig import ROOT, rss_mib, write_json
-from dispatcher.auth import load_secret
-from dispatcher.client import Connection
-from dispatcher.config import Address
-from dispatcher.errors import RemoteError
-from dispatcher.protocol import (CommitInfo, Dispatch, Heartbeat, Job, Lease, Register, Result, Role,
-                                 Status)
+from dispatcher.wire.auth import load_secret
+from dispatcher.wire.client import Connection
+from dispatcher.common.config import Address
+from dispatcher.common.errors import RemoteError
+from dispatcher.wire.protocol import (CommitInfo, Dispatch, Heartbeat, Job, Lease, Register, Result, Role,
+                                 Reported)
 
 
 class Dispatcher:
@@ -117,7 +117,7 @@ def _throughput(d: Dispatcher, runners: int, jobs: int) -> dict[str, float]:
                         job = conn.request(Lease(wait=0.5))
                         if isinstance(job, Job):
                             now = time.time()
-                            conn.request_ack(Result(lease_id=job.lease_id, status=Status.PASSED, exit_code=0,
+                            conn.request_ack(Result(lease_id=job.lease_id, status=Reported.PASSED, exit_code=0,
                                                     started_at=now, finished_at=now, log="ok\n"))
                             done.release()
             except (OSError, RemoteError) as exc:
@@ -181,7 +181,7 @@ def _hold(d: Dispatcher, runners: int, seconds: float) -> dict[str, float]:
                     with lock:
                         rtts.append(time.monotonic() - sent)
                 now = time.time()
-                conn.request_ack(Result(lease_id=job.lease_id, status=Status.PASSED, exit_code=0,
+                conn.request_ack(Result(lease_id=job.lease_id, status=Reported.PASSED, exit_code=0,
                                         started_at=now, finished_at=now, log="ok\n"))
         except (OSError, RemoteError) as exc:
             errors.append(f"hold-{i}: {exc}")

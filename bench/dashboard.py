@@ -18,10 +18,12 @@ import time
 from pathlib import Path
 
 from bench.rig import ROOT, write_json
-from dispatcher.dashboard import Dashboard
-from dispatcher.protocol import CommitInfo, Status
-from dispatcher.results import ResultRecord, write_result, write_summary
-from dispatcher.store import RunnerRow, Store
+from dispatcher.hub.dashboard import Dashboard
+from dispatcher.common.states import Status
+from dispatcher.wire.protocol import CommitInfo
+from dispatcher.hub.reads import record_of, summary_of
+from dispatcher.hub.store import JobResult, RunnerRow, Store
+from dispatcher.results.writing import write_result
 
 
 def measure(commits: int, repeat: int, folder: Path) -> dict:
@@ -33,11 +35,10 @@ def measure(commits: int, repeat: int, folder: Path) -> dict:
     store.enqueue("big", "main", [CommitInfo(s, "Dev", f"change {i}") for i, s in enumerate(shas[:-1])], ["arm64"])
     store.enqueue("big", "main", [CommitInfo(shas[-1], "Dev", "newest")], ["amd64", "arm64"])
     runner = RunnerRow("r1", "amd64", "host", "x86_64", "0", False, "", 0.0, 0.0)
-    job = store.claim(runner, 60)
-    done = store.finish(job.lease_id, Status.FAILED, 1, time.time() - 1, time.time(), b"log\n", False, b"", "")
-    write_result(results, ResultRecord(done.repo, done.branch, done.sha, done.arch, "r1", Status.FAILED, 1,
-                                       done.started_at, done.finished_at, done.attempt), b"log\n", b"")
-    write_summary(results, done.repo, done.sha, done.branch, store.commit_states(done.repo, done.sha))
+    job = store.claim(runner)
+    done = store.record_result(job.lease_id, JobResult(Status.FAILED, 1, time.time() - 1, time.time(), b"log\n"))
+    write_result(results, record_of(done), b"log\n", b"", summary_of(store, done.repo, done.sha, done.branch))
+    store.mark_published(done.id)
     dashboard = Dashboard(results, store, [("big", ["amd64", "arm64"])])
     samples = []
     for _ in range(repeat):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench.capacity import Dispatcher
 from bench.rig import ROOT, write_json
-from dispatcher.config import load_config
+from dispatcher.common.config import load_config
 from observer.service import Observer
 
 

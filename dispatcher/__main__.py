@@ -1,3 +1,3 @@
-from .cli import main
+from dispatcher.cli import main
 
 main(prog_name="polyarch-dispatcher")

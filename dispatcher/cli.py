@@ -8,9 +8,9 @@ from typing import Optional
 
 import click
 
-from . import __version__
-from .cliutil import config_option, load, one_line_errors, verbose_option
-from .logs import setup_logging
+from dispatcher import __version__
+from dispatcher.common.cli import config_option, load, one_line_errors, verbose_option
+from dispatcher.common.logs import setup_logging
 
 
 @click.group()
@@ -25,7 +25,7 @@ def main() -> None:
 @one_line_errors
 def serve(config_path: str, verbose: bool) -> None:
     """Run the dispatcher until SIGTERM."""
-    from .server import serve as run
+    from dispatcher.hub.server import serve as run
 
     config = load(config_path)
     setup_logging(verbose)
@@ -47,9 +47,10 @@ def status(config_path: str, repo: Optional[str], commit: Optional[str], limit: 
     """Recent commits by architecture, queued and running jobs, and runners (reads the state database)."""
     from rich.console import Console
 
-    from .server import db_path
-    from .status import collect, render, to_json
-    from .store import Store
+    from dispatcher.hub.server import db_path
+    from dispatcher.hub.reads import collect
+    from dispatcher.views.terminal import render, to_json
+    from dispatcher.hub.store import Store
 
     config = load(config_path)
     if watch and as_json:
@@ -90,8 +91,8 @@ def status(config_path: str, repo: Optional[str], commit: Optional[str], limit: 
 @one_line_errors
 def submit(config_path: str, repo: str, commit: str, branch: str, archs: tuple[str, ...]) -> None:
     """Queue one commit by hand."""
-    from .names import check_commit, parse_arch
-    from .protocol import Submit
+    from dispatcher.common.names import check_commit, parse_arch
+    from dispatcher.wire.protocol import Submit
 
     config = load(config_path)
     if config.repo(repo) is None:
@@ -123,9 +124,9 @@ def wait_command(config_path: str, repo: str, commit: str, branch: str, timeout:
 
     from rich.console import Console
 
-    from .errors import PolyarchError
-    from .gate import summary, verdict, wait
-    from .names import check_branch, check_commit
+    from dispatcher.common.errors import PolyarchError
+    from dispatcher.views.gate import summary, verdict, wait
+    from dispatcher.common.names import check_branch, check_commit
 
     config = load(config_path)
     repo_config = config.repo(repo)
@@ -156,11 +157,11 @@ def wait_command(config_path: str, repo: str, commit: str, branch: str, timeout:
 
 
 def _client_connection(config, name: str):
-    from .auth import load_secret
-    from .client import Connection
-    from .config import dispatcher_address
-    from .protocol import Role
-    from .tls import for_client
+    from dispatcher.wire.auth import load_secret
+    from dispatcher.wire.client import Connection
+    from dispatcher.common.config import dispatcher_address
+    from dispatcher.wire.protocol import Role
+    from dispatcher.wire.tls import for_client
 
     return Connection(dispatcher_address(config, "observer"), Role.CLIENT, name,
                       load_secret(config.token_for("observer")), tls=for_client(config, "observer"))
@@ -175,8 +176,8 @@ def _client_connection(config, name: str):
 @one_line_errors
 def certs(out: Path, hosts: tuple[str, ...], clients: tuple[str, ...]) -> None:
     """Make a small CA and certificates for mutual TLS (keeps an existing CA)."""
-    from .names import check_runner
-    from .tls import make_certs
+    from dispatcher.common.names import check_runner
+    from dispatcher.wire.tls import make_certs
 
     for name in clients:
         check_runner(name)

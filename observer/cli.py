@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from dispatcher import __version__
-from dispatcher.cliutil import config_option, load, one_line_errors, verbose_option
-from dispatcher.errors import ConfigError
-from dispatcher.logs import setup_logging
+from dispatcher.common.cli import config_option, load, one_line_errors, verbose_option
+from dispatcher.common.errors import ConfigError
+from dispatcher.common.logs import setup_logging
 
 
 @click.group()
@@ -44,7 +44,7 @@ def once(config_path: str, verbose: bool) -> None:
     """Poll every repository once; exit 1 if any could not be fetched or reported."""
     import sys
 
-    from dispatcher.progress import Bars
+    from dispatcher.common.progress import Bars
 
     from .service import once as poll
 

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from dispatcher.errors import StateError
-from dispatcher.fsutil import atomic_write
+from dispatcher.common.errors import StateError
+from dispatcher.common.files import atomic_write
 
 
 class Cursors:

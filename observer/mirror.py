@@ -10,12 +10,12 @@ from typing import Callable, Optional
 
 import git
 
-from dispatcher.errors import PolyarchError
-from dispatcher.progress import git_progress
-from dispatcher.progress import run as progress_run
-from dispatcher.protocol import CommitInfo
+from dispatcher.common.errors import PolyarchError
+from dispatcher.common.progress import git_progress
+from dispatcher.common.progress import run as progress_run
+from dispatcher.wire.protocol import CommitInfo
 
-from .refs import RefsUnclear, borrow, local_git_dir, read_heads
+from dispatcher.common.git import RefsUnclear, borrow, local_git_dir, read_heads
 
 # Never wait for a password prompt or an unknown host key: a daemon has no terminal.
 GIT_ENV = {

@@ -15,14 +15,14 @@ import threading
 import time
 from typing import Optional
 
-from dispatcher.auth import load_secret
-from dispatcher.client import Connection
-from dispatcher.config import Config, RepoConfig, dispatcher_address
-from dispatcher.errors import ConfigError, InvalidName, ProtocolError, RemoteError
-from dispatcher.progress import Sink
-from dispatcher.protocol import Ack, Dispatch, ErrorCode, Role
-from dispatcher.sdnotify import Watchdog, notify
-from dispatcher.tls import for_client
+from dispatcher.wire.auth import load_secret
+from dispatcher.wire.client import Connection
+from dispatcher.common.config import Config, RepoConfig, dispatcher_address
+from dispatcher.common.errors import ConfigError, InvalidName, ProtocolError, RemoteError
+from dispatcher.common.progress import Sink
+from dispatcher.wire.protocol import Ack, Dispatch, ErrorCode, Role
+from dispatcher.common.sdnotify import Watchdog, notify
+from dispatcher.wire.tls import for_client
 
 from .cursors import Cursors
 from .mirror import BranchUpdate, Change, FetchError, Mirror, local_git_dir
@@ -115,7 +115,7 @@ class Observer:
                                        self.secret, tls=self.tls)
             reply = self.conn.request(msg)
         except RemoteError as exc:
-            if exc.code == ErrorCode.UNAVAILABLE.value:  # its disk is full: like down, retry soon
+            if exc.code == ErrorCode.UNAVAILABLE:  # its disk is full: like down, retry soon
                 raise DispatcherDown(str(exc)) from None
             raise
         except (OSError, ProtocolError, ConfigError) as exc:

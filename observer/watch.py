@@ -38,7 +38,7 @@ class RefWatcher:
             for _changes in watchfiles.watch(git_dir, watch_filter=_is_ref_change, debounce=DEBOUNCE_MS,
                                              step=STEP_MS, stop_event=self.stop_event, raise_interrupt=False):
                 self.on_change(name)
-        except Exception as exc:  # noqa: BLE001 - polling still covers this repo
+        except Exception as exc:  # polling still covers this repo
             log.warning("watch on %s stopped (%s); polling continues", git_dir, exc)
 
     def stop(self) -> None:

@@ -12,8 +12,8 @@ import enum
 import subprocess
 from pathlib import Path
 
-from dispatcher.errors import SetupError
-from dispatcher.names import Arch, host_arch
+from dispatcher.common.errors import SetupError
+from dispatcher.common.names import Arch, host_arch
 
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 CONF_DIR = Path("/usr/lib/binfmt.d")

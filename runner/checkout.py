@@ -25,9 +25,9 @@ from typing import Optional
 
 import git
 
-from dispatcher.errors import PolyarchError
-from dispatcher.names import check_repo
-from observer.refs import borrow, local_git_dir
+from dispatcher.common.errors import PolyarchError
+from dispatcher.common.names import check_repo
+from dispatcher.common.git import borrow, local_git_dir
 
 log = logging.getLogger("polyarch.runner")
 

@@ -19,8 +19,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from dispatcher.config import Config
-from dispatcher.names import Arch
+from dispatcher.common.config import Config
+from dispatcher.common.names import Arch
 
 from . import binfmt
 from .rootfs import RootfsError, check

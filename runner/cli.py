@@ -8,11 +8,11 @@ from typing import Optional
 import click
 
 from dispatcher import __version__
-from dispatcher.cliutil import config_option, load, one_line_errors, verbose_option
-from dispatcher.config import default_runner_name
-from dispatcher.errors import ConfigError
-from dispatcher.logs import setup_logging
-from dispatcher.names import Arch, check_runner, host_arch, parse_arch
+from dispatcher.common.cli import config_option, load, one_line_errors, verbose_option
+from dispatcher.common.config import default_runner_name
+from dispatcher.common.errors import ConfigError
+from dispatcher.common.logs import setup_logging
+from dispatcher.common.names import Arch, check_runner, host_arch, parse_arch
 
 
 @click.group()
@@ -87,7 +87,7 @@ def rootfs() -> None:
 @one_line_errors
 def rootfs_build(arch_name: str, directory: Path, verbose: bool) -> None:
     """Build DIRECTORY with mmdebstrap and install polyarch in it; refresh it when it exists."""
-    from dispatcher.progress import Bars
+    from dispatcher.common.progress import Bars
 
     from .rootfs import build
 

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Mapping, Optional
 
+from dispatcher.common.process import signal_group, stop_group
+
 GUARD = Path(__file__).with_name("guard.py")
 
 
@@ -208,12 +210,7 @@ class Process:
         return Execution(outcome, code, self.started_at, finished, truncated)
 
     def _terminate(self, grace: float) -> None:
-        self._signal_group(signal.SIGTERM)
-        self._exited.wait(timeout=grace)
-        self._signal_group(signal.SIGKILL)
+        stop_group(self.pgid, lambda t: self._exited.wait(timeout=t), term_wait=grace, kill_wait=0)
 
     def _signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        signal_group(self.pgid, sig)

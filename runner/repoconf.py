@@ -21,8 +21,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from dispatcher.errors import ConfigError, InvalidName
-from dispatcher.names import parse_arch
+from dispatcher.common.errors import ConfigError, InvalidName
+from dispatcher.common.names import parse_arch
 
 FILENAME = ".polyarch.toml"
 _KEYS = {"test_command": str, "timeout": (int, float), "timeout_factor": (int, float)}

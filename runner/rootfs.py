@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from dispatcher import __version__
-from dispatcher.errors import SetupError
-from dispatcher.fsutil import atomic_write
-from dispatcher.names import Arch
-from dispatcher.progress import Sink
-from dispatcher.progress import run as progress_run
+from dispatcher.common.errors import SetupError
+from dispatcher.common.files import atomic_write
+from dispatcher.common.names import Arch
+from dispatcher.common.progress import Sink
+from dispatcher.common.progress import run as progress_run
 
 from . import binfmt
 
@@ -163,6 +163,8 @@ def _debootstrap(arch: Arch, root: Path, report: Callable[[str, int, int], None]
     partial = root.with_name(root.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
+    # mmdebstrap needs the parent to exist (a fresh machine has no /var/cache/polyarch).
+    partial.parent.mkdir(parents=True, exist_ok=True)
     log.info("building a %s root file system with mmdebstrap in %s (a few minutes)", arch.value, root)
     cmd = ["mmdebstrap", f"--arch={arch.value}", "--variant=minbase", f"--include={','.join(PACKAGES)}",
            SUITE, str(partial)]
@@ -201,13 +203,29 @@ def _site_packages(root: Path) -> Path:
     return found[-1]
 
 
+# What a root carries of polyarch: the runner and the kit it imports, never the observer
+# or the hub (tests/test_layering.py keeps the runner to the kit).
+ROOT_PACKAGES = ("runner", "dispatcher")
+KIT = ("__init__.py", "common", "wire", "results")
+
+
 def _copy_polyarch(root: Path) -> None:
     site = _site_packages(root)
     source = Path(__file__).resolve().parent.parent
-    for package in ("dispatcher", "runner", "observer"):
+    shutil.rmtree(site / "observer", ignore_errors=True)  # carried by roots built before the kit was fenced
+    for package in ROOT_PACKAGES:
         target = site / package
         tmp = Path(tempfile.mkdtemp(dir=site, prefix=f".{package}-"))
-        shutil.copytree(source / package, tmp / package, ignore=shutil.ignore_patterns("__pycache__"))
+        if package == "dispatcher":
+            (tmp / package).mkdir()
+            for part in KIT:
+                src = source / package / part
+                if src.is_dir():
+                    shutil.copytree(src, tmp / package / part, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    shutil.copy2(src, tmp / package / part)
+        else:
+            shutil.copytree(source / package, tmp / package, ignore=shutil.ignore_patterns("__pycache__"))
         if target.exists():
             shutil.rmtree(target)
         (tmp / package).rename(target)

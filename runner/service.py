@@ -22,15 +22,17 @@ from pathlib import Path
 from typing import Optional
 
 from dispatcher import __version__
-from dispatcher.auth import load_secret
-from dispatcher.client import Connection
-from dispatcher.config import Config, dispatcher_address
-from dispatcher.errors import ConfigError, MessageTooLarge, ProtocolError, RemoteError
-from dispatcher.fsutil import atomic_write
-from dispatcher.names import Arch
-from dispatcher.sdnotify import Watchdog, notify
-from dispatcher.tls import for_client
-from dispatcher.protocol import Ack, Heartbeat, Job, Lease, Register, Release, Result, Role, Status, encode
+from dispatcher.wire.auth import load_secret
+from dispatcher.wire.client import Connection
+from dispatcher.common.config import Config, dispatcher_address
+from dispatcher.common.errors import ConfigError, MessageTooLarge, ProtocolError, RemoteError
+from dispatcher.common.files import atomic_write
+from dispatcher.common.names import Arch
+from dispatcher.common.sdnotify import Watchdog, notify
+from dispatcher.wire.tls import for_client
+from dispatcher.common.states import Reported
+from dispatcher.wire.errors import ErrorCode
+from dispatcher.wire.protocol import Ack, Heartbeat, Job, Lease, Register, Release, Result, Role, encode
 
 from .checkout import CheckoutError, Cleaning, Mirrors
 from .execute import Guard, Outcome, Process
@@ -200,7 +202,7 @@ class Runner:
             try:
                 self._request(Heartbeat(job.lease_id), timeout=self.heartbeat_interval * 2 + 5)
             except RemoteError as exc:
-                if exc.code == "lease-lost":
+                if exc.code == ErrorCode.LEASE_LOST:
                     log.warning("lease of %s %s lost; stopping the job", job.repo, job.commit[:12])
                     lost = True
                     work.abort()
@@ -298,10 +300,10 @@ class _JobWork:
         if ex.outcome == Outcome.KILLED:
             return
         if ex.outcome == Outcome.TIMED_OUT:
-            status, reason = Status.TIMEOUT, (f"timed out after {timeout:g} s (timeout {chosen.timeout:g} s x "
+            status, reason = Reported.TIMEOUT, (f"timed out after {timeout:g} s (timeout {chosen.timeout:g} s x "
                                               f"timeout_factor {chosen.timeout_factor:g}); process group killed")
         else:
-            status = Status.PASSED if ex.exit_code == 0 else Status.FAILED
+            status = Reported.PASSED if ex.exit_code == 0 else Reported.FAILED
             reason = "" if ex.exit_code == 0 else f"test command exited with {ex.exit_code}"
         junit = ""
         if junit_path.is_file() and junit_path.stat().st_size <= JUNIT_LIMIT:
@@ -325,7 +327,7 @@ class _JobWork:
 
 def _error(job: Job, started: float, reason: str) -> Result:
     log.error("%s %s on %s: %s", job.repo, job.commit[:12], job.arch, reason)
-    return Result(lease_id=job.lease_id, status=Status.ERROR, exit_code=None, started_at=started,
+    return Result(lease_id=job.lease_id, status=Reported.ERROR, exit_code=None, started_at=started,
                   finished_at=time.time(), log=reason + "\n", reason=reason)
 
 

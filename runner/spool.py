@@ -7,8 +7,9 @@ import json
 import logging
 from pathlib import Path
 
-from dispatcher.fsutil import atomic_write
-from dispatcher.protocol import Result, Status
+from dispatcher.common.files import atomic_write
+from dispatcher.common.states import Reported
+from dispatcher.wire.protocol import Result
 
 log = logging.getLogger("polyarch.runner")
 
@@ -34,7 +35,7 @@ class Spool:
         for path in sorted(self.folder.glob("*.json"), key=lambda p: p.stat().st_mtime):
             try:
                 data = json.loads(path.read_text())
-                data["status"] = Status(data["status"])
+                data["status"] = Reported(data["status"])
                 out.append(Result(**data))
             except (ValueError, TypeError, KeyError) as exc:
                 # Left by a power cut mid-write (the file is not fsynced): its lease expires

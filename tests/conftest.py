@@ -32,7 +32,7 @@ def skip_unless_ci(reason: str) -> None:
 
 def require_emulated_arm64() -> None:
     """Skip (fail under CI) unless an arm64 runner can run here under qemu-user."""
-    from dispatcher.names import Arch
+    from dispatcher.common.names import Arch
     from runner import binfmt
 
     if os.geteuid() != 0:
@@ -217,13 +217,13 @@ class Polyarch:
 @contextlib.contextmanager
 def dispatcher_in_thread(config_path: Path):
     """The dispatcher's server in this process (real socket, real SQLite), for protocol tests."""
-    from dispatcher.auth import load_secret
-    from dispatcher.config import Address, load_config
-    from dispatcher.server import DispatcherServer, db_path
-    from dispatcher.store import Store
+    from dispatcher.wire.auth import load_secret
+    from dispatcher.common.config import Address, load_config
+    from dispatcher.hub.server import DispatcherServer, db_path, policy_of
+    from dispatcher.hub.store import Store
 
     config = load_config(config_path)
-    store = Store(db_path(config), lease_grace=config.dispatcher.heartbeat_timeout)
+    store = Store(db_path(config), policy_of(config))
     srv = DispatcherServer(config, store, load_secret(config.dispatcher.token_file, create=True))
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

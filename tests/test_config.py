@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.config import Address, load_config, parse_address
-from dispatcher.errors import ConfigError
-from dispatcher.names import Arch
+from dispatcher.common.config import Address, load_config, parse_address
+from dispatcher.common.errors import ConfigError
+from dispatcher.common.names import Arch
 
 GOOD = """
 [dispatcher]

@@ -16,10 +16,13 @@ import pytest
 
 from browser import Browser, Node, path_of
 from conftest import ROOTFS_ARM64, Polyarch, require_emulated_arm64, wait_for
-from dispatcher.dashboard import INDEX_COMMITS, PER_PAGE, Dashboard
-from dispatcher.protocol import CommitInfo, Status
-from dispatcher.results import ResultRecord, write_result, write_summary
-from dispatcher.store import RunnerRow, Store
+from dispatcher.hub.dashboard import INDEX_COMMITS, PER_PAGE, Dashboard
+from dispatcher.common.states import Status
+from dispatcher.wire.protocol import CommitInfo
+from dispatcher.hub.reads import record_of, summary_of
+from dispatcher.hub.store import JobResult
+from dispatcher.results.writing import write_result
+from dispatcher.hub.store import RunnerRow, Store
 from test_emulated import X86_ONLY
 
 
@@ -100,12 +103,11 @@ def test_a_person_finds_the_arch_specific_failure_and_its_log_in_two_clicks(poly
 
 
 def _finish(store: Store, runner: RunnerRow, results: Path, status: Status) -> tuple[str, str]:
-    job = store.claim(runner, 10)
-    done = store.finish(job.lease_id, status, 0 if status == Status.PASSED else 1, time.time() - 1, time.time(),
-                        b"log\n", False, b"", "")
-    write_result(results, ResultRecord(done.repo, done.branch, done.sha, done.arch, runner.name, status,
-                                       done.exit_code, done.started_at, done.finished_at, done.attempt), b"log\n", b"")
-    write_summary(results, done.repo, done.sha, done.branch, store.commit_states(done.repo, done.sha))
+    job = store.claim(runner)
+    done = store.record_result(job.lease_id, JobResult(status, 0 if status == Status.PASSED else 1, time.time() - 1,
+                                                       time.time(), b"log\n"))
+    write_result(results, record_of(done), b"log\n", b"", summary_of(store, done.repo, done.sha, done.branch))
+    store.mark_published(done.id)
     return done.repo, done.sha
 
 
@@ -138,7 +140,9 @@ def test_text_from_commits_is_escaped(tmp_path: Path) -> None:
     sha = "c" * 40
     store.enqueue("demo", "main", [CommitInfo(sha, "<b>Mallory</b>", '<script>alert("x")</script>')], ["amd64"])
     Dashboard(results, store, [("demo", ["amd64"])]).update([("demo", sha)])
-    for page in results.rglob("*.html"):
+    pages = list(results.rglob("*.html"))
+    assert len(pages) == 4  # the index, the repository's front page and page 0, the commit's page
+    for page in pages:
         text = page.read_text()
         assert "<script>" not in text and "&lt;script&gt;" in text and "<b>Mallory" not in text
     store.close()

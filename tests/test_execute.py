@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from dispatcher.errors import ConfigError
+from dispatcher.common.errors import ConfigError
 from runner.execute import GUARD, CappedLog, Guard, Outcome, Process
 from runner.repoconf import JobSettings, settings_for
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from conftest import Polyarch, dispatcher_in_thread, wait_for
-from dispatcher.auth import load_secret
-from dispatcher.client import Connection
-from dispatcher.errors import AuthError, RemoteError
-from dispatcher.protocol import (MAX_FRAME, Ack, CommitInfo, Dispatch, Heartbeat, Job, Lease, Register, Result,
-                                 Role, Status, Submit)
+from dispatcher.wire.auth import load_secret
+from dispatcher.wire.client import Connection
+from dispatcher.common.errors import AuthError, RemoteError
+from dispatcher.wire.protocol import (MAX_FRAME, Ack, CommitInfo, Dispatch, Heartbeat, Job, Lease, Register, Result,
+                                 Role, Reported, Submit)
 
 SHA = "c" * 40
 
@@ -81,7 +81,7 @@ def test_wrong_secret_is_refused(server) -> None:
 
 
 def test_a_silent_client_is_closed_after_the_auth_deadline(server, monkeypatch) -> None:
-    monkeypatch.setattr("dispatcher.server.AUTH_TIMEOUT", 0.3)
+    monkeypatch.setattr("dispatcher.hub.server.AUTH_TIMEOUT", 0.3)
     started = time.monotonic()
     with dial(server) as sock:
         while sock.recv(65536):
@@ -104,7 +104,8 @@ def test_bad_requests_get_an_error_and_the_connection_stays_usable(server, msg, 
             conn.request(msg)
         assert err.value.code == code
         assert isinstance(conn.request(Dispatch("demo", "main", [])), Ack)
-    assert not list(Path(server.results_dir).rglob("*.json"))
+    # Refused, it changed nothing: no commit and no job entered the state.
+    assert server.hub.store.queries.jobs() == [] and server.hub.store.queries.commit_count("demo") == 0
 
 
 def test_late_result_after_lease_expiry_is_acknowledged_and_dropped(server) -> None:
@@ -121,16 +122,16 @@ def test_late_result_after_lease_expiry_is_acknowledged_and_dropped(server) -> N
     assert isinstance(again, Job) and again.attempt == 2
     with pytest.raises(RemoteError, match="lease-lost"):
         slow.request(Heartbeat(job.lease_id))
-    assert fast.request(Result(again.lease_id, Status.PASSED, 0, 1, 2, "fast log")).created == 1
-    late = slow.request(Result(job.lease_id, Status.FAILED, 1, 1, 2, "slow log"))
+    assert fast.request(Result(again.lease_id, Reported.PASSED, 0, 1, 2, "fast log")).created == 1
+    late = slow.request(Result(job.lease_id, Reported.FAILED, 1, 1, 2, "slow log"))
     assert late.created == 0 and "discarded" in late.message
-    again_dup = fast.request(Result(again.lease_id, Status.FAILED, 1, 1, 2, "dup"))
+    again_dup = fast.request(Result(again.lease_id, Reported.FAILED, 1, 1, 2, "dup"))
     assert again_dup.created == 0
-    path = Path(server.results_dir) / "demo" / SHA / "amd64.json"
+    path = Path(server.config.dispatcher.results_dir) / "demo" / SHA / "amd64.json"
     wait_for(path.exists, what="the publisher to write the files")  # acked = durable; files follow
     result = json.loads(path.read_text())
     assert result["status"] == "passed" and result["runner"] == "fast" and result["attempt"] == 2
-    assert (Path(server.results_dir) / "demo" / SHA / "amd64.log").read_text() == "fast log"
+    assert (Path(server.config.dispatcher.results_dir) / "demo" / SHA / "amd64.log").read_text() == "fast log"
     slow.close()
     fast.close()
 

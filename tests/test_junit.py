@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.junitxml import Outcome, arch_specific, parse
-from dispatcher.results import summary_dict
+from dispatcher.results.junit import Outcome, arch_specific, parse
+from dispatcher.results.record import summary_dict
 from runner.junit import is_plain_pytest, with_junit
 
 DOC = b"""<?xml version="1.0"?>

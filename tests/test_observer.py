@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import GitRepo
-from dispatcher.errors import StateError
+from dispatcher.common.errors import StateError
 from observer.cursors import Cursors
 from observer.mirror import Change, FetchError, Mirror, local_git_dir
 
@@ -92,7 +92,7 @@ def test_cursors_persist_and_a_corrupt_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_heads_read_from_files_match_git_and_local_mirror_skips_fetch(tmp_path: Path, repo: GitRepo) -> None:
-    from observer.refs import read_heads
+    from dispatcher.common.git import read_heads
 
     repo.commit("exit 0")
     repo.git("branch", "feature")

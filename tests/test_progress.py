@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import GitRepo
-from dispatcher.progress import git_progress, lines, run
+from dispatcher.common.progress import git_progress, lines, run
 from runner.rootfs import STEPS, mmdebstrap_phase
 
 

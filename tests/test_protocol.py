@@ -7,9 +7,9 @@ import struct
 
 import pytest
 
-from dispatcher.errors import MessageTooLarge, ProtocolError
-from dispatcher.protocol import (MAX_FRAME, PROTOCOL_VERSION, Ack, Auth, CommitInfo, Dispatch, Error, ErrorCode,
-                                 Heartbeat, Job, Lease, NoJob, Result, Role, Status, Submit, decode, encode)
+from dispatcher.common.errors import MessageTooLarge, ProtocolError
+from dispatcher.wire.protocol import (MAX_FRAME, PROTOCOL_VERSION, Ack, Auth, CommitInfo, Dispatch, Error, ErrorCode,
+                                 Heartbeat, Job, Lease, NoJob, Result, Role, Reported, Submit, decode, encode)
 
 SHA = "a" * 40
 
@@ -18,7 +18,7 @@ SAMPLES = [
     Submit("demo", SHA, "main", ["arm64"]),
     Auth(Role.RUNNER, "r1", "00" * 16, "ff" * 32),
     Job("lease", "demo", "/srv/git/demo", "main", SHA, "amd64", 2, "make check", 600.0),
-    Result("lease", Status.TIMEOUT, None, 1.5, 2.5, "out\x00put", True, "<testsuite/>", "timed out"),
+    Result("lease", Reported.TIMEOUT, None, 1.5, 2.5, "out\x00put", True, "<testsuite/>", "timed out"),
     Error(ErrorCode.LEASE_LOST, "gone"),
     NoJob(), Ack(3, "ok"), Lease(5.0), Heartbeat("lease"),
 ]
@@ -57,4 +57,4 @@ def test_malformed_messages_are_refused_with_the_reason(body: bytes, message: st
 
 def test_oversized_message_is_refused_before_sending() -> None:
     with pytest.raises(MessageTooLarge):
-        encode(Result("l", Status.PASSED, 0, 0, 0, "x" * (MAX_FRAME + 1)))
+        encode(Result("l", Reported.PASSED, 0, 0, 0, "x" * (MAX_FRAME + 1)))

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Polyarch, skip_unless_ci, wait_for
-from dispatcher.auth import load_secret
-from dispatcher.tls import make_certs
+from dispatcher.wire.auth import load_secret
+from dispatcher.wire.tls import make_certs
 
 HOST_IP, LAB_IP = "10.199.73.1", "10.199.73.2"  # our own test hosts, inside this machine only
 

@@ -7,21 +7,29 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.errors import InvalidName
-from dispatcher.fsutil import atomic_write, remove_stale_temporaries
-from dispatcher.names import Arch, check_branch, parse_arch
-from dispatcher.protocol import Status
-from dispatcher.junitxml import parse_counts as parse_junit
-from dispatcher.results import ResultRecord, result_paths, summary_dict, write_result
+from dispatcher.common.errors import InvalidName
+from dispatcher.common.files import atomic_write, remove_stale_temporaries
+from dispatcher.common.names import Arch, check_branch, parse_arch
+from dispatcher.common.states import Status
+from dispatcher.results.junit import parse_counts as parse_junit
+from dispatcher.results.layout import File, name, path
+from dispatcher.results.record import Attempt, ResultRecord, summary_dict
+from dispatcher.results.writing import write_result
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
 def test_result_paths_are_under_root(tmp_path: Path) -> None:
-    paths = result_paths(tmp_path, "demo", SHA, "aarch64")
-    assert paths.json == tmp_path / "demo" / SHA / "arm64.json"
-    assert paths.log.name == "arm64.log" and paths.junit.name == "arm64.junit.xml"
-    assert paths.summary == tmp_path / "demo" / SHA / "summary.json"
+    folder = tmp_path / "demo" / SHA
+    assert path(tmp_path, File.RESULT, "demo", SHA, "aarch64") == folder / "arm64.json"
+    assert path(tmp_path, File.LOG, "demo", SHA, "arm64").name == "arm64.log"
+    assert path(tmp_path, File.JUNIT, "demo", SHA, "arm64").name == "arm64.junit.xml"
+    assert path(tmp_path, File.ATTEMPT_LOG, "demo", SHA, "arm64", 2).name == "arm64.attempt2.log"
+    assert path(tmp_path, File.SUMMARY, "demo", SHA) == folder / "summary.json"
+    assert path(tmp_path, File.COMMIT_PAGE, "demo", SHA) == folder / "index.html"
+    assert path(tmp_path, File.REPO_PAGE, "demo") == tmp_path / "demo" / "index.html"
+    assert path(tmp_path, File.REPO_PAGE, "demo", n=3) == tmp_path / "demo" / "page-3.html"
+    assert path(tmp_path, File.INDEX) == tmp_path / "index.html"
 
 
 @pytest.mark.parametrize("repo, commit, arch", [
@@ -31,7 +39,7 @@ def test_result_paths_are_under_root(tmp_path: Path) -> None:
 ])
 def test_result_paths_refuse_anything_that_escapes(tmp_path: Path, repo: str, commit: str, arch: str) -> None:
     with pytest.raises(InvalidName):
-        result_paths(tmp_path, repo, commit, arch)
+        path(tmp_path, File.RESULT, repo, commit, arch)
 
 
 @pytest.mark.parametrize("name", ["main", "release/1.x", "feature/a-b_c+d"])
@@ -66,12 +74,51 @@ def test_write_result_and_its_json(tmp_path: Path) -> None:
     record = ResultRecord(repo="demo", branch="main", commit=SHA, arch="amd64", runner="r1", status=Status.FAILED,
                           exit_code=1, started_at=1700000000.25, finished_at=1700000002.5, attempt=2,
                           tests=parse_junit(junit))
-    paths = write_result(tmp_path, record, b"log text", junit)
-    data = json.loads(paths.json.read_text())
+    result = write_result(tmp_path, record, b"log text", junit, summary_dict("demo", SHA, "main", {"amd64": "failed"}))
+    data = json.loads(result.read_text())
     assert data["schema"] == 1 and data["status"] == "failed" and data["attempt"] == 2
     assert data["duration"] == 2.25 and data["started_at"] == "2023-11-14T22:13:20.250Z"
     assert data["tests"] == {"total": 4, "passed": 2, "failed": 1, "errors": 1, "skipped": 0}
-    assert paths.log.read_bytes() == b"log text" and paths.junit.read_bytes() == junit
+    assert path(tmp_path, File.LOG, "demo", SHA, "amd64").read_bytes() == b"log text"
+    assert path(tmp_path, File.JUNIT, "demo", SHA, "amd64").read_bytes() == junit
+    # The reader's side: the record comes back whole from its file.
+    assert ResultRecord.from_dict(data) == record
+
+
+def test_arch_json_is_written_last_after_a_summary_that_counts_it(tmp_path: Path, monkeypatch) -> None:
+    from dispatcher.results import writing
+
+    order = []
+    real = writing.atomic_write
+
+    def recording(target: Path, data: bytes, durable: bool = True) -> None:
+        if target.name == "summary.json":
+            order.append(("summary.json", json.loads(data)["architectures"]["arm64"]))
+        else:
+            order.append((target.name, None))
+        real(target, data, durable)
+
+    monkeypatch.setattr(writing, "atomic_write", recording)
+    junit = b'<testsuite tests="1"><testcase name="t"/></testsuite>'
+    record = ResultRecord(repo="demo", branch="main", commit=SHA, arch="arm64", runner="r1", status=Status.FLAKY,
+                          exit_code=0, started_at=1.0, finished_at=2.0, attempt=2, tests=parse_junit(junit),
+                          earlier=(Attempt(1, "r0", Status.FAILED, 1, 0.5, 0.9, "exit 1", b"first"),))
+    write_result(tmp_path, record, b"log", junit, summary_dict("demo", SHA, "main", {"arm64": Status.FLAKY}))
+    assert order == [("arm64.attempt1.log", None), ("arm64.log", None), ("arm64.junit.xml", None),
+                     ("summary.json", "flaky"), ("arm64.json", None)]
+
+
+def test_from_dict_tolerates_missing_optional_keys() -> None:
+    minimal = {"repo": "demo", "commit": SHA, "arch": "amd64", "status": "passed"}
+    record = ResultRecord.from_dict(minimal)
+    assert record.status == Status.PASSED and record.tests is None and record.earlier == () and record.attempt == 1
+    with pytest.raises((KeyError, ValueError)):
+        ResultRecord.from_dict({"repo": "demo", "commit": SHA, "arch": "amd64", "status": "sideways"})
+
+
+def test_the_layout_names_the_links_between_files() -> None:
+    data = ResultRecord("demo", "main", SHA, "arm64", "r", Status.PASSED, 0, 1.0, 2.0, 1).to_dict()
+    assert data["log"] == name(File.LOG, "arm64") == "arm64.log" and data["junit"] is None
 
 
 def test_parse_junit_rejects_garbage() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from conftest import Polyarch, dispatcher_in_thread
-from dispatcher.client import Connection
-from dispatcher.protocol import Ack, Dispatch, Role
-from dispatcher.tls import client_context, make_certs
+from dispatcher.wire.client import Connection
+from dispatcher.wire.protocol import Ack, Dispatch, Role
+from dispatcher.wire.tls import client_context, make_certs
 
 
 @pytest.fixture

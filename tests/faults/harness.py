@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from conftest import GitRepo, Polyarch
-from dispatcher.fsutil import TMP_PREFIX
+from dispatcher.common.files import TMP_PREFIX
 from faults.conftest import scale
 
 RESULT_LINE = re.compile(r"result demo ([0-9a-f]{12}) amd64: (\w+) \(attempt (\d+), runner (\S+)\)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import Polyarch, wait_for
-from dispatcher.fsutil import TMP_PREFIX
+from dispatcher.common.files import TMP_PREFIX
 from faults.conftest import fill, record, state_value
 
 pytestmark = pytest.mark.daemons
@@ -30,12 +30,12 @@ def test_full_results_disk_writes_nothing_partial_and_catches_up(polyarch: Polya
     wait_for(lambda: f"cannot write result files for demo {shas[0][:12]}" in dispatcher.log(),
              what="the dispatcher to log the full disk")
     assert "No space left on device" in dispatcher.log()
-    wait_for(lambda: all(_job_state(polyarch, s) == "finished" for s in shas), what="all three results durable")
+    wait_for(lambda: all(_job_state(polyarch, s) == "recorded" for s in shas), what="all three results durable")
     # Nothing half-written, no temporaries, no result file, the job not marked done.
     assert not [p for p in results.rglob(TMP_PREFIX + "*")]
     for sha in shas:
         assert not (results / "demo" / sha / "amd64.json").exists()
-        assert _job_state(polyarch, sha) == "finished"
+        assert _job_state(polyarch, sha) == "recorded"
     # summary.json and the dashboard's pages are rewritten as results come; nothing else may change.
     assert all(p.read_bytes() == data for p, data in before.items()
                if p.name != "summary.json" and p.suffix != ".html")
@@ -44,7 +44,7 @@ def test_full_results_disk_writes_nothing_partial_and_catches_up(polyarch: Polya
     written = polyarch.wait_results(shas, timeout=30)
     assert all(r["status"] == "passed" and r["attempt"] == 1 for r in written.values())
     # Marked done right after the files are written (one transaction per batch).
-    wait_for(lambda: all(_job_state(polyarch, s) == "done" for s in shas), what="the jobs to be marked done")
+    wait_for(lambda: all(_job_state(polyarch, s) == "published" for s in shas), what="the jobs to be marked published")
     record("fault", "results disk full (tmpfs), then space returns", trials=1, commits=4, results=4,
            lost=0, duplicated=0)
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from conftest import Polyarch, wait_for
-from dispatcher.auth import load_secret
-from dispatcher.client import Connection
-from dispatcher.config import Address
-from dispatcher.protocol import Ack, Dispatch, Role
-from dispatcher.server import AUTH_TIMEOUT
+from dispatcher.wire.auth import load_secret
+from dispatcher.wire.client import Connection
+from dispatcher.common.config import Address
+from dispatcher.wire.protocol import Ack, Dispatch, Role
+from dispatcher.hub.server import AUTH_TIMEOUT
 from faults.conftest import record, scale
 
 pytestmark = pytest.mark.daemons

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Polyarch, dispatcher_in_thread
-from dispatcher.auth import client_mac
-from dispatcher.client import Connection
-from dispatcher.errors import ProtocolError
-from dispatcher.protocol import (MAX_FRAME, PROTOCOL_VERSION, Ack, Auth, Channel, Dispatch, Error, Hello, Kind,
+from dispatcher.wire.auth import client_mac
+from dispatcher.wire.client import Connection
+from dispatcher.common.errors import ProtocolError
+from dispatcher.wire.protocol import (MAX_FRAME, PROTOCOL_VERSION, Ack, Auth, Channel, Dispatch, Error, Hello, Kind,
                                  Message, Role, decode, encode)
 from faults.conftest import record, scale
 

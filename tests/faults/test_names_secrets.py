@@ -10,12 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import Polyarch
-from dispatcher.auth import AuthThrottle
-from dispatcher.client import Connection
-from dispatcher.errors import AuthError, InvalidName, ProtocolError
-from dispatcher.names import check_branch, check_commit, check_repo, check_runner, parse_arch
-from dispatcher.protocol import Role, decode
-from dispatcher.results import result_paths
+from dispatcher.wire.auth import AuthThrottle
+from dispatcher.wire.client import Connection
+from dispatcher.common.errors import AuthError, InvalidName, ProtocolError
+from dispatcher.common.names import check_branch, check_commit, check_repo, check_runner, parse_arch
+from dispatcher.wire.protocol import Role, decode
+from dispatcher.results.layout import File, path
 from faults.conftest import record, scale
 
 NASTY = st.one_of(
@@ -34,11 +34,11 @@ def test_names_are_strict_and_nothing_escapes_test_results(tmp_path_factory, rep
     COUNT["names"] += 5
     root = Path("/srv/polyarch/test_results")
     try:
-        paths = result_paths(root, repo, commit, arch)
+        result = path(root, File.RESULT, repo, commit, arch)
     except InvalidName:
         pass
     else:
-        assert paths.folder.parent.parent == root and ".." not in paths.folder.parts
+        assert result.parent.parent.parent == root and ".." not in result.parts
         assert not (set(repo) | set(commit)) & SHELL
     for check, value in ((check_branch, branch), (check_runner, runner), (check_repo, repo),
                          (check_commit, commit), (parse_arch, arch)):
@@ -88,7 +88,7 @@ def test_secret_is_never_logged_and_wrong_guesses_get_slower(polyarch: Polyarch)
     secret_file = polyarch.root / "var/secret"
     assert secret_file.stat().st_mode & 0o077 == 0  # made owner-only
     secret = secret_file.read_text().strip()
-    from dispatcher.config import Address
+    from dispatcher.common.config import Address
 
     host, port = (polyarch.root / "var/dispatcher/address").read_text().strip().rsplit(":", 1)
     address = Address(host, int(port))

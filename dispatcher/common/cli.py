@@ -1,0 +1,52 @@
+"""The CLI edge shared by the three commands: typed errors -> one line and an exit code."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, TypeVar
+
+import click
+
+from dispatcher.common.config import Config, load_config
+from dispatcher.common.errors import AuthError, ConfigError, InvalidName, PolyarchError, RemoteError, SetupError, StateError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+config_option = click.option(
+    "--config", "config_path", envvar="POLYARCH_CONFIG", default="polyarch.toml", show_default=True,
+    type=click.Path(dir_okay=False), help="The polyarch TOML config (env POLYARCH_CONFIG).")
+verbose_option = click.option("-v", "--verbose", is_flag=True, help="Log debug details too.")
+
+
+def load(path: str) -> Config:
+    return load_config(path)
+
+
+def one_line_errors(fn: F) -> F:
+    """Turn polyarch's typed errors into `prog: error: ...` and a defined exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, InvalidName, AuthError, SetupError, StateError) as exc:
+            # StateError here means a state file unreadable at start: like bad config, a
+            # restart cannot fix it, so systemd's RestartPreventExitStatus=2 stops the loop.
+            _die(exc, EXIT_USAGE)
+        except RemoteError as exc:
+            _die(exc, EXIT_USAGE if exc.usage else EXIT_FAILED)
+        except PolyarchError as exc:
+            _die(exc, EXIT_FAILED)
+        except ConnectionError as exc:
+            _die(f"cannot reach the dispatcher: {exc}", EXIT_FAILED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _die(message: object, code: int) -> None:
+    prog = click.get_current_context().find_root().info_name or "polyarch"
+    click.echo(f"{prog}: error: {message}", err=True)
+    raise click.exceptions.Exit(code)

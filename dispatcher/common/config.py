@@ -1,0 +1,438 @@
+"""The one TOML config shared by the three daemons, validated once at start.
+
+Every problem becomes a ConfigError naming the file, the key and the value. Relative
+paths are resolved against the config file's folder, so a unit's working directory
+does not change what a config means.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.9/3.10
+    import tomli as tomllib
+
+from dispatcher.common.errors import ConfigError, InvalidName
+from dispatcher.common.names import Arch, check_branch, check_repo, check_runner, host_arch, parse_arch
+
+DEFAULT_PORT = 7341
+# Measured (bench/emulation.py): a Python test suite under qemu-user arm64 takes about
+# 16x its native time on this 2-core machine, interpreter start about 20x. Timeouts of
+# emulated runners default to this factor, with that margin.
+DEFAULT_EMULATED_FACTOR = 20.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        return self.host.startswith("127.") or self.host == "::1"
+
+
+def parse_address(text: str) -> Address:
+    """'host:port' or '[v6]:port' -> Address; ValueError with the reason otherwise."""
+    if not isinstance(text, str) or not text:
+        raise ValueError("expected \"host:port\"")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError("expected \"[v6address]:port\"")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host or ":" in host:
+            raise ValueError("expected \"host:port\"")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not a number from 0 to 65535")
+    return Address(host, int(port_text))
+
+
+@dataclasses.dataclass(frozen=True)
+class DispatcherConfig:
+    listen: Address = Address("127.0.0.1", DEFAULT_PORT)
+    state_dir: Path = Path("var/dispatcher")
+    results_dir: Path = Path("test_results")
+    heartbeat_timeout: float = 10.0
+    max_attempts: int = 3
+    token_file: Path = Path("var/secret")
+    max_connections: int = 2048
+    max_unauthenticated: int = 64
+    idle_timeout: float = 120.0
+    tls_cert: Optional[Path] = None  # with tls_key: TLS on
+    tls_key: Optional[Path] = None
+    tls_client_ca: Optional[Path] = None  # set: clients must show a certificate it signed
+    http_listen: Optional[Address] = None  # the HTTP API; off unless set
+
+
+@dataclasses.dataclass(frozen=True)
+class ObserverConfig:
+    dispatcher: Address = Address("127.0.0.1", DEFAULT_PORT)
+    poll_interval: float = 5.0
+    state_dir: Path = Path("var/observer")
+    max_backfill: int = 100
+    watch: bool = True
+    fetch_timeout: float = 120.0
+    token_file: Path | None = None
+    tls_ca: Optional[Path] = None  # set: connect with TLS, trusting this CA
+    tls_cert: Optional[Path] = None
+    tls_key: Optional[Path] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerConfig:
+    dispatcher: Address = Address("127.0.0.1", DEFAULT_PORT)
+    work_dir: Path = Path("var/runner")
+    arch: Arch | None = None  # None = "auto": this process's own machine
+    name: str | None = None
+    log_limit: int = 4 * 1024 * 1024
+    kill_grace: float = 5.0
+    stop_grace: float = 20.0
+    token_file: Path | None = None
+    tls_ca: Optional[Path] = None
+    tls_cert: Optional[Path] = None
+    tls_key: Optional[Path] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RepoConfig:
+    name: str
+    url: str
+    branches: tuple[str, ...] = ("main",)
+    architectures: tuple[Arch, ...] = (Arch.AMD64,)
+    test_command: str = "python -m pytest -q"
+    timeout: float = 600.0
+    retry_failed: int = 0  # a failed job runs again up to this often; a later pass is "flaky"
+    on_result: Optional[str] = None  # shell command run after every final result
+    on_failure: Optional[str] = None  # ... after every final result that is not a pass
+    hook_timeout: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchConfig:
+    timeout_factor: Optional[float] = None  # None: 1 native, DEFAULT_EMULATED_FACTOR emulated
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    path: Path
+    dispatcher: DispatcherConfig
+    observer: ObserverConfig
+    runner: RunnerConfig
+    repos: tuple[RepoConfig, ...]
+    archs: dict[Arch, ArchConfig] = dataclasses.field(default_factory=dict)
+
+    def timeout_factor(self, arch: Arch, emulated: bool) -> float:
+        configured = self.archs.get(arch, ArchConfig()).timeout_factor
+        if configured is not None:
+            return configured
+        return DEFAULT_EMULATED_FACTOR if emulated else 1.0
+
+    def repo(self, name: str) -> RepoConfig | None:
+        return next((r for r in self.repos if r.name == name), None)
+
+    def token_for(self, section: str) -> Path:
+        """The shared-secret file a client section uses: its own, else the dispatcher's."""
+        own = getattr(self, section).token_file
+        return own if own is not None else self.dispatcher.token_file
+
+
+class _Section:
+    """Reads one TOML table, checking types; leftover keys are reported as unknown."""
+
+    def __init__(self, path: Path, prefix: str, table: Any) -> None:
+        self.path, self.prefix = path, prefix
+        if not isinstance(table, dict):
+            raise ConfigError(path, prefix, f"expected a table, got {_show(table)}")
+        self.table = dict(table)
+        self.base = path.parent
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def fail(self, name: str, message: str) -> ConfigError:
+        return ConfigError(self.path, self.key(name), message)
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        if name not in self.table:
+            return default
+        value = self.table.pop(name)
+        # bool is an int in Python; a config that says `timeout = true` is a mistake.
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.fail(name, f"expected {_kind_name(kind)}, got {_show(value)}")
+        if not isinstance(value, kind):
+            raise self.fail(name, f"expected {_kind_name(kind)}, got {_show(value)}")
+        return value
+
+    def positive(self, name: str, default: float, integer: bool = False) -> Any:
+        value = self.get(name, int if integer else (int, float), default)
+        if value <= 0:
+            raise self.fail(name, f"must be greater than 0, got {_show(value)}")
+        return int(value) if integer else float(value)
+
+    def path_(self, name: str, default: Path | None) -> Path | None:
+        value = self.get(name, str, None)
+        if value is None:
+            return None if default is None else (self.base / default)
+        if not value:
+            raise self.fail(name, "must not be empty")
+        return (self.base / Path(value).expanduser())
+
+    def address(self, name: str, default: Optional[Address]) -> Optional[Address]:
+        value = self.get(name, str, None)
+        if value is None:
+            return default
+        try:
+            return parse_address(value)
+        except ValueError as exc:
+            raise self.fail(name, f"{_show(value)}: {exc}") from None
+
+    def checked(self, name: str, value: Any, check: Callable[[Any], Any]) -> Any:
+        try:
+            return check(value)
+        except InvalidName as exc:
+            raise self.fail(name, str(exc)) from None
+
+    def done(self) -> None:
+        if self.table:
+            name = sorted(self.table)[0]
+            raise self.fail(name, "unknown key")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {int: "an integer", float: "a number", str: "a string", list: "a list",
+             bool: "true or false", dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the config file; raises ConfigError naming file, key and value."""
+    path = Path(path).expanduser().absolute()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read config: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    top = _Section(path, "", data)
+    disp = _dispatcher(path, top.get("dispatcher", dict, {}))
+    obs = _observer(path, top.get("observer", dict, {}))
+    run = _runner(path, top.get("runner", dict, {}))
+    repos_raw = top.get("repos", list, [])
+    repos = tuple(_repo(path, i, r) for i, r in enumerate(repos_raw))
+    archs = _archs(path, top.get("arch", dict, {}))
+    seen: set[str] = set()
+    for i, repo in enumerate(repos):
+        if repo.name in seen:
+            raise ConfigError(path, f"repos[{i}].name", f"duplicate repo name {repo.name!r}")
+        seen.add(repo.name)
+    top.done()
+    return Config(path, disp, obs, run, repos, archs)
+
+
+def _archs(path: Path, table: dict) -> dict[Arch, ArchConfig]:
+    out: dict[Arch, ArchConfig] = {}
+    for name, section in table.items():
+        try:
+            arch = parse_arch(name)
+        except InvalidName as exc:
+            raise ConfigError(path, f"arch.{name}", str(exc)) from None
+        s = _Section(path, f"arch.{name}", section)
+        factor = s.get("timeout_factor", (int, float), None)
+        if factor is not None and factor <= 0:
+            raise s.fail("timeout_factor", f"must be greater than 0, got {factor!r}")
+        s.done()
+        out[arch] = ArchConfig(None if factor is None else float(factor))
+    return out
+
+
+def _dispatcher(path: Path, table: Any) -> DispatcherConfig:
+    s = _Section(path, "dispatcher", table)
+    d = DispatcherConfig()
+    cfg = DispatcherConfig(
+        listen=s.address("listen", d.listen),
+        state_dir=s.path_("state_dir", d.state_dir),
+        results_dir=s.path_("results_dir", d.results_dir),
+        heartbeat_timeout=s.positive("heartbeat_timeout", d.heartbeat_timeout),
+        max_attempts=s.positive("max_attempts", d.max_attempts, integer=True),
+        token_file=s.path_("token_file", d.token_file),
+        max_connections=s.positive("max_connections", d.max_connections, integer=True),
+        max_unauthenticated=s.positive("max_unauthenticated", d.max_unauthenticated, integer=True),
+        idle_timeout=s.positive("idle_timeout", d.idle_timeout),
+        tls_cert=s.path_("tls_cert", None),
+        tls_key=s.path_("tls_key", None),
+        tls_client_ca=s.path_("tls_client_ca", None),
+        http_listen=s.address("http_listen", None),
+    )
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise s.fail("tls_cert", "tls_cert and tls_key go together")
+    if cfg.tls_client_ca is not None and cfg.tls_cert is None:
+        raise s.fail("tls_client_ca", "needs tls_cert and tls_key")
+    s.done()
+    return cfg
+
+
+def _observer(path: Path, table: Any) -> ObserverConfig:
+    s = _Section(path, "observer", table)
+    d = ObserverConfig()
+    cfg = ObserverConfig(
+        dispatcher=s.address("dispatcher", d.dispatcher),
+        poll_interval=s.positive("poll_interval", d.poll_interval),
+        state_dir=s.path_("state_dir", d.state_dir),
+        max_backfill=s.positive("max_backfill", d.max_backfill, integer=True),
+        watch=s.get("watch", bool, d.watch),
+        fetch_timeout=s.positive("fetch_timeout", d.fetch_timeout),
+        token_file=s.path_("token_file", None),
+        **_client_tls(s),
+    )
+    s.done()
+    return cfg
+
+
+def _client_tls(s: _Section) -> dict[str, Optional[Path]]:
+    tls = {"tls_ca": s.path_("tls_ca", None), "tls_cert": s.path_("tls_cert", None),
+           "tls_key": s.path_("tls_key", None)}
+    if (tls["tls_cert"] is None) != (tls["tls_key"] is None):
+        raise s.fail("tls_cert", "tls_cert and tls_key go together")
+    if tls["tls_cert"] is not None and tls["tls_ca"] is None:
+        raise s.fail("tls_ca", "a client certificate needs tls_ca (the CA that signed the dispatcher's)")
+    return tls
+
+
+def _runner(path: Path, table: Any) -> RunnerConfig:
+    s = _Section(path, "runner", table)
+    d = RunnerConfig()
+    arch_text = s.get("arch", str, "auto")
+    arch = None if arch_text == "auto" else s.checked("arch", arch_text, parse_arch)
+    name = s.get("name", str, None)
+    cfg = RunnerConfig(
+        dispatcher=s.address("dispatcher", d.dispatcher),
+        work_dir=s.path_("work_dir", d.work_dir),
+        arch=arch,
+        name=None if name is None else s.checked("name", name, check_runner),
+        log_limit=s.positive("log_limit", d.log_limit, integer=True),
+        kill_grace=s.positive("kill_grace", d.kill_grace),
+        stop_grace=s.positive("stop_grace", d.stop_grace),
+        token_file=s.path_("token_file", None),
+        **_client_tls(s),
+    )
+    s.done()
+    return cfg
+
+
+def _repo(path: Path, index: int, table: Any) -> RepoConfig:
+    s = _Section(path, f"repos[{index}]", table)
+    raw_name = s.get("name", str, None)
+    if raw_name is None:
+        raise s.fail("name", "missing: every [[repos]] needs a name")
+    name = s.checked("name", raw_name, check_repo)
+    url = s.get("url", str, None)
+    if not url:
+        raise s.fail("url", "missing: the repository's path, file://, ssh:// or https:// URL")
+    branches = s.get("branches", list, ["main"])
+    if not branches:
+        raise s.fail("branches", "must name at least one branch")
+    for b in branches:
+        s.checked("branches", b, check_branch)
+    archs_raw = s.get("architectures", list, [host_arch().value])
+    if not archs_raw:
+        raise s.fail("architectures", "must name at least one architecture")
+    archs: list[Arch] = []
+    for a in archs_raw:
+        arch = s.checked("architectures", a, parse_arch)
+        if arch not in archs:
+            archs.append(arch)
+    d = RepoConfig(name="x", url="x")
+    test_command = s.get("test_command", str, d.test_command)
+    if not test_command.strip():
+        raise s.fail("test_command", "must not be empty")
+    cfg = RepoConfig(
+        name=name,
+        url=_resolve_url(url, path.parent),
+        branches=tuple(branches),
+        architectures=tuple(archs),
+        test_command=test_command,
+        timeout=s.positive("timeout", d.timeout),
+        retry_failed=_non_negative(s, "retry_failed", d.retry_failed),
+        on_result=_command(s, "on_result"),
+        on_failure=_command(s, "on_failure"),
+        hook_timeout=s.positive("hook_timeout", d.hook_timeout),
+    )
+    s.done()
+    return cfg
+
+
+def _non_negative(s: _Section, name: str, default: int) -> int:
+    value = s.get(name, int, default)
+    if value < 0:
+        raise s.fail(name, f"must be 0 or more, got {value!r}")
+    return value
+
+
+def _command(s: _Section, name: str) -> Optional[str]:
+    value = s.get(name, str, None)
+    if value is not None and not value.strip():
+        raise s.fail(name, "must not be empty (leave the key out for no hook)")
+    return value
+
+
+def _resolve_url(url: str, base: Path) -> str:
+    """A relative local path is relative to the config file, like every other path."""
+    if "://" in url or url.startswith("/") or ("@" in url and ":" in url):
+        return url
+    return str((base / url).absolute())
+
+
+def address_file(config: Config) -> Path:
+    """Where a running dispatcher records the address it really listens on."""
+    return config.dispatcher.state_dir / "address"
+
+
+def write_address_file(config: Config, address: str) -> None:
+    from dispatcher.common.files import atomic_write
+
+    atomic_write(address_file(config), (address + "\n").encode())
+
+
+def dispatcher_address(config: Config, section: str) -> Address:
+    """The address a client section connects to.
+
+    Port 0 means "the dispatcher on this machine, wherever it listens": the dispatcher
+    (configured with port 0 too) picks a free port and records it in its state_dir.
+    """
+    addr: Address = getattr(config, section).dispatcher
+    if addr.port != 0:
+        return addr
+    path = address_file(config)
+    try:
+        return parse_address(path.read_text().strip())
+    except FileNotFoundError:
+        raise ConfigError(config.path, f"{section}.dispatcher",
+                          f"port 0 but {path} does not exist: is the dispatcher running?") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(config.path, f"{section}.dispatcher", f"cannot read {path}: {exc}") from None
+
+
+def default_runner_name(arch: Arch) -> str:
+    return check_runner(f"{socket.gethostname().split('.')[0] or 'runner'}-{arch.value}")

@@ -1,0 +1,244 @@
+"""The state database: one SQLite connection, its lock, transactions and migrations.
+
+The store (store.py, the rules' writes) and the queries (queries.py, the views' reads)
+are components over one Database; neither opens a connection of its own. Rows come back
+as sqlite3.Row and are mapped by column name (rows.py).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from dispatcher.common.errors import StateError
+
+SCHEMA_VERSION = 3
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS commits (
+    repo TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    author TEXT NOT NULL DEFAULT '',
+    subject TEXT NOT NULL DEFAULT '',
+    timestamp INTEGER NOT NULL DEFAULT 0,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (repo, sha)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    repo TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    lease_id TEXT,
+    runner TEXT,
+    runner_host TEXT NOT NULL DEFAULT '',
+    runner_machine TEXT NOT NULL DEFAULT '',
+    runner_emulated INTEGER NOT NULL DEFAULT 0,
+    runner_kernel TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    leased_at REAL,
+    status TEXT,
+    exit_code INTEGER,
+    started_at REAL,
+    finished_at REAL,
+    reason TEXT NOT NULL DEFAULT '',
+    log BLOB,
+    log_truncated INTEGER NOT NULL DEFAULT 0,
+    junit BLOB,
+    UNIQUE (repo, sha, arch)
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, arch, id);
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (lease_id);
+CREATE TABLE IF NOT EXISTS runners (
+    name TEXT PRIMARY KEY,
+    arch TEXT NOT NULL,
+    host TEXT NOT NULL,
+    machine TEXT NOT NULL,
+    version TEXT NOT NULL,
+    emulated INTEGER NOT NULL DEFAULT 0,
+    kernel TEXT NOT NULL DEFAULT '',
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+"""
+
+# Each step takes the database from version N-1 to N, in one transaction.
+_MIGRATIONS = {
+    # retry_failed: a failed attempt is kept (with its log) and the job runs again,
+    # preferably on another runner than the one it failed on.
+    2: """
+ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN avoid_runner TEXT;
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    runner TEXT NOT NULL,
+    status TEXT NOT NULL,
+    exit_code INTEGER,
+    started_at REAL,
+    finished_at REAL,
+    reason TEXT NOT NULL DEFAULT '',
+    log BLOB,
+    PRIMARY KEY (job_id, attempt)
+);
+""",
+    # The result's test counts and failing tests, parsed once when it is recorded, so that
+    # every view renders from the state and none reads a result file back; "published"
+    # (files written) becomes a job state of its own.
+    3: """
+ALTER TABLE jobs ADD COLUMN tests TEXT;
+ALTER TABLE jobs ADD COLUMN failed_tests TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE jobs ADD COLUMN outcomes BLOB;
+UPDATE jobs SET state = 'recorded' WHERE state = 'finished';
+UPDATE jobs SET state = 'published' WHERE state = 'done';
+""",
+}
+
+
+class Database:
+    """Thread-safe: one connection behind one lock. `tx()` writes, `read()` reads."""
+
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.lock = threading.RLock()
+        try:
+            if readonly:
+                if not self.path.exists():
+                    raise StateError(f"{self.path}: no state database (has the dispatcher run with this config?)")
+                self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                           check_same_thread=False, isolation_level=None)
+                self._db.row_factory = sqlite3.Row
+                self._db.execute("PRAGMA query_only = 1")
+                self._check_schema()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                           timeout=30)
+                self._db.row_factory = sqlite3.Row
+                self._open_writer()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(
+                f"{self.path}: unreadable state database ({exc}); restore it from a backup, or move "
+                "it aside to start empty (every queued commit would then be forgotten)") from None
+
+    def _open_writer(self) -> None:
+        db = self._db
+        # FULL, not NORMAL: an acknowledged commit must survive a power cut in WAL mode.
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA foreign_keys = ON")
+        self._check_size()
+        result = db.execute("PRAGMA quick_check").fetchone()[0]
+        if result != "ok":
+            raise sqlite3.DatabaseError(f"integrity check failed: {result}")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            db.executescript(_SCHEMA)
+            db.execute("PRAGMA user_version = 1")
+            version = 1
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"schema version {version} is newer than this polyarch "
+                                        f"({SCHEMA_VERSION}); run the newer polyarch")
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            db.executescript(f"BEGIN IMMEDIATE;\n{_MIGRATIONS[step]}\nPRAGMA user_version = {step};\nCOMMIT;")
+        self._check_schema()
+
+    def _check_size(self) -> None:
+        """A file cut short loses whole pages that quick_check may never visit: compare
+        the page count its header promises with what is on disk."""
+        try:
+            with open(self.path, "rb") as f:
+                header = f.read(100)
+        except IsADirectoryError:
+            raise sqlite3.DatabaseError("it is a directory, not a database file") from None
+        if len(header) < 100:
+            return  # new or empty: SQLite writes the header with the first page
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            return  # a checkpoint cut short by a crash: the WAL still holds the pages, SQLite redoes it
+        page_size = int.from_bytes(header[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        pages = int.from_bytes(header[28:32], "big")
+        counter, valid_for = header[24:28], header[92:96]
+        # The header's page count is only authoritative when these two match (SQLite's rule).
+        if pages and counter == valid_for and self.path.stat().st_size < pages * page_size:
+            raise sqlite3.DatabaseError(f"file is shorter than its header says ({self.path.stat().st_size} bytes, "
+                                        f"{pages} pages of {page_size})")
+
+    def _check_schema(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"schema version {version}, this polyarch expects {SCHEMA_VERSION} "
+                                        "(the dispatcher upgrades it when it starts)")
+
+    def close(self) -> None:
+        with self.lock:
+            self._db.close()
+
+    def tx(self) -> "_Transaction":
+        """BEGIN IMMEDIATE ... COMMIT, under the lock."""
+        return _Transaction(self._db, self.lock, self.path)
+
+    def read(self) -> "_Read":
+        """The connection, under the lock, for queries outside a transaction."""
+        return _Read(self._db, self.lock)
+
+
+class _Read:
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
+        self.db, self.lock = db, lock
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.lock.acquire()
+        return self.db
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT under the store's lock; rolls back on any error.
+
+    A failed write (disk full, I/O error) becomes a StateError naming the file: the
+    request that caused it is refused, and nothing half-written is ever committed."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock, path: Path) -> None:
+        self.db, self.lock, self.path = db, lock, path
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.lock.acquire()
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self.lock.release()
+            raise StateError(f"{self.path}: cannot write the state database: {exc}") from None
+        except BaseException:
+            self.lock.release()
+            raise
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                try:
+                    self.db.execute("COMMIT")
+                except sqlite3.Error as error:
+                    self._rollback()
+                    raise StateError(f"{self.path}: cannot write the state database: {error}") from None
+            else:
+                self._rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise StateError(f"{self.path}: cannot write the state database: {exc}") from None
+        finally:
+            self.lock.release()
+
+    def _rollback(self) -> None:
+        try:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite already rolled back on its own (it does on a full disk)

@@ -1,0 +1,230 @@
+"""The dispatcher's HTTP API (stdlib http.server): off unless [dispatcher] http_listen is set.
+
+    POST /jobs                         {"repo", "commit", "architectures"?, "branch"?} -> {"id", ...}
+    GET  /jobs/{id}                    per-arch status and overall passed / failed / running
+    GET  /repos/{repo}/commits/{sha}   the same, by name
+    GET  /healthz                      200 while the state database answers
+    GET  /metrics                      Prometheus text format
+
+A job id names one commit's run on its architectures (the commit's number in the state
+database): posting the same commit again returns the same id. POST needs the shared
+secret as a bearer token; GETs show what test_results/ shows anyway. Every error is JSON
+{"error": "..."} with 400 (bad JSON, bad or unknown names), 401, 404, 405 or 413.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Optional
+
+from dispatcher import __version__
+from dispatcher.common.config import Config
+from dispatcher.common.errors import PolyarchError, StateError
+from dispatcher.hub.service import Hub
+from dispatcher.wire.errors import code_for, http_status
+
+log = logging.getLogger("polyarch.http")
+
+MAX_BODY = 64 * 1024
+_JOB = re.compile(r"^/jobs/(\d{1,18})$")
+_COMMIT = re.compile(r"^/repos/([^/]+)/commits/([^/]+)$")
+
+
+class ApiError(Exception):
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ApiServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, config: Config, hub: Hub, secret: bytes) -> None:
+        self.hub = hub
+        self.secret = secret
+        addr = config.dispatcher.http_listen
+        assert addr is not None  # noqa: S101 - only made when configured
+        import socket
+
+        self.address_family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+        super().__init__((addr.host, addr.port), _Handler)
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.2}, name="http",
+                                  daemon=True)
+        thread.start()
+        return thread
+
+
+def overall(status: str) -> str:
+    """The API's overall word: a commit still pending is `running`."""
+    return "running" if status == "pending" else status
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ApiServer
+    server_version = f"polyarch-dispatcher/{__version__}"
+    protocol_version = "HTTP/1.1"
+    # A client that opens a connection and sends nothing holds a thread: not for long.
+    timeout = 30
+    # Requests too malformed to reach a route (garbage, a bad request line) are answered
+    # by http.server itself: in JSON too.
+    error_message_format = '{"error": "%(message)s: %(explain)s", "code": %(code)d}\n'
+    error_content_type = "application/json"
+
+    def log_message(self, format: str, *args: Any) -> None:  # the base class's name
+        log.debug("%s %s", self.address_string(), format % args)
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: HTTPStatus, data: Any) -> None:
+        self._send(status, (json.dumps(data, indent=2) + "\n").encode(), "application/json")
+
+    def _handle(self, route) -> None:
+        try:
+            route()
+        except ApiError as exc:
+            if self.command == "POST":
+                self.close_connection = True  # its body may be unread: do not parse it as a request
+            if exc.status >= 500 or exc.status == HTTPStatus.UNAUTHORIZED:
+                log.warning("HTTP %s %s from %s: %s", self.command, self.path[:200], self.client_address[0], exc)
+            self._json(exc.status, {"error": str(exc)})
+        except StateError as exc:
+            log.error("HTTP %s %s: %s", self.command, self.path[:200], exc)
+            self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"dispatcher cannot answer now: {exc}"})
+        except PolyarchError as exc:  # a refusal of the hub's rules: the one table gives its status
+            self._json(http_status(code_for(exc)), {"error": str(exc)})
+        except Exception:  # one broken request must not end the API thread's work
+            log.exception("HTTP %s %s failed", self.command, self.path[:200])
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error; see the dispatcher's log"})
+
+    def do_GET(self) -> None:  # http.server's naming
+        self._handle(self._get)
+
+    def do_POST(self) -> None:
+        self._handle(self._post)
+
+    def do_PUT(self) -> None:
+        self._handle(self._not_allowed)
+
+    do_DELETE = do_PATCH = do_PUT
+
+    def _not_allowed(self) -> None:
+        raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not supported here")
+
+    # --- routes --------------------------------------------------------------------------
+
+    def _get(self) -> None:
+        path = self.path.split("?", 1)[0]
+        hub = self.server.hub
+        if path == "/healthz":
+            self._json(HTTPStatus.OK, {"ok": True, "version": __version__, **hub.health()})
+        elif path == "/metrics":
+            self._send(HTTPStatus.OK, hub.metrics_text().encode(), "text/plain; version=0.0.4; charset=utf-8")
+        elif m := _JOB.match(path):
+            found = hub.store.queries.commit_by_id(int(m.group(1)))
+            if found is None:
+                raise ApiError(HTTPStatus.NOT_FOUND, f"no job {m.group(1)}")
+            self._json(HTTPStatus.OK, self._commit(*found))
+        elif m := _COMMIT.match(path):
+            repo, sha = m.group(1), m.group(2)
+            data = self._commit(repo, sha)
+            if data is None:
+                raise ApiError(HTTPStatus.NOT_FOUND, f"commit {sha} of {repo} is not known")
+            self._json(HTTPStatus.OK, data)
+        elif path == "/jobs":
+            raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, "use POST /jobs to submit, GET /jobs/{id} to read")
+        else:
+            raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint {path[:100]!r}")
+
+    def _commit(self, repo: str, sha: str) -> Optional[dict[str, Any]]:
+        hub = self.server.hub
+        status = hub.query(repo, sha)
+        if not status.known:
+            return None
+        repo = status.repo
+        return {"id": hub.store.queries.commit_id(repo, sha), "repo": repo, "commit": sha, "branch": status.branch,
+                "subject": status.subject, "status": overall(status.status.value),
+                "architectures": {a.arch: _arch(a) for a in status.archs}}
+
+    def _post(self) -> None:
+        if self.path.split("?", 1)[0] != "/jobs":
+            raise ApiError(HTTPStatus.NOT_FOUND if not self.path.startswith("/jobs") else
+                           HTTPStatus.METHOD_NOT_ALLOWED, f"POST is only for /jobs, not {self.path[:100]!r}")
+        self._authorize()
+        body = self._body()
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ApiError(HTTPStatus.BAD_REQUEST, 'body must be a JSON object {"repo": ..., "commit": ...}')
+        unknown = sorted(set(data) - {"repo", "commit", "architectures", "branch"})
+        if unknown:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"unknown field {unknown[0]!r}")
+        repo, commit = data.get("repo"), data.get("commit")
+        archs, branch = data.get("architectures", []), data.get("branch", "")
+        if not isinstance(repo, str) or not isinstance(commit, str):
+            raise ApiError(HTTPStatus.BAD_REQUEST, '"repo" and "commit" are required strings')
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+            raise ApiError(HTTPStatus.BAD_REQUEST, '"architectures" must be a list of names')
+        if not isinstance(branch, str):
+            raise ApiError(HTTPStatus.BAD_REQUEST, '"branch" must be a string')
+        created = self.server.hub.submit(repo, commit, branch, archs, f"HTTP {self.client_address[0]}")
+        result = self._commit(repo, commit)
+        assert result is not None  # noqa: S101 - just enqueued in a committed transaction
+        result["created"] = created
+        self._json(HTTPStatus.CREATED if created else HTTPStatus.OK, result)
+
+    def _authorize(self) -> None:
+        header = self.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        secret = self.server.secret
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), secret):
+            raise ApiError(HTTPStatus.UNAUTHORIZED, "POST needs the shared secret: Authorization: Bearer <secret>")
+
+    def _body(self) -> bytes:
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise ApiError(HTTPStatus.LENGTH_REQUIRED, "Content-Length required") from None
+        if length < 0 or length > MAX_BODY:
+            self.close_connection = True
+            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY} bytes")
+        return self.rfile.read(length)
+
+
+def _arch(a) -> dict[str, Any]:
+    return {"status": a.state.value, "runner": a.runner, "duration": a.duration, "attempt": a.attempt,
+            "emulated": a.emulated, "tests": None if a.tests_total < 0 else
+            {"total": a.tests_total, "failed": a.tests_failed}, "failed_tests": a.failed_tests,
+            "reason": a.reason}
+
+
+def start_api(config: Config, hub: Hub, secret: bytes) -> Optional[ApiServer]:
+    """The API server, listening and serving in its own thread; None when not configured."""
+    if config.dispatcher.http_listen is None:
+        return None
+    try:
+        api = ApiServer(config, hub, secret)
+    except OSError as exc:
+        raise PolyarchError(f"cannot listen on {config.dispatcher.http_listen} "
+                            f"({config.path}: dispatcher.http_listen): {exc.strerror}") from None
+    api.start()
+    return api

@@ -1,0 +1,80 @@
+"""Which runners are connected right now, and when each was last heard from.
+
+Kept in memory by the dispatcher (a connection is a live fact, worthless after a
+restart) and copied to the runners table every few seconds so that `status`, running
+in another process, can show each runner's last heartbeat without a write per heartbeat.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from dispatcher.hub.store import RunnerRow
+
+FLUSH_INTERVAL = 2.0
+
+
+class Presence:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connections: dict[str, int] = {}  # name -> open connections registered under it
+        self._rows: dict[str, RunnerRow] = {}
+        self._seen: dict[str, float] = {}
+        self._dirty: dict[str, float] = {}
+
+    def arrived(self, runner: RunnerRow) -> None:
+        with self._lock:
+            self._connections[runner.name] = self._connections.get(runner.name, 0) + 1
+            self._rows[runner.name] = runner
+            self._seen[runner.name] = time.time()
+
+    def heard(self, name: str) -> None:
+        now = time.time()
+        with self._lock:
+            if name in self._seen:
+                self._seen[name] = now
+
+    def left(self, name: str) -> None:
+        with self._lock:
+            left = self._connections.get(name, 0) - 1
+            if left > 0:
+                self._connections[name] = left
+                return
+            self._connections.pop(name, None)
+            self._rows.pop(name, None)
+            if name in self._seen:
+                self._dirty[name] = self._seen.pop(name)
+
+    def others(self, arch: str, name: str) -> bool:
+        """Whether another runner of `arch` than `name` is connected."""
+        with self._lock:
+            return any(r.arch == arch and r.name != name for r in self._rows.values())
+
+    def connected(self) -> list[tuple[RunnerRow, float]]:
+        """(runner, last heard) of every connected runner, by name."""
+        with self._lock:
+            return [(self._rows[n], self._seen[n]) for n in sorted(self._rows)]
+
+    def count_by_arch(self) -> dict[str, int]:
+        with self._lock:
+            out: dict[str, int] = {}
+            for row in self._rows.values():
+                out[row.arch] = out.get(row.arch, 0) + 1
+            return out
+
+    def take_seen(self) -> dict[str, float]:
+        """name -> when last seen, to write to the store: now for every connected runner
+        (an idle one only speaks every long-poll, up to 30 s, yet is there), and the
+        last contact of those that left since the previous call."""
+        now = time.time()
+        with self._lock:
+            seen, self._dirty = self._dirty, {}
+            seen.update((name, now) for name in self._rows)
+            return seen
+
+    def put_back(self, seen: dict[str, float]) -> None:
+        """A write of `take_seen`'s answer failed: keep it for the next flush."""
+        with self._lock:
+            for name, t in seen.items():
+                self._dirty[name] = max(t, self._dirty.get(name, 0.0))

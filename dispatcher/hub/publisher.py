@@ -1,0 +1,155 @@
+"""Writing result files, the dashboard, and running hooks: one thread, off the request path.
+
+A result is acknowledged once it is committed to SQLite; its files follow here, normally
+within milliseconds, then the dashboard's pages and the repository's hooks. After a
+failure (disk full) the publisher retries every PUBLISH_RETRY seconds rather than at
+each new result; what a crash leaves unwritten is written again from the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Optional
+
+from dispatcher.common.config import Config
+from dispatcher.hub.dashboard import Dashboard
+from dispatcher.common.errors import StateError
+from dispatcher.hub.hooks import HookRunner, Notification, hooks_for
+from dispatcher.hub.metrics import Metrics
+from dispatcher.common.states import Overall, Status
+from dispatcher.hub.reads import record_of, summary_of
+from dispatcher.hub.store import FinishedJob, Store
+from dispatcher.results.layout import File, path
+from dispatcher.results.writing import write_result
+
+log = logging.getLogger("polyarch.dispatcher")
+
+PUBLISH_RETRY = 5.0
+RETRY_SLEEP = 0.2
+
+
+class Publisher:
+    def __init__(self, config: Config, store: Store, metrics: Metrics) -> None:
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.results_dir = config.dispatcher.results_dir
+        self.hooks = HookRunner(config.path.parent)
+        self.dashboard = Dashboard(self.results_dir, store,
+                                   [(r.name, [a.value for a in r.architectures]) for r in config.repos])
+        self._lock = threading.Lock()
+        self._wanted = threading.Event()
+        self._stopping = threading.Event()
+        self._next = 0.0
+        self._thread: Optional[threading.Thread] = None
+
+    def wake(self) -> None:
+        self._wanted.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="publish", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wanted.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.hooks.stop()
+
+    def _loop(self) -> None:
+        """The one thread that writes result files, so result handlers never wait on them.
+
+        A result is acknowledged once it is committed to SQLite; its files follow here,
+        normally within milliseconds. After a failure (disk full) it retries every
+        PUBLISH_RETRY seconds rather than at each new result."""
+        self._first_pages()
+        while not self._stopping.is_set():
+            self._wanted.wait(timeout=1.0)
+            if self._stopping.is_set():
+                return
+            if time.monotonic() < self._next:
+                time.sleep(min(RETRY_SLEEP, self._next - time.monotonic()))
+                continue
+            self._wanted.clear()
+            try:
+                self.publish_pending()
+            except Exception:  # the publisher must outlive any one bad result
+                log.exception("writing result files failed")
+                self._next = time.monotonic() + PUBLISH_RETRY
+
+    def _first_pages(self) -> None:
+        """The dashboard's front pages at start (the config may list other repositories
+        now); every page when there is no index yet, as after an upgrade from a polyarch
+        without the dashboard, so that no link in the grid leads nowhere."""
+        try:
+            if (self.results_dir / "index.html").exists():
+                self.dashboard.rebuild()
+            else:
+                started = time.monotonic()
+                pages = self.dashboard.rebuild_all()
+                log.info("wrote the HTML dashboard in %s: %d page(s) in %.1f s", self.results_dir, pages,
+                         time.monotonic() - started)
+        except Exception:  # the pages are not worth refusing to work over
+            log.exception("writing the HTML dashboard in %s failed", self.results_dir)
+
+    def publish_pending(self) -> None:
+        """Write the files of every durable result that has none yet. Safe to call often."""
+        with self._lock:
+            while True:
+                batch = self.store.unpublished()
+                if not batch:
+                    return
+                written: list[FinishedJob] = []
+                try:
+                    for finished in batch:
+                        self._publish(finished)
+                        written.append(finished)
+                    # The pages before the mark: a crash in between leaves the results
+                    # unmarked, and the restart writes their files and pages again.
+                    self._update_pages(written)
+                    self.store.mark_published(*(f.job.id for f in written))
+                except (OSError, StateError) as exc:
+                    failed = batch[len(written)] if len(written) < len(batch) else batch[-1]
+                    log.error("cannot write result files for %s %s %s under %s: %s; will retry",
+                              failed.job.repo, failed.job.sha[:12], failed.job.arch, self.results_dir, exc)
+                    self._next = time.monotonic() + PUBLISH_RETRY
+                    return
+                for finished in written:
+                    job = finished.job
+                    self.metrics.result((job.status or Status.ERROR).value,
+                                        (job.finished_at or time.time()) - job.created_at)
+                    log.info("result %s %s %s: %s (attempt %d, runner %s)", job.repo, job.sha[:12], job.arch,
+                             (job.status or Status.ERROR).value, job.attempt, job.runner)
+                self._run_hooks(written)
+
+    def _update_pages(self, written: list[FinishedJob]) -> None:
+        """The dashboard: derived from the files just written, so a failure here is
+        logged and holds nothing up (the next result rewrites the same pages)."""
+        try:
+            self.dashboard.update((f.job.repo, f.job.sha) for f in written)
+        except Exception:  # result files are written; pages can wait
+            log.exception("updating the HTML dashboard in %s failed", self.results_dir)
+
+    def _run_hooks(self, written: list[FinishedJob]) -> None:
+        for finished in written:
+            job = finished.job
+            repo = self.config.repo(job.repo)
+            status = (job.status or Status.ERROR).value
+            hooks = hooks_for(repo.on_result, repo.on_failure, repo.hook_timeout, status) if repo else []
+            if hooks:
+                overall = Overall.of(self.store.queries.commit_states(job.repo, job.sha).values()).value
+                where = dict(repo=job.repo, commit=job.sha)
+                self.hooks.notify(hooks, Notification(
+                    job.repo, job.sha, job.branch, job.arch, status, overall, job.runner or "",
+                    path(self.results_dir, File.RESULT, arch=job.arch, **where),
+                    path(self.results_dir, File.LOG, arch=job.arch, **where),
+                    path(self.results_dir, File.SUMMARY, **where), path(self.results_dir, File.COMMIT_PAGE, **where)))
+
+    def _publish(self, finished: FinishedJob) -> None:
+        """The result's files, <arch>.json last, after a summary.json that counts it."""
+        job = finished.job
+        write_result(self.results_dir, record_of(job, finished.attempts), finished.log, finished.junit,
+                     summary_of(self.store, job.repo, job.sha, job.branch))

@@ -1,0 +1,121 @@
+"""The state's read side: the queries behind status, the dashboard, the gate and the API.
+
+A component over the Database (database.py), as the store's writes are; writes stay in
+store.py.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from dispatcher.common.states import Status
+from dispatcher.hub.database import Database
+from dispatcher.hub.rows import JOB_COLUMNS, JOB_FROM, RUNNER_COLUMNS, JobRow, JobState, RunnerRow
+from dispatcher.results.junit import JUnit
+
+
+class Queries:
+    def __init__(self, db: Database) -> None:
+        self._read = db.read
+
+    def commit_states(self, repo: str, sha: str) -> dict[str, Optional[Status]]:
+        """arch -> final status (None while not final) for one commit."""
+        with self._read() as db:
+            rows = db.execute("SELECT arch, state, status FROM jobs WHERE repo = ? AND sha = ?",
+                              (repo, sha)).fetchall()
+        return {r["arch"]: (Status(r["status"]) if JobState(r["state"]).final else None) for r in rows}
+
+    def commit_reports(self, repo: str, sha: str) -> dict[str, JUnit]:
+        """arch -> the JUnit report recorded with its final result, for the archs that had one."""
+        with self._read() as db:
+            rows = db.execute("SELECT arch, outcomes FROM jobs WHERE repo = ? AND sha = ? AND outcomes IS NOT NULL",
+                              (repo, sha)).fetchall()
+        return {r["arch"]: JUnit.from_bytes(r["outcomes"]) for r in rows}
+
+    def jobs(self, repo: Optional[str] = None, sha: Optional[str] = None, limit_commits: int = 20) -> list[JobRow]:
+        """Jobs of the newest `limit_commits` commits (filtered), newest commit first."""
+        where, args = ["1 = 1"], []
+        if repo:
+            where.append("repo = ?")
+            args.append(repo)
+        if sha:
+            # A full id matches exactly, on the primary key; a prefix needs LIKE (a scan).
+            where.append("sha = ?" if len(sha) in (40, 64) else "sha LIKE ?")
+            args.append(sha if len(sha) in (40, 64) else sha + "%")
+        cond = " AND ".join(where)
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE (j.repo, j.sha) IN "
+                f"(SELECT repo, sha FROM commits WHERE {cond} ORDER BY received_at DESC, rowid DESC LIMIT ?) "
+                "ORDER BY c.received_at DESC, c.rowid DESC, j.arch", (*args, limit_commits)).fetchall()
+        return [JobRow.from_row(r) for r in rows]
+
+    def active_jobs(self, repo: Optional[str] = None, limit: int = 1000) -> list[JobRow]:
+        """Queued and leased jobs, running ones first, then oldest first."""
+        cond, args = ("AND j.repo = ?", (repo,)) if repo else ("", ())
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE j.state IN (?, ?) {cond} "
+                "ORDER BY j.state = ? DESC, j.id LIMIT ?",
+                (JobState.QUEUED.value, JobState.LEASED.value, *args, JobState.LEASED.value, limit)).fetchall()
+        return [JobRow.from_row(r) for r in rows]
+
+    def job_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(queued jobs per arch, jobs per state or final status) for the metrics."""
+        queue: dict[str, int] = {}
+        by_status: dict[str, int] = {}
+        with self._read() as db:
+            rows = db.execute("SELECT state, status, arch, count(*) FROM jobs GROUP BY state, status, arch")
+            for state, status, arch, n in (tuple(r) for r in rows.fetchall()):
+                if state == JobState.QUEUED.value:
+                    queue[arch] = queue.get(arch, 0) + n
+                    key = "queued"
+                elif state == JobState.LEASED.value:
+                    key = "running"
+                else:
+                    key = status or Status.ERROR.value
+                by_status[key] = by_status.get(key, 0) + n
+        return queue, by_status
+
+    def commit_id(self, repo: str, sha: str) -> Optional[int]:
+        """The commit's number, used as the HTTP API's job id (stable, never reused)."""
+        with self._read() as db:
+            row = db.execute("SELECT rowid FROM commits WHERE repo = ? AND sha = ?", (repo, sha)).fetchone()
+        return row[0] if row else None
+
+    def commit_by_id(self, commit_id: int) -> Optional[tuple[str, str]]:
+        with self._read() as db:
+            row = db.execute("SELECT repo, sha FROM commits WHERE rowid = ?", (commit_id,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def commit_count(self, repo: str) -> int:
+        with self._read() as db:
+            return db.execute("SELECT count(*) FROM commits WHERE repo = ?", (repo,)).fetchone()[0]
+
+    def ordinal(self, repo: str, sha: str) -> Optional[int]:
+        """Position of a commit among its repo's commits, oldest = 0 (stable as commits arrive)."""
+        with self._read() as db:
+            row = db.execute("SELECT rowid FROM commits WHERE repo = ? AND sha = ?", (repo, sha)).fetchone()
+            if row is None:
+                return None
+            return db.execute("SELECT count(*) FROM commits WHERE repo = ? AND rowid < ?",
+                                    (repo, row[0])).fetchone()[0]
+
+    def page(self, repo: str, first: int, count: int) -> list[JobRow]:
+        """Jobs of the repo's commits with ordinals first .. first+count-1, newest commit first."""
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE c.rowid IN "
+                "(SELECT rowid FROM commits WHERE repo = ? ORDER BY rowid LIMIT ? OFFSET ?) "
+                "ORDER BY c.rowid DESC, j.arch", (repo, count, first)).fetchall()
+        return [JobRow.from_row(r) for r in rows]
+
+    def queued_count(self, arch: str) -> int:
+        with self._read() as db:
+            return db.execute("SELECT count(*) FROM jobs WHERE state = ? AND arch = ?",
+                                    (JobState.QUEUED.value, arch)).fetchone()[0]
+
+    def runners(self) -> list[RunnerRow]:
+        with self._read() as db:
+            rows = db.execute(f"SELECT {RUNNER_COLUMNS} FROM runners ORDER BY name").fetchall()
+        return [RunnerRow.from_row(r) for r in rows]

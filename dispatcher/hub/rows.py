@@ -1,0 +1,114 @@
+"""The rows the store hands out: typed, frozen, mapped from their columns by name."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from typing import Any, Mapping, Optional
+
+from dispatcher.common.states import Status
+from dispatcher.results.junit import TestCounts
+from dispatcher.results.record import Attempt
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    LEASED = "leased"
+    RECORDED = "recorded"  # result durable in the state, files not yet written
+    PUBLISHED = "published"  # files written: readers of test_results/ see it
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.RECORDED, JobState.PUBLISHED)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRow:
+    id: int
+    repo: str
+    sha: str
+    arch: str
+    state: JobState
+    attempt: int
+    lease_id: Optional[str]
+    runner: Optional[str]
+    created_at: float
+    leased_at: Optional[float]
+    status: Optional[Status]
+    exit_code: Optional[int]
+    started_at: Optional[float]
+    finished_at: Optional[float]
+    reason: str
+    log_truncated: bool
+    branch: str
+    author: str
+    subject: str
+    timestamp: int
+    runner_host: str
+    runner_machine: str
+    runner_emulated: bool
+    runner_kernel: str
+    retries: int  # failed attempts run again under retry_failed
+    tests: Optional[TestCounts]  # from the JUnit XML, parsed once when the result was recorded
+    failed_tests: tuple[str, ...]
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "JobRow":
+        values = {f.name: row[f.name] for f in dataclasses.fields(cls)}
+        values["state"] = JobState(values["state"])
+        values["status"] = Status(values["status"]) if values["status"] else None
+        values["log_truncated"] = bool(values["log_truncated"])
+        values["runner_emulated"] = bool(values["runner_emulated"])
+        values["tests"] = TestCounts(**json.loads(values["tests"])) if values["tests"] else None
+        values["failed_tests"] = tuple(json.loads(values["failed_tests"] or "[]"))
+        return cls(**values)
+
+
+JOB_COLUMNS = ", ".join(
+    f"c.{f.name}" if f.name in ("branch", "author", "subject", "timestamp") else f"j.{f.name}"
+    for f in dataclasses.fields(JobRow))
+JOB_FROM = "jobs j JOIN commits c ON c.repo = j.repo AND c.sha = j.sha"
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishedJob:
+    """A job whose result is durable, with what its files need."""
+
+    job: JobRow
+    log: bytes
+    junit: bytes
+    attempts: tuple[Attempt, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Expired:
+    job: JobRow
+    requeued: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerRow:
+    name: str
+    arch: str
+    host: str
+    machine: str
+    version: str
+    emulated: bool
+    kernel: str
+    first_seen: float
+    last_seen: float
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "RunnerRow":
+        values = {f.name: row[f.name] for f in dataclasses.fields(cls)}
+        values["emulated"] = bool(values["emulated"])
+        return cls(**values)
+
+
+RUNNER_COLUMNS = ", ".join(f.name for f in dataclasses.fields(RunnerRow))
+
+
+def attempt_from_row(row: Mapping[str, Any]) -> Attempt:
+    return Attempt(row["attempt"], row["runner"], Status(row["status"]), row["exit_code"], row["started_at"] or 0.0,
+                   row["finished_at"] or 0.0, row["reason"], row["log"] or b"")

@@ -1,0 +1,250 @@
+"""The hub's rules: what happens on register, dispatch, submit, lease, heartbeat, result,
+release and query. The socket handler (server.py) and the HTTP API (http_api.py) only
+translate their wire into these calls and the typed errors back into replies.
+
+Runners long-poll for work: a lease waits on a condition that every enqueue notifies,
+so a new job reaches a waiting runner within milliseconds. `periodic` (expiring leases,
+waking the publisher for results a crash or a full disk left unwritten, recording when
+runners were seen) runs from the server's service_actions.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Optional
+
+from dispatcher.common.config import Config, RepoConfig
+from dispatcher.common.errors import LeaseLost, NotAllowed, PolyarchError, ProtocolError, StateError, UnknownArch, \
+    UnknownRepo
+from dispatcher.common.names import check_branch, check_commit, check_repo, check_runner, parse_arch
+from dispatcher.common.states import Status
+from dispatcher.hub.metrics import Metrics
+from dispatcher.hub.presence import FLUSH_INTERVAL, Presence
+from dispatcher.hub.publisher import Publisher
+from dispatcher.hub.reads import commit_status
+from dispatcher.hub.interface import State
+from dispatcher.hub.store import JobResult, JobState, RunnerRow
+from dispatcher.results.junit import parse as parse_junit
+from dispatcher.wire.protocol import CommitInfo, CommitStatus, Job, Register, Result
+
+log = logging.getLogger("polyarch.dispatcher")
+
+MAX_LEASE_WAIT = 30.0
+SERVICE_INTERVAL = 0.2
+MAX_COMMITS_PER_DISPATCH = 1000
+
+
+class Hub:
+    def __init__(self, config: Config, store: State) -> None:
+        self.config = config
+        self.store = store
+        self.presence = Presence()
+        self.metrics = Metrics()
+        self.publisher = Publisher(config, store, self.metrics)
+        self.stopping = threading.Event()
+        self._work = threading.Condition()
+        self._generation = 0
+        self._next_service = 0.0
+        self._next_flush = 0.0
+        self._last_service_error = ""
+
+    # --- the work queue ------------------------------------------------------------------
+
+    def notify_work(self) -> None:
+        with self._work:
+            self._generation += 1
+            self._work.notify_all()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.notify_work()
+        self.publisher.wake()
+
+    # --- names -------------------------------------------------------------------------
+
+    def repo(self, name: str) -> RepoConfig:
+        repo = self.config.repo(check_repo(name))
+        if repo is None:
+            raise UnknownRepo(f"unknown repo {name!r} (not in {self.config.path})")
+        return repo
+
+    # --- observers and clients ---------------------------------------------------------
+
+    def dispatch(self, repo_name: str, branch: str, commits: list[CommitInfo]) -> int:
+        """New commits of a watched branch, oldest first; returns how many jobs are new."""
+        repo = self.repo(repo_name)
+        check_branch(branch)
+        if len(commits) > MAX_COMMITS_PER_DISPATCH:
+            raise ProtocolError(f"more than {MAX_COMMITS_PER_DISPATCH} commits in one message")
+        for c in commits:
+            check_commit(c.sha)
+        created = self.store.enqueue(repo.name, branch, commits, [a.value for a in repo.architectures])
+        if created:
+            log.info("queued %d job(s) for %d commit(s) of %s/%s", created, len(commits), repo.name, branch)
+            self.notify_work()
+        return created
+
+    def submit(self, repo_name: str, commit: str, branch: str, archs: list[str], by: str) -> int:
+        """Queue one commit on some (default: all) of its repo's archs; returns new jobs.
+        Raises InvalidName, UnknownRepo or UnknownArch, having changed nothing."""
+        repo = self.repo(repo_name)
+        check_commit(commit)
+        branch = check_branch(branch) if branch else repo.branches[0]
+        chosen = [parse_arch(a) for a in archs] or list(repo.architectures)
+        unknown = [a.value for a in chosen if a not in repo.architectures]
+        if unknown:
+            raise UnknownArch(f"{', '.join(unknown)} not configured for repo {repo.name}")
+        created = self.store.enqueue(repo.name, branch, [CommitInfo(commit)], [a.value for a in chosen])
+        if created:
+            log.info("queued %d job(s) for %s %s (submitted by %s)", created, repo.name, commit[:12], by)
+            self.notify_work()
+        return created
+
+    def query(self, repo_name: str, commit: str) -> CommitStatus:
+        return commit_status(self.store, self.repo(repo_name).name, check_commit(commit))
+
+    # --- runners -----------------------------------------------------------------------
+
+    def register(self, name: str, msg: Register, previous: Optional[RunnerRow], peer: str) -> RunnerRow:
+        check_runner(name)
+        arch = parse_arch(msg.arch).value
+        now = time.time()
+        runner = RunnerRow(name, arch, msg.host[:200], msg.machine[:50], msg.version[:50], msg.emulated,
+                           msg.kernel[:100], now, now)
+        self.store.register_runner(runner)
+        if previous is not None:
+            self.presence.left(previous.name)
+        self.presence.arrived(runner)
+        log.info("runner %s registered from %s: %s (%s%s), polyarch %s", name, peer, arch, msg.machine,
+                 ", emulated" if msg.emulated else "", msg.version)
+        self.notify_work()
+        return runner
+
+    def runner_left(self, runner: RunnerRow) -> None:
+        self.presence.left(runner.name)
+        # A retry kept away from its failing runner may now have nobody else to run it.
+        self.notify_work()
+
+    def heard(self, runner: Optional[RunnerRow]) -> RunnerRow:
+        """Every request after REGISTER: the runner is alive."""
+        if runner is None:
+            raise NotAllowed("register first")
+        self.presence.heard(runner.name)
+        return runner
+
+    def lease(self, runner: RunnerRow, wait: float) -> Optional[Job]:
+        """The oldest queued job of the runner's arch, waiting up to `wait` s for one."""
+        arch = runner.arch
+        deadline = time.monotonic() + min(max(wait, 0.0), MAX_LEASE_WAIT)
+        while not self.stopping.is_set():
+            with self._work:
+                generation = self._generation
+            row = self.store.claim(runner, alone=not self.presence.others(arch, runner.name))
+            if row is not None:
+                repo = self.config.repo(row.repo)
+                if repo is None:
+                    self._finish_orphan(row.lease_id, row.repo)
+                    continue
+                log.info("leased %s %s %s to %s (attempt %d)", row.repo, row.sha[:12], arch, runner.name,
+                         row.attempt)
+                return Job(lease_id=row.lease_id or "", repo=row.repo, url=repo.url, branch=row.branch,
+                           commit=row.sha, arch=arch, attempt=row.attempt, test_command=repo.test_command,
+                           timeout=repo.timeout,
+                           timeout_factor=self.config.timeout_factor(parse_arch(arch), runner.emulated))
+            with self._work:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                if self._generation == generation:
+                    self._work.wait(remaining)
+        return None
+
+    def _finish_orphan(self, lease_id: Optional[str], repo: str) -> None:
+        now = time.time()
+        reason = f"repo {repo!r} is no longer in {self.config.path}"
+        self.store.record_result(lease_id or "", JobResult(Status.ERROR, None, now, now, reason.encode() + b"\n",
+                                                           reason=reason))
+        self.publisher.wake()
+
+    def heartbeat(self, runner: RunnerRow, lease_id: str) -> None:
+        if not self.store.heartbeat(lease_id):
+            raise LeaseLost("lease is no longer yours")
+
+    def record_result(self, runner: RunnerRow, msg: Result) -> tuple[int, str]:
+        """(1, what happened) for a result recorded or retried; (0, ...) for a late or
+        duplicate one, acknowledged and dropped. The JUnit is parsed here, once."""
+        junit = msg.junit.encode("utf-8", "replace")
+        job = self.store.record_result(msg.lease_id, JobResult(
+            Status.of(msg.status), msg.exit_code, msg.started_at, msg.finished_at, msg.log.encode("utf-8", "replace"),
+            msg.log_truncated, junit, parse_junit(junit) if junit else None, msg.reason))
+        if job is not None and job.state == JobState.QUEUED:
+            log.info("%s %s %s %s on %s (attempt %d); retry %d of %d, on another runner if one is connected",
+                     job.repo, job.sha[:12], job.arch, msg.status.value, runner.name, job.attempt, job.retries,
+                     self.store.policy.retry_failed.get(job.repo, 0))
+            self.notify_work()
+            return 1, "recorded; the job runs again (retry_failed)"
+        if job is None:
+            late = self.store.job_by_lease(msg.lease_id)
+            what = f"{late.repo} {late.sha[:12]} {late.arch}" if late else "an unknown lease"
+            log.warning("dropped late or duplicate result from %s for %s", runner.name, what)
+            return 0, "late or duplicate result: discarded"
+        self.publisher.wake()  # files follow; the result is already durable
+        return 1, "recorded"
+
+    def release(self, runner: RunnerRow, lease_id: str, reason: str) -> None:
+        job = self.store.release(lease_id)
+        if job is not None:
+            log.info("runner %s handed back %s %s %s: %s", runner.name, job.repo, job.sha[:12], job.arch,
+                     reason or "stopping")
+            self.notify_work()
+
+    # --- periodic work -------------------------------------------------------------------
+
+    def periodic(self) -> None:
+        """Every SERVICE_INTERVAL: expire leases, wake the publisher, flush presence."""
+        now = time.monotonic()
+        if now < self._next_service:
+            return
+        self._next_service = now + SERVICE_INTERVAL
+        try:
+            expired = self.store.expire()
+            for e in expired:
+                what = "re-queued" if e.requeued else "given up (status error)"
+                log.warning("lease of %s %s %s expired: runner %s sent no heartbeat for %.0f s; job %s",
+                            e.job.repo, e.job.sha[:12], e.job.arch, e.job.runner, self.store.policy.heartbeat_timeout,
+                            what)
+            if expired:
+                self.metrics.expired(len(expired))
+                self.notify_work()
+            if self.store.has_unpublished():
+                self.publisher.wake()  # results a crash or a full disk left unwritten
+            if now >= self._next_flush:
+                self._next_flush = now + FLUSH_INTERVAL
+                seen = self.presence.take_seen()
+                try:
+                    self.store.touch_runners(seen)
+                except StateError:
+                    self.presence.put_back(seen)
+                    raise
+            if self._last_service_error:
+                log.info("periodic work succeeds again")
+                self._last_service_error = ""
+        except PolyarchError as exc:
+            # Every 0.2 s while a disk is full: say it once, then again only if it changes.
+            if str(exc) != self._last_service_error:
+                log.error("periodic work failed: %s", exc)
+            self._last_service_error = str(exc)
+        except Exception:  # the serve loop must survive anything here
+            log.exception("periodic work failed")
+
+    # --- for the HTTP API -----------------------------------------------------------------
+
+    def health(self) -> dict:
+        queue, _ = self.store.queries.job_counts()
+        return {"queued": sum(queue.values()), "runners": sum(self.presence.count_by_arch().values())}
+
+    def metrics_text(self) -> str:
+        queue, jobs = self.store.queries.job_counts()
+        return self.metrics.render(queue, jobs, self.presence.count_by_arch())

@@ -1,0 +1,282 @@
+"""The dispatcher's durable state as its rules change it: commits, jobs, attempts, runners.
+
+Jobs move queued -> leased -> recorded -> published. `recorded` means the result is
+committed to the database (with its test counts and failing tests, parsed once);
+`published` means its files are in test_results/ too. Splitting the two lets the
+dispatcher acknowledge a result the moment it is durable and write the files again
+after a crash or a full disk, from the database, without ever running the job twice.
+
+Heartbeat deadlines live in memory: they change every few seconds per runner and are
+worthless after a restart, when every lease simply gets a fresh deadline.
+
+The methods below and those of queries.py are the whole state interface the hub uses
+(interface.py writes it down); a second backend implements the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+import sqlite3
+import time
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+from dispatcher.common.states import Status
+from dispatcher.hub.database import Database
+from dispatcher.hub.queries import Queries
+from dispatcher.hub.rows import (JOB_COLUMNS, JOB_FROM, Expired, FinishedJob, JobRow, JobState, RunnerRow,
+                                 attempt_from_row)
+from dispatcher.results.junit import MAX_NAMED_TESTS, JUnit
+from dispatcher.results.record import Attempt
+from dispatcher.wire.protocol import CommitInfo
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """The config's rules for leases and retries, given to the store once."""
+
+    heartbeat_timeout: float = 10.0
+    max_attempts: int = 3
+    retry_failed: Mapping[str, int] = dataclasses.field(default_factory=dict)  # per repo
+
+
+@dataclasses.dataclass(frozen=True)
+class JobResult:
+    """What a runner reported for its lease, as the store records it."""
+
+    status: Status
+    exit_code: Optional[int]
+    started_at: float
+    finished_at: float
+    log: bytes
+    log_truncated: bool = False
+    junit: bytes = b""
+    report: Optional[JUnit] = None  # the JUnit parsed once, by the hub, before recording
+    reason: str = ""
+
+
+class Store:
+    """All writes; the reads for views are `self.queries`."""
+
+    def __init__(self, path: Path, policy: Optional[Policy] = None, readonly: bool = False) -> None:
+        self.db = Database(path, readonly=readonly)
+        self.path = self.db.path
+        self.policy = policy = policy or Policy()
+        self.queries = Queries(self.db)
+        self._lock = self.db.lock
+        self._deadlines: dict[str, float] = {}
+        if not readonly:
+            now = time.time()
+            # Leases survive a restart; their runners get a full heartbeat period to come back.
+            with self.db.read() as db:
+                for row in db.execute("SELECT lease_id FROM jobs WHERE state = ?", (JobState.LEASED.value,)):
+                    self._deadlines[row["lease_id"]] = now + policy.heartbeat_timeout
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- commits and jobs ------------------------------------------------------------
+
+    def enqueue(self, repo: str, branch: str, commits: Iterable[CommitInfo], archs: Iterable[str]) -> int:
+        """Record commits and one job per arch; returns how many jobs are new. Idempotent."""
+        now = time.time()
+        archs = list(archs)
+        created = 0
+        with self.db.tx() as db:
+            for c in commits:
+                db.execute("INSERT OR IGNORE INTO commits (repo, sha, branch, author, subject, timestamp, "
+                           "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (repo, c.sha, branch, c.author, c.subject, c.timestamp, now))
+                for arch in archs:
+                    cur = db.execute("INSERT OR IGNORE INTO jobs (repo, sha, arch, state, created_at) "
+                                     "VALUES (?, ?, ?, ?, ?)", (repo, c.sha, arch, JobState.QUEUED.value, now))
+                    created += cur.rowcount
+        return created
+
+    def claim(self, runner: RunnerRow, alone: bool = True) -> Optional[JobRow]:
+        """Lease the oldest queued job of the runner's arch to it, or None.
+
+        A job retried after failing on this runner is left for another one of the same
+        arch, unless `alone` says no other is connected. The runner's host, machine and
+        kernel are copied onto the job: the result must say where it ran even if that
+        runner later re-registers elsewhere."""
+        lease_id = secrets.token_hex(12)
+        now = time.time()
+        with self.db.tx() as db:
+            row = db.execute("SELECT id FROM jobs WHERE state = ? AND arch = ? AND (avoid_runner IS NULL "
+                             "OR avoid_runner != ? OR ?) ORDER BY id LIMIT 1",
+                             (JobState.QUEUED.value, runner.arch, runner.name, int(alone))).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET state = ?, attempt = attempt + 1, lease_id = ?, runner = ?, leased_at = ?, "
+                       "runner_host = ?, runner_machine = ?, runner_emulated = ?, runner_kernel = ? WHERE id = ?",
+                       (JobState.LEASED.value, lease_id, runner.name, now, runner.host, runner.machine,
+                        int(runner.emulated), runner.kernel, row["id"]))
+            self._deadlines[lease_id] = now + self.policy.heartbeat_timeout
+            return _job_by(db, "j.id = ?", row["id"])
+
+    def heartbeat(self, lease_id: str) -> bool:
+        """Extend a lease; False when it is no longer current (expired or finished)."""
+        with self._lock:
+            if lease_id not in self._deadlines:
+                return False
+            self._deadlines[lease_id] = time.time() + self.policy.heartbeat_timeout
+            return True
+
+    def lease_is_current(self, lease_id: str) -> bool:
+        with self._lock:
+            return lease_id in self._deadlines
+
+    def expire(self, now: Optional[float] = None) -> list[Expired]:
+        """Take back every lease past its deadline; requeue, or end as error after max_attempts."""
+        now = time.time() if now is None else now
+        out: list[Expired] = []
+        with self._lock:
+            late = [k for k, d in self._deadlines.items() if d < now]
+            if not late:
+                return out
+            with self.db.tx() as db:
+                out = self._expire(db, late, now)
+            # Only after the commit: a failed write leaves the leases to expire next time.
+            for lease_id in late:
+                del self._deadlines[lease_id]
+        return out
+
+    def _expire(self, db: sqlite3.Connection, late: list[str], now: float) -> list[Expired]:
+        out: list[Expired] = []
+        max_attempts = self.policy.max_attempts
+        for lease_id in late:
+            job = _job_by(db, "j.lease_id = ? AND j.state = 'leased'", lease_id)
+            if job is None:
+                continue
+            # Attempts that ended in a retried failure do not count against lost runners.
+            if job.attempt - job.retries >= max_attempts:
+                reason = (f"runner {job.runner} lost (no heartbeat); gave up after "
+                          f"{job.attempt - job.retries} attempt(s), max_attempts = {max_attempts}")
+                db.execute("UPDATE jobs SET state = ?, status = ?, reason = ?, started_at = leased_at, "
+                           "finished_at = ?, log = ? WHERE id = ?",
+                           (JobState.RECORDED.value, Status.ERROR.value, reason, now,
+                            (reason + "\n").encode(), job.id))
+                out.append(Expired(job, requeued=False))
+            else:
+                db.execute("UPDATE jobs SET state = ?, lease_id = NULL WHERE id = ?",
+                           (JobState.QUEUED.value, job.id))
+                out.append(Expired(job, requeued=True))
+        return out
+
+    def record_result(self, lease_id: str, result: JobResult) -> Optional[JobRow]:
+        """Record the result of a current lease; None for a late or duplicate result.
+
+        A failure (or timeout) with retries left under the policy's retry_failed is kept
+        as an attempt and the job queued again: the returned row is then in state QUEUED.
+        A pass after such a retry is recorded as FLAKY."""
+        with self._lock:
+            if lease_id not in self._deadlines:
+                return None
+            with self.db.tx() as db:
+                job = _job_by(db, "j.lease_id = ? AND j.state = 'leased'", lease_id)
+                if job is None:
+                    return None
+                status = result.status
+                if status.retryable and job.retries < self.policy.retry_failed.get(job.repo, 0):
+                    db.execute("INSERT OR REPLACE INTO attempts (job_id, attempt, runner, status, exit_code, "
+                               "started_at, finished_at, reason, log) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               (job.id, job.attempt, job.runner or "", status.value, result.exit_code,
+                                result.started_at, result.finished_at, result.reason, result.log))
+                    db.execute("UPDATE jobs SET state = ?, lease_id = NULL, retries = retries + 1, avoid_runner = ? "
+                               "WHERE id = ?", (JobState.QUEUED.value, job.runner, job.id))
+                    job = _job_by(db, "j.id = ?", job.id)
+                    del self._deadlines[lease_id]
+                    return job
+                if status == Status.PASSED and job.retries:
+                    status = Status.FLAKY
+                report = result.report
+                tests = json.dumps(dataclasses.asdict(report.counts)) if report else None
+                failed = json.dumps(report.failing[:MAX_NAMED_TESTS]) if report else "[]"
+                db.execute("UPDATE jobs SET state = ?, status = ?, exit_code = ?, started_at = ?, "
+                           "finished_at = ?, log = ?, log_truncated = ?, junit = ?, reason = ?, tests = ?, "
+                           "failed_tests = ?, outcomes = ? WHERE id = ?",
+                           (JobState.RECORDED.value, status.value, result.exit_code, result.started_at,
+                            result.finished_at, result.log, int(result.log_truncated),
+                            (result.junit or None) if report else None, result.reason, tests, failed,
+                            report.to_bytes() if report else None, job.id))
+                job = _job_by(db, "j.id = ?", job.id)
+            del self._deadlines[lease_id]
+            return job
+
+    def release(self, lease_id: str) -> Optional[JobRow]:
+        """A runner handed a job back: requeue it without spending an attempt."""
+        with self._lock:
+            with self.db.tx() as db:
+                job = _job_by(db, "j.lease_id = ? AND j.state = 'leased'", lease_id)
+                if job is None:
+                    return None
+                db.execute("UPDATE jobs SET state = ?, lease_id = NULL, attempt = attempt - 1 WHERE id = ?",
+                           (JobState.QUEUED.value, job.id))
+            self._deadlines.pop(lease_id, None)
+            return job
+
+    # --- publishing ------------------------------------------------------------------
+
+    def unpublished(self, limit: int = 100) -> list[FinishedJob]:
+        with self.db.read() as db:
+            rows = db.execute(f"SELECT {JOB_COLUMNS}, j.log AS log_blob, j.junit AS junit_blob FROM {JOB_FROM} "
+                              "WHERE j.state = ? ORDER BY j.id LIMIT ?",
+                              (JobState.RECORDED.value, limit)).fetchall()
+            out = []
+            for r in rows:
+                job = JobRow.from_row(r)
+                attempts = self.attempts(job.id) if job.retries else ()
+                out.append(FinishedJob(job, r["log_blob"] or b"", r["junit_blob"] or b"", attempts))
+        return out
+
+    def attempts(self, job_id: int) -> tuple[Attempt, ...]:
+        """The earlier, failed attempts of a job (their logs only until it is published)."""
+        with self.db.read() as db:
+            rows = db.execute("SELECT attempt, runner, status, exit_code, started_at, finished_at, reason, log "
+                              "FROM attempts WHERE job_id = ? ORDER BY attempt", (job_id,)).fetchall()
+        return tuple(attempt_from_row(r) for r in rows)
+
+    def has_unpublished(self) -> bool:
+        with self.db.read() as db:
+            return db.execute("SELECT 1 FROM jobs WHERE state = ? LIMIT 1",
+                              (JobState.RECORDED.value,)).fetchone() is not None
+
+    def mark_published(self, *job_ids: int) -> None:
+        """The files are written: drop the copies of log and JUnit kept for them.
+
+        Several at once in one transaction: one fsync for a whole batch of results."""
+        with self.db.tx() as db:
+            db.executemany("UPDATE jobs SET state = ?, log = NULL, junit = NULL WHERE id = ? AND state = ?",
+                           [(JobState.PUBLISHED.value, job_id, JobState.RECORDED.value) for job_id in job_ids])
+            db.executemany("UPDATE attempts SET log = NULL WHERE job_id = ?", [(job_id,) for job_id in job_ids])
+
+    def job_by_lease(self, lease_id: str) -> Optional[JobRow]:
+        with self.db.read() as db:
+            return _job_by(db, "j.lease_id = ?", lease_id)
+
+    # --- runners -----------------------------------------------------------------------
+
+    def register_runner(self, runner: RunnerRow) -> None:
+        with self.db.tx() as db:
+            db.execute("INSERT INTO runners (name, arch, host, machine, version, emulated, kernel, first_seen, "
+                       "last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                       "arch = excluded.arch, host = excluded.host, machine = excluded.machine, "
+                       "version = excluded.version, emulated = excluded.emulated, kernel = excluded.kernel, "
+                       "last_seen = excluded.last_seen",
+                       (runner.name, runner.arch, runner.host, runner.machine, runner.version,
+                        int(runner.emulated), runner.kernel, runner.first_seen, runner.last_seen))
+
+    def touch_runners(self, seen: dict[str, float]) -> None:
+        """Record when connected runners were last heard from, for `status` in other processes."""
+        if seen:
+            with self.db.tx() as db:
+                db.executemany("UPDATE runners SET last_seen = max(last_seen, ?) WHERE name = ?",
+                               [(t, name) for name, t in seen.items()])
+
+
+def _job_by(db: sqlite3.Connection, cond: str, value: object) -> Optional[JobRow]:
+    row = db.execute(f"SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE {cond}", (value,)).fetchone()
+    return JobRow.from_row(row) if row else None

@@ -1,0 +1,30 @@
+"""Writing one result's files, in the order that makes <arch>.json the commit point.
+
+Earlier attempts' logs, the log, the JUnit file, then a summary.json that already counts
+this result, and <arch>.json last: a reader who sees <arch>.json finds everything else
+of that result there. Each file is written atomically (temporary file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from dispatcher.common.files import atomic_write
+from dispatcher.results.layout import File, path
+from dispatcher.results.record import ResultRecord, dumps
+
+
+def write_result(root: Path, record: ResultRecord, log: bytes, junit: bytes,
+                 summary: Mapping[str, Any]) -> Path:
+    """Write every file of `record` (and its commit's `summary`); returns <arch>.json's path."""
+    where = dict(repo=record.repo, commit=record.commit, arch=record.arch)
+    for attempt in record.earlier:
+        atomic_write(path(root, File.ATTEMPT_LOG, n=attempt.attempt, **where), attempt.log)
+    atomic_write(path(root, File.LOG, **where), log)
+    if junit and record.tests is not None:
+        atomic_write(path(root, File.JUNIT, **where), junit)
+    atomic_write(path(root, File.SUMMARY, record.repo, record.commit), dumps(summary))
+    result = path(root, File.RESULT, **where)
+    atomic_write(result, dumps(record.to_dict()))
+    return result

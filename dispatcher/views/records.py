@@ -1,0 +1,98 @@
+"""The records every view renders: one commit's line, its cells, active jobs, runners.
+
+Plain frozen dataclasses built by the hub from its store (dispatcher/hub/reads.py); the
+terminal (terminal.py), the HTML pages (html.py) and JSON are pure functions of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from dispatcher.common.states import CellState, Overall, arch_specific
+from dispatcher.results.record import ResultRecord
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    arch: str
+    state: CellState
+    attempt: int
+    runner: str
+    duration: Optional[float]
+    emulated: bool = False
+    result: Optional[ResultRecord] = None  # the final result, once recorded
+
+    @property
+    def final(self) -> bool:
+        return self.state.final
+
+
+@dataclasses.dataclass(frozen=True)
+class CommitLine:
+    repo: str
+    commit: str
+    branch: str
+    author: str
+    subject: str
+    cells: tuple[Cell, ...]
+
+    @property
+    def overall(self) -> Overall:
+        return Overall.of(c.state.status for c in self.cells)
+
+    @property
+    def arch_specific(self) -> bool:
+        """Fails on some architectures and passes on others: a portability bug."""
+        return arch_specific(c.state.status for c in self.cells)
+
+    @property
+    def failing_archs(self) -> list[str]:
+        return [c.arch for c in self.cells if c.final and not (c.state.status and c.state.status.passing)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ActiveJob:
+    repo: str
+    commit: str
+    arch: str
+    state: CellState  # queued or running
+    runner: str
+    elapsed: float  # since queued, or since leased when running
+    attempt: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerLine:
+    name: str
+    arch: str
+    host: str
+    emulated: bool
+    version: str
+    last_seen: float
+    connected: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    commits: tuple[CommitLine, ...]
+    active: tuple[ActiveJob, ...]
+    runners: tuple[RunnerLine, ...]
+    generated_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Mark:
+    symbol: str
+    colour: str  # rich's colour name; the HTML colours come from the state's CSS class
+
+
+# One table of marks for the terminal and the HTML; the words stay next to the symbols
+# for colour-blind readers.
+MARKS: dict[str, Mark] = {
+    CellState.PASSED.value: Mark("✔", "green"), CellState.FAILED.value: Mark("✘", "red"),
+    CellState.TIMEOUT.value: Mark("◷", "magenta"), CellState.ERROR.value: Mark("!", "red"),
+    CellState.FLAKY.value: Mark("≈", "yellow"), CellState.RUNNING.value: Mark("▶", "cyan"),
+    CellState.QUEUED.value: Mark("…", "dim"), Overall.PENDING.value: Mark("…", "dim"),
+}
+UNKNOWN = Mark("?", "white")

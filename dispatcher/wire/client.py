@@ -1,0 +1,82 @@
+"""The client side of the protocol, shared by the observer, the runner and the CLI."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from typing import Optional, TypeVar
+
+from dispatcher.wire.auth import client_mac, new_nonce, server_proof, verify
+from dispatcher.common.config import Address
+from dispatcher.common.errors import AuthError, ProtocolError, RemoteError
+from dispatcher.wire.protocol import Ack, Auth, Channel, Error, ErrorCode, Hello, Message, Role, Welcome
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT = 5.0
+
+
+class Connection:
+    """An authenticated connection to the dispatcher: one request, one reply."""
+
+    def __init__(self, address: Address, role: Role, name: str, secret: bytes,
+                 timeout: float = CONNECT_TIMEOUT, tls: Optional[ssl.SSLContext] = None) -> None:
+        self.address = address
+        sock = socket.create_connection((address.host, address.port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=address.host)
+            except BaseException:
+                sock.close()
+                raise
+        self.channel = Channel(sock)
+        try:
+            self.heartbeat_interval = self._handshake(role, name, secret, timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _handshake(self, role: Role, name: str, secret: bytes, timeout: float) -> float:
+        hello = self.channel.recv(timeout)
+        if not isinstance(hello, Hello):
+            raise ProtocolError(f"{self.address}: expected hello from the dispatcher, got {hello!r:.80}")
+        nonce = new_nonce()
+        self.channel.send(Auth(role=role, name=name, nonce=nonce,
+                               mac=client_mac(secret, hello.nonce, nonce, role.value, name)))
+        reply = self.channel.recv(timeout)
+        if isinstance(reply, Error):
+            if reply.code == ErrorCode.AUTH_FAILED:
+                raise AuthError(f"dispatcher at {self.address} refused our secret: {reply.message}")
+            raise RemoteError(reply.code, reply.message, usage=reply.code.usage)
+        if not isinstance(reply, Welcome):
+            raise ProtocolError(f"{self.address}: expected welcome, got {reply!r:.80}")
+        if not verify(server_proof(secret, hello.nonce, nonce), reply.proof):
+            raise AuthError(f"{self.address} does not know the shared secret: not our dispatcher")
+        return reply.heartbeat_interval
+
+    def request(self, msg: Message, timeout: Optional[float] = 30.0) -> Message:
+        """Send one request; return the reply, raising RemoteError for an error reply."""
+        self.channel.send(msg)
+        reply = self.channel.recv(timeout)
+        if reply is None:
+            raise ConnectionError(f"dispatcher at {self.address} closed the connection")
+        if isinstance(reply, Error):
+            raise RemoteError(reply.code, reply.message, usage=reply.code.usage)
+        return reply
+
+    def request_ack(self, msg: Message, timeout: Optional[float] = 30.0) -> Ack:
+        """A request whose only good answer is ACK; anything else is a protocol error."""
+        reply = self.request(msg, timeout)
+        if not isinstance(reply, Ack):
+            raise ProtocolError(f"dispatcher at {self.address} answered {msg.KIND.value} with {reply.KIND.value}")
+        return reply
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

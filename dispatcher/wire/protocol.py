@@ -1,0 +1,362 @@
+"""The wire protocol: typed messages, one encode, one decode, length-prefixed frames.
+
+A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON
+`{"v": PROTOCOL_VERSION, "kind": ..., **fields}`. The length is checked against
+MAX_FRAME before a single body byte is read, so an oversized message costs nothing.
+Every read has a deadline for the whole frame, so a slow client cannot hold a thread
+by trickling bytes.
+
+Conversation: the server speaks first (HELLO with a challenge), the client answers AUTH,
+the server replies WELCOME (with its own proof) or ERROR and closes. After that the
+client sends one request at a time and reads exactly one reply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import socket
+import struct
+import time
+import typing
+from typing import Any, ClassVar, Optional, Union
+
+from dispatcher.common.errors import MessageTooLarge, ProtocolError
+from dispatcher.common.states import CellState, Overall, Reported
+from dispatcher.wire.errors import ErrorCode
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 16 * 1024 * 1024
+_HEADER = struct.Struct(">I")
+
+
+class Kind(str, enum.Enum):
+    HELLO = "hello"
+    AUTH = "auth"
+    WELCOME = "welcome"
+    ERROR = "error"
+    DISPATCH = "dispatch"
+    SUBMIT = "submit"
+    ACK = "ack"
+    REGISTER = "register"
+    LEASE = "lease"
+    JOB = "job"
+    NO_JOB = "no_job"
+    HEARTBEAT = "heartbeat"
+    RESULT = "result"
+    RELEASE = "release"
+    QUERY = "query"
+    COMMIT_STATUS = "commit_status"
+
+
+class Role(str, enum.Enum):
+    OBSERVER = "observer"
+    RUNNER = "runner"
+    CLIENT = "client"
+
+
+@dataclasses.dataclass(frozen=True)
+class CommitInfo:
+    sha: str
+    author: str = ""
+    subject: str = ""
+    timestamp: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Hello:
+    KIND: ClassVar[Kind] = Kind.HELLO
+    nonce: str
+    server: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Auth:
+    KIND: ClassVar[Kind] = Kind.AUTH
+    role: Role
+    name: str
+    nonce: str
+    mac: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Welcome:
+    KIND: ClassVar[Kind] = Kind.WELCOME
+    proof: str
+    heartbeat_interval: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Error:
+    KIND: ClassVar[Kind] = Kind.ERROR
+    code: ErrorCode
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Dispatch:
+    """Observer -> dispatcher: new commits of one branch, oldest first."""
+
+    KIND: ClassVar[Kind] = Kind.DISPATCH
+    repo: str
+    branch: str
+    commits: list[CommitInfo]
+
+
+@dataclasses.dataclass(frozen=True)
+class Submit:
+    """A manual run of one commit; archs empty = every configured architecture."""
+
+    KIND: ClassVar[Kind] = Kind.SUBMIT
+    repo: str
+    commit: str
+    branch: str = ""
+    archs: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ack:
+    KIND: ClassVar[Kind] = Kind.ACK
+    created: int = 0
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Register:
+    KIND: ClassVar[Kind] = Kind.REGISTER
+    arch: str
+    version: str
+    host: str
+    machine: str
+    emulated: bool = False
+    kernel: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Lease:
+    """Runner asks for a job; the server holds the request up to `wait` seconds."""
+
+    KIND: ClassVar[Kind] = Kind.LEASE
+    wait: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    KIND: ClassVar[Kind] = Kind.JOB
+    lease_id: str
+    repo: str
+    url: str
+    branch: str
+    commit: str
+    arch: str
+    attempt: int
+    test_command: str
+    timeout: float  # seconds, native; the runner multiplies by timeout_factor
+    timeout_factor: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class NoJob:
+    KIND: ClassVar[Kind] = Kind.NO_JOB
+
+
+@dataclasses.dataclass(frozen=True)
+class Heartbeat:
+    KIND: ClassVar[Kind] = Kind.HEARTBEAT
+    lease_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    KIND: ClassVar[Kind] = Kind.RESULT
+    lease_id: str
+    status: Reported  # a runner cannot send flaky: the wire refuses it
+    exit_code: Optional[int]
+    started_at: float
+    finished_at: float
+    log: str  # the captured output, already capped by the runner
+    log_truncated: bool = False
+    junit: str = ""
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Release:
+    """Runner hands a leased job back (it is stopping); no attempt is spent."""
+
+    KIND: ClassVar[Kind] = Kind.RELEASE
+    lease_id: str
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """Where one commit stands (`polyarch-dispatcher wait`)."""
+
+    KIND: ClassVar[Kind] = Kind.QUERY
+    repo: str
+    commit: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchState:
+    arch: str
+    state: CellState
+    runner: str = ""
+    duration: float = 0.0
+    attempt: int = 0
+    emulated: bool = False
+    tests_total: int = -1  # -1: no JUnit
+    tests_failed: int = 0
+    failed_tests: list[str] = dataclasses.field(default_factory=list)
+    reason: str = ""
+    published: bool = False  # final and its result files written
+
+
+@dataclasses.dataclass(frozen=True)
+class CommitStatus:
+    """The answer to QUERY; `known` is False for a commit the dispatcher never saw."""
+
+    KIND: ClassVar[Kind] = Kind.COMMIT_STATUS
+    repo: str
+    commit: str
+    known: bool
+    status: Overall = Overall.PENDING
+    branch: str = ""
+    subject: str = ""
+    archs: list[ArchState] = dataclasses.field(default_factory=list)
+
+
+Message = Union[Hello, Auth, Welcome, Error, Dispatch, Submit, Ack, Register, Lease, Job,
+                NoJob, Heartbeat, Result, Release, Query, CommitStatus]
+_BY_KIND: dict[str, type] = {cls.KIND.value: cls for cls in typing.get_args(Message)}
+
+
+def encode(msg: Message) -> bytes:
+    """Message -> one frame (header + JSON body)."""
+    body = {"v": PROTOCOL_VERSION, "kind": msg.KIND.value}
+    body.update(dataclasses.asdict(msg))
+    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(data) > MAX_FRAME:
+        raise MessageTooLarge(f"message of {len(data)} bytes exceeds the {MAX_FRAME}-byte limit")
+    return _HEADER.pack(len(data)) + data
+
+
+def decode(body: bytes) -> Message:
+    """Frame body -> typed message; anything malformed raises ProtocolError."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"not a JSON message: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("not a JSON message: nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("a message must be a JSON object")
+    version = data.pop("v", None)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {version!r} unsupported (this side speaks {PROTOCOL_VERSION})")
+    kind = data.pop("kind", None)
+    cls = _BY_KIND.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message kind {kind!r}")
+    return _build(cls, data, kind)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{where}: expected an object")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        if field.name in data:
+            kwargs[field.name] = _convert(hints[field.name], data.pop(field.name), f"{where}.{field.name}")
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise ProtocolError(f"{where}: missing field {field.name!r}")
+    if data:
+        raise ProtocolError(f"{where}: unknown field {sorted(data)[0]!r}")
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Union:
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(hint)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ProtocolError(f"{where}: expected a list")
+        (item,) = typing.get_args(hint)
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            raise ProtocolError(f"{where}: unknown value {value!r}") from None
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, hint):
+        return value
+    raise ProtocolError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {type(value).__name__}")
+
+
+class Channel:
+    """One socket speaking frames; both the server handler and the clients use it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def send(self, msg: Message) -> None:
+        self.sock.sendall(encode(msg))
+
+    def recv(self, timeout: float | None) -> Message | None:
+        """Next message, or None when the peer closed cleanly between messages.
+
+        Raises TimeoutError if the whole frame did not arrive within `timeout` seconds,
+        MessageTooLarge before reading an oversized body, ProtocolError on garbage.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        header = self._read(_HEADER.size, deadline, allow_eof=True)
+        if header is None:
+            return None
+        (size,) = _HEADER.unpack(header)
+        if size > MAX_FRAME:
+            raise MessageTooLarge(f"frame of {size} bytes exceeds the {MAX_FRAME}-byte limit")
+        body = self._read(size, deadline, allow_eof=False)
+        assert body is not None  # noqa: S101 - narrowing: allow_eof=False never returns None
+        return decode(body)
+
+    def _read(self, n: int, deadline: float | None, allow_eof: bool) -> bytes | None:
+        chunks: list[bytes] = []
+        got = 0
+        while got < n:
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("peer too slow: frame not complete before the deadline")
+                self.sock.settimeout(remaining)
+            else:
+                self.sock.settimeout(None)
+            chunk = self.sock.recv(min(n - got, 1 << 20))
+            if not chunk:
+                if allow_eof and got == 0:
+                    return None
+                raise ProtocolError("connection closed in the middle of a message")
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass

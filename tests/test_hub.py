@@ -1,0 +1,135 @@
+"""The hub's rules in-process, with recording fake runners: no socket, a real SQLite file.
+
+The fakes stand in for what a runner connection would do (register, lease, report) and
+record what the hub gave them; the guarantees under real processes and kills are the
+pipeline and fault tests' to show.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from dispatcher.common.config import load_config
+from dispatcher.common.errors import LeaseLost, NotAllowed, UnknownArch, UnknownRepo
+from dispatcher.common.states import Reported, Status
+from dispatcher.hub.server import db_path, policy_of
+from dispatcher.hub.service import Hub
+from dispatcher.hub.store import JobState, RunnerRow, Store
+from dispatcher.wire.protocol import CommitInfo, Job, Register, Result
+
+A, B = "a" * 40, "b" * 40
+
+
+@dataclasses.dataclass
+class FakeRunner:
+    """Records every job the hub leases to it and every answer to its results."""
+
+    hub: Hub
+    name: str
+    arch: str = "amd64"
+    row: Optional[RunnerRow] = None
+    jobs: list[Job] = dataclasses.field(default_factory=list)
+    answers: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+
+    def register(self) -> "FakeRunner":
+        self.row = self.hub.register(self.name, Register(self.arch, "0", "host", "x86_64"), None, "fake")
+        return self
+
+    def lease(self) -> Optional[Job]:
+        job = self.hub.lease(self.hub.heard(self.row), wait=0)
+        if job is not None:
+            self.jobs.append(job)
+        return job
+
+    def report(self, job: Job, status: Reported, junit: str = "") -> tuple[int, str]:
+        answer = self.hub.record_result(self.hub.heard(self.row), Result(job.lease_id, status, 0, 1.0, 2.0, "log",
+                                                                         junit=junit))
+        self.answers.append(answer)
+        return answer
+
+
+@pytest.fixture
+def hub(tmp_path: Path):
+    config = tmp_path / "polyarch.toml"
+    config.write_text(textwrap.dedent(f"""\
+        [dispatcher]
+        listen = "127.0.0.1:0"
+        heartbeat_timeout = 5
+        max_attempts = 2
+        [[repos]]
+        name = "demo"
+        url = "{tmp_path}"
+        architectures = ["amd64", "arm64"]
+        test_command = "true"
+        retry_failed = 1
+        """))
+    cfg = load_config(config)
+    store = Store(db_path(cfg), policy_of(cfg))
+    yield Hub(cfg, store)
+    store.close()
+
+
+def test_each_arch_leases_its_own_jobs_oldest_first(hub: Hub) -> None:
+    assert hub.dispatch("demo", "main", [CommitInfo(A), CommitInfo(B)]) == 4
+    amd, arm = FakeRunner(hub, "amd").register(), FakeRunner(hub, "arm", "arm64").register()
+    assert [amd.lease().commit, amd.lease().commit, amd.lease()] == [A, B, None]
+    assert arm.lease().arch == "arm64"
+
+
+def test_a_failure_is_retried_on_another_runner_and_a_pass_then_is_flaky(hub: Hub) -> None:
+    hub.submit("demo", A, "", ["amd64"], "test")
+    first, second = FakeRunner(hub, "first").register(), FakeRunner(hub, "second").register()
+    job = first.lease()
+    assert first.report(job, Reported.FAILED) == (1, "recorded; the job runs again (retry_failed)")
+    assert first.lease() is None  # kept away from the runner it failed on while another is there
+    again = second.lease()
+    assert again.attempt == 2 and second.report(again, Reported.PASSED) == (1, "recorded")
+    [row] = hub.store.queries.jobs("demo", A)
+    assert row.state == JobState.RECORDED and row.status == Status.FLAKY
+
+
+def test_a_late_or_duplicate_result_is_acknowledged_and_dropped(hub: Hub) -> None:
+    hub.submit("demo", A, "", ["amd64"], "test")
+    runner = FakeRunner(hub, "r").register()
+    job = runner.lease()
+    runner.report(job, Reported.PASSED)
+    assert runner.report(job, Reported.FAILED) == (0, "late or duplicate result: discarded")
+    with pytest.raises(LeaseLost):
+        hub.heartbeat(runner.row, job.lease_id)
+    assert hub.store.queries.commit_states("demo", A)["amd64"] == Status.PASSED
+
+
+def test_junit_is_parsed_once_when_the_result_is_recorded(hub: Hub) -> None:
+    hub.submit("demo", A, "", ["amd64"], "test")
+    runner = FakeRunner(hub, "r").register()
+    junit = ('<testsuite tests="2" failures="1"><testcase classname="c" name="ok"/>'
+             '<testcase classname="c" name="bad"><failure/></testcase></testsuite>')
+    runner.report(runner.lease(), Reported.FAILED, junit)  # retried (retry_failed = 1): alone, it gets it back
+    runner.report(runner.lease(), Reported.FAILED, junit)
+    status = hub.query("demo", A)
+    [amd64] = [a for a in status.archs if a.arch == "amd64"]
+    assert (amd64.tests_total, amd64.tests_failed, amd64.failed_tests) == (2, 1, ["c::bad"])
+    assert not amd64.published  # the publisher has not run: the answer came from the record
+
+
+def test_the_sqlite_store_has_every_method_of_the_state_interface(hub: Hub) -> None:
+    from dispatcher.hub.interface import State, StateQueries
+
+    for protocol, impl in ((State, hub.store), (StateQueries, hub.store.queries)):
+        wanted = {n for n in vars(protocol) if not n.startswith("_")} - {"policy", "queries"}
+        assert wanted and all(callable(getattr(impl, n, None)) for n in wanted), protocol.__name__
+
+
+def test_names_are_checked_before_anything_changes(hub: Hub) -> None:
+    with pytest.raises(UnknownRepo):
+        hub.submit("nope", A, "", [], "test")
+    with pytest.raises(UnknownArch):
+        hub.submit("demo", A, "", ["s390x"], "test")
+    with pytest.raises(NotAllowed):
+        hub.heard(None)  # a runner must register before anything else
+    assert hub.store.queries.jobs() == []
