@@ -9,7 +9,8 @@ from typing import Optional
 import click
 
 from dispatcher import __version__
-from dispatcher.common.cli import config_option, load, one_line_errors, verbose_option
+from dispatcher.common.cli import config_option, one_line_errors, verbose_option
+from dispatcher.common.config import load_config
 from dispatcher.common.logs import setup_logging
 
 
@@ -27,7 +28,7 @@ def serve(config_path: str, verbose: bool) -> None:
     """Run the dispatcher until SIGTERM."""
     from dispatcher.hub.server import serve as run
 
-    config = load(config_path)
+    config = load_config(config_path)
     setup_logging(verbose)
     run(config)
 
@@ -52,7 +53,7 @@ def status(config_path: str, repo: Optional[str], commit: Optional[str], limit: 
     from dispatcher.views.terminal import render, to_json
     from dispatcher.hub.store import Store
 
-    config = load(config_path)
+    config = load_config(config_path)
     if watch and as_json:
         raise click.exceptions.UsageError("--watch and --json do not go together (poll the JSON instead)")
     store = Store(db_path(config), readonly=True)
@@ -94,7 +95,7 @@ def submit(config_path: str, repo: str, commit: str, branch: str, archs: tuple[s
     from dispatcher.common.names import check_commit, parse_arch
     from dispatcher.wire.protocol import Submit
 
-    config = load(config_path)
+    config = load_config(config_path)
     if config.repo(repo) is None:
         raise click.exceptions.UsageError(f"unknown repo {repo!r} (not in {config.path})")
     check_commit(commit)
@@ -128,7 +129,7 @@ def wait_command(config_path: str, repo: str, commit: str, branch: str, timeout:
     from dispatcher.views.gate import summary, verdict, wait
     from dispatcher.common.names import check_branch, check_commit
 
-    config = load(config_path)
+    config = load_config(config_path)
     repo_config = config.repo(repo)
     if repo_config is None:
         raise click.exceptions.UsageError(f"unknown repo {repo!r} (not in {config.path})")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from dispatcher import __version__
-from dispatcher.common.cli import config_option, load, one_line_errors, verbose_option
+from dispatcher.common.cli import config_option, one_line_errors, verbose_option
+from dispatcher.common.config import load_config
 from dispatcher.common.errors import ConfigError
 from dispatcher.common.logs import setup_logging
 
@@ -17,7 +18,7 @@ def main() -> None:
 
 
 def _config(path: str):
-    config = load(path)
+    config = load_config(path)
     if not config.repos:
         raise ConfigError(config.path, "repos", "no [[repos]] to observe")
     return config

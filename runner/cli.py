@@ -8,7 +8,8 @@ from typing import Optional
 import click
 
 from dispatcher import __version__
-from dispatcher.common.cli import config_option, load, one_line_errors, verbose_option
+from dispatcher.common.cli import config_option, one_line_errors, verbose_option
+from dispatcher.common.config import load_config
 from dispatcher.common.config import default_runner_name
 from dispatcher.common.errors import ConfigError
 from dispatcher.common.logs import setup_logging
@@ -31,7 +32,7 @@ def main() -> None:
 @one_line_errors
 def serve(config_path: str, arch: Optional[str], name: Optional[str], rootfs: Optional[Path], verbose: bool) -> None:
     """Lease and run jobs until SIGTERM (a second SIGTERM stops the current job too)."""
-    config = load(config_path)
+    config = load_config(config_path)
     own = host_arch()
     chosen = parse_arch(arch) if arch else (config.runner.arch or own)
     runner_name = check_runner(name) if name else (config.runner.name or default_runner_name(chosen))

@@ -7,7 +7,6 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from dispatcher.common.config import Config, load_config
 from dispatcher.common.errors import AuthError, ConfigError, InvalidName, PolyarchError, RemoteError, SetupError, StateError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -21,8 +20,6 @@ config_option = click.option(
 verbose_option = click.option("-v", "--verbose", is_flag=True, help="Log debug details too.")
 
 
-def load(path: str) -> Config:
-    return load_config(path)
 
 
 def one_line_errors(fn: F) -> F:

@@ -51,11 +51,6 @@ class Presence:
         with self._lock:
             return any(r.arch == arch and r.name != name for r in self._rows.values())
 
-    def connected(self) -> list[tuple[RunnerRow, float]]:
-        """(runner, last heard) of every connected runner, by name."""
-        with self._lock:
-            return [(self._rows[n], self._seen[n]) for n in sorted(self._rows)]
-
     def count_by_arch(self) -> dict[str, int]:
         with self._lock:
             out: dict[str, int] = {}

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import Optional, TypeVar
+from typing import Optional
 
 from dispatcher.wire.auth import client_mac, new_nonce, server_proof, verify
 from dispatcher.common.config import Address
 from dispatcher.common.errors import AuthError, ProtocolError, RemoteError
 from dispatcher.wire.protocol import Ack, Auth, Channel, Error, ErrorCode, Hello, Message, Role, Welcome
 
-T = TypeVar("T")
 
 CONNECT_TIMEOUT = 5.0
 
