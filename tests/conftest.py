@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -94,14 +95,33 @@ class Daemon:
         self.env, self.package, self.args, self.name, self.prefix = env, package, args, name, prefix
         self.log_path = env.root / f"{name}.log"
         self.proc: Optional[subprocess.Popen] = None
+        # systemd's notify socket, owned by the test: the daemon says READY=1 on it once it
+        # serves (abstract namespace: tmp_path may be longer than a socket path may be).
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.notify_name = f"polyarch-test-{os.getpid()}-{id(self)}-{time.monotonic_ns()}"
+        self.notify.bind("\0" + self.notify_name)
 
     def start(self) -> "Daemon":
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", self.package, "serve", "--config",
                                       str(self.env.config), *self.args], cwd=self.env.root, stdout=log, stderr=log,
-                                     env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                                     env=dict(os.environ, PYTHONPATH=str(ROOT), NOTIFY_SOCKET="@" + self.notify_name))
         log.close()
         return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Until the daemon sends READY=1 on the test's notify socket; fail if it exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.alive, f"{self.name} exited before READY=1:\n{self.log()[-2000:]}"
+            self.notify.settimeout(min(0.2, max(0.01, deadline - time.monotonic())))
+            try:
+                message = self.notify.recv(4096).decode(errors="replace")
+            except socket.timeout:
+                continue
+            if "READY=1" in message.split("\n"):
+                return
+        raise AssertionError(f"timed out after {timeout} s waiting for READY=1 from {self.name}")
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -176,12 +196,8 @@ class Polyarch:
     def dispatcher(self) -> Daemon:
         d = Daemon(self, "dispatcher", name=f"dispatcher{len(self.daemons)}").start()
         self.daemons.append(d)
-        wait_for(lambda: (self.root / "var/dispatcher/address").exists() and self.address_fresh(d),
-                 what="the dispatcher to listen")
+        d.wait_ready()  # READY=1 comes after the address file is written
         return d
-
-    def address_fresh(self, d: Daemon) -> bool:
-        return "listening on" in d.log()
 
     def runner(self, name: str = "r1", *args: str, prefix: tuple[str, ...] = ()) -> Daemon:
         d = Daemon(self, "runner", "--name", name, *args, name=f"runner-{name}-{len(self.daemons)}",
@@ -212,6 +228,7 @@ class Polyarch:
         for d in self.daemons:
             if d.alive:
                 d.kill()
+            d.notify.close()
 
 
 @contextlib.contextmanager
