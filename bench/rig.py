@@ -1,4 +1,9 @@
-"""What the end-to-end benchmarks share: a repository, a config, the real daemons."""
+"""The one harness of real daemons, for the tests (tests/conftest.py), the benchmarks and
+the demo (scripts/demo.py): a daemon started as a process with its own log, ready when it
+says READY=1 on a notify socket the harness owns (systemd's protocol, as under a unit),
+and stopped or killed for real. Also what the end-to-end benchmarks share: a repository,
+a config.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,13 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,29 +69,106 @@ def wait_file(path: Path, timeout: float = 60) -> float:
     return time.monotonic()
 
 
+class Daemon:
+    """One polyarch daemon (`package` serve --config `config` `args`) as a real child process.
+
+    `command` replaces `python -m package` (the demo runs the console scripts); `prefix`
+    goes before it (a test runs a daemon under another program)."""
+
+    def __init__(self, package: str, config: Path, cwd: Path, log_path: Path, args: Sequence[str] = (),
+                 prefix: Sequence[str] = (), command: Optional[Sequence[str]] = None) -> None:
+        self.package, self.config, self.cwd, self.log_path = package, config, cwd, log_path
+        self.args, self.prefix = tuple(args), tuple(prefix)
+        self.command = tuple(command) if command else (sys.executable, "-m", package)
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        # Abstract namespace: a tmp_path may be longer than a socket path may be.
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.notify_name = f"polyarch-rig-{os.getpid()}-{id(self)}-{time.monotonic_ns()}"
+        self.notify.bind("\0" + self.notify_name)
+
+    def start(self) -> "Daemon":
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([*self.prefix, *self.command, "serve", "--config", str(self.config),
+                                          *self.args], cwd=self.cwd, stdout=log, stderr=log,
+                                         env=dict(os.environ, PYTHONPATH=str(ROOT),
+                                                  NOTIFY_SOCKET="@" + self.notify_name))
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Until the daemon sends READY=1; RuntimeError if it exits first or times out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive:
+                raise RuntimeError(f"{self.package} exited before READY=1; its log {self.log_path}:\n"
+                                   f"{self.log()[-2000:]}")
+            self.notify.settimeout(min(0.2, max(0.01, deadline - time.monotonic())))
+            try:
+                message = self.notify.recv(4096).decode(errors="replace")
+            except socket.timeout:
+                continue
+            if "READY=1" in message.split("\n"):
+                return
+        raise RuntimeError(f"no READY=1 from {self.package} within {timeout} s; its log {self.log_path}")
+
+    @property
+    def started(self) -> subprocess.Popen[bytes]:
+        if self.proc is None:
+            raise RuntimeError(f"{self.package} was never started")
+        return self.proc
+
+    @property
+    def pid(self) -> int:
+        return self.started.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        self.started.send_signal(sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.started.wait(timeout=10)
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, then wait for the exit code."""
+        if self.started.poll() is None:
+            self.started.send_signal(signal.SIGTERM)
+        return self.started.wait(timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def close(self) -> None:
+        """Kill it if it still runs, and close the notify socket."""
+        if self.alive:
+            self.kill()
+        self.notify.close()
+
+
 @contextlib.contextmanager
 def daemons(root: Path, config: Path, runners: int = 1) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     """Dispatcher, runners r0.., observer as real processes logging to root/*.log; SIGTERM at the end.
 
     Yields the processes by log name (dispatcher, runner or runner r0.., observer)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     plan = [("dispatcher", [])] + [("runner", ["--name", f"r{i}"]) for i in range(runners)] + [("observer", [])]
-    procs: dict[str, subprocess.Popen[bytes]] = {}
+    started: dict[str, Daemon] = {}
     try:
         for name, extra in plan:
             suffix = "" if name != "runner" or runners == 1 else extra[-1]
-            with open(root / f"{name}{suffix}.log", "wb") as log:
-                procs[name + suffix] = subprocess.Popen(
-                    [sys.executable, "-m", name, "serve", "--config", str(config), *extra],
-                    cwd=root, stdout=log, stderr=log, env=env)
+            started[name + suffix] = Daemon(name, config, root, root / f"{name}{suffix}.log", extra).start()
             if name == "dispatcher":
-                wait_file(root / "var/dispatcher/address", 30)
-        yield procs
+                started[name].wait_ready(30)
+        yield {name: d.proc for name, d in started.items() if d.proc is not None}
     finally:
-        for proc in procs.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            proc.wait(timeout=60)
+        for d in started.values():
+            if d.alive:
+                d.signal(signal.SIGTERM)
+        for d in started.values():
+            if d.proc is not None:
+                d.proc.wait(timeout=60)
+            d.close()
 
 
 def rss_mib(pid: int, field: str = "VmRSS") -> float:

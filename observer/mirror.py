@@ -4,28 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import os
 from pathlib import Path
 from typing import Callable, Optional
 
 import git
 
-from dispatcher.common.errors import PolyarchError
 from dispatcher.common.progress import git_progress
 from dispatcher.common.progress import run as progress_run
 from dispatcher.wire.protocol import CommitInfo
 
-from dispatcher.common.git import RefsUnclear, borrow, local_git_dir, read_heads
+from dispatcher.common.git import GitError, RefsUnclear, borrow, fetch, local_git_dir, open_mirror, read_heads
 
-# Never wait for a password prompt or an unknown host key: a daemon has no terminal.
-GIT_ENV = {
-    "GIT_TERMINAL_PROMPT": "0",
-    "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=15"),
-}
 SUBJECT_LIMIT = 200
 
 
-class FetchError(PolyarchError):
+class FetchError(GitError):
     """The remote could not be fetched (unreachable, refused, timed out)."""
 
 
@@ -47,11 +40,7 @@ class BranchUpdate:
 class Mirror:
     def __init__(self, path: Path, url: str, fetch_timeout: float) -> None:
         self.path, self.url, self.fetch_timeout = path, url, fetch_timeout
-        if (path / "HEAD").exists():
-            self.repo = git.Repo(path)
-        else:
-            self.repo = git.Repo.init(path, bare=True, mkdir=True)
-        self.repo.git.update_environment(**GIT_ENV)
+        self.repo = open_mirror(path)
 
     def up_to_date(self) -> bool:
         """True when the remote is a local repository whose branch heads the mirror already
@@ -80,13 +69,9 @@ class Mirror:
                 raise FetchError(f"git fetch {self.url}: {' '.join(tail[-3:])[-300:] or f'exit status {code}'}")
             return
         try:
-            self.repo.git.fetch("--quiet", "--prune", "--no-tags", self.url, "+refs/heads/*:refs/heads/*",
-                                kill_after_timeout=self.fetch_timeout)
-        except git.GitCommandError as exc:
-            detail = str(exc.stderr or "").strip().replace("\n", " ")[-300:] or f"exit status {exc.status}"
-            if exc.status == -9 or "timeout" in str(exc).lower():
-                detail = f"no answer within {self.fetch_timeout:g} s (fetch_timeout)"
-            raise FetchError(f"git fetch {self.url}: {detail}") from None
+            fetch(self.repo, self.url, ("+refs/heads/*:refs/heads/*",), self.fetch_timeout, "--prune", "--no-tags")
+        except GitError as exc:
+            raise FetchError(str(exc)) from None
 
     def heads(self) -> dict[str, str]:
         try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
 import socket
 import threading
 import time
@@ -21,6 +20,7 @@ from dispatcher.common.config import Config, RepoConfig, dispatcher_address
 from dispatcher.common.errors import ConfigError, InvalidName, ProtocolError, RemoteError
 from dispatcher.common.progress import Sink
 from dispatcher.wire.protocol import Ack, Dispatch, ErrorCode, Role
+from dispatcher.common.daemon import StopRequest
 from dispatcher.common.sdnotify import Watchdog, notify
 from dispatcher.wire.tls import for_client
 
@@ -51,8 +51,8 @@ class Observer:
         self.mirrors: dict[str, Mirror] = {}
         self.conn: Optional[Connection] = None
         self.name = f"observer@{socket.gethostname()}"[:100]
-        self.stop = threading.Event()
         self.wake = threading.Event()
+        self.stop = StopRequest(wake=(self.wake,))
         self.triggered: set[str] = set()
         self._trigger_lock = threading.Lock()
         self.failures: dict[str, int] = {}
@@ -219,15 +219,11 @@ class Observer:
                 self.conn.close()
         log.info("observer stopped")
 
-    def on_signal(self, signum: int, frame: object) -> None:
-        self.stop.set()
-        self.wake.set()
 
 
 def serve(config: Config) -> None:
     observer = Observer(config)
-    signal.signal(signal.SIGTERM, observer.on_signal)
-    signal.signal(signal.SIGINT, observer.on_signal)
+    observer.stop.install()
     observer.run()
 
 

@@ -1,7 +1,7 @@
 """Mirrors and clean checkouts on the runner: fetch only what is missing.
 
 A repository on a local path (the lab's own checkout, or the demo's) is not fetched at
-all: the mirror borrows its objects and copies its branch and tag refs (observer/refs.py
+all: the mirror borrows its objects and copies its branch and tag refs (common/git.py
 `borrow`), so tests that run `git describe` see what a fetch gave them. A URL that is
 not a local git folder on this host (a lab host where the path does not exist) is
 fetched.
@@ -25,9 +25,8 @@ from typing import Optional
 
 import git
 
-from dispatcher.common.errors import PolyarchError
 from dispatcher.common.names import check_repo
-from dispatcher.common.git import borrow, local_git_dir
+from dispatcher.common.git import GitError, borrow, error_text, fetch, local_git_dir, open_mirror
 
 log = logging.getLogger("polyarch.runner")
 
@@ -37,7 +36,7 @@ FETCH_REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 REF_PREFIXES = ("refs/heads/", "refs/tags/")
 
 
-class CheckoutError(PolyarchError):
+class CheckoutError(GitError):
     """The commit could not be fetched or checked out; the job ends as `error`."""
 
 
@@ -47,10 +46,7 @@ class Mirrors:
         self.checkouts = checkouts
 
     def _mirror(self, repo: str) -> git.Repo:
-        path = self.root / f"{check_repo(repo)}.git"
-        if (path / "HEAD").exists():
-            return git.Repo(path)
-        return git.Repo.init(path, bare=True, mkdir=True)
+        return open_mirror(self.root / f"{check_repo(repo)}.git")
 
     def checkout(self, repo: str, url: str, commit: str) -> Path:
         """The repository's worktree, holding exactly `commit`; fetches it first if missing."""
@@ -72,7 +68,7 @@ class Mirrors:
                 git.Git(dest).checkout("--detach", "--force", "--quiet", commit)
                 return dest
             except git.GitCommandError as exc:
-                log.warning("reusing the worktree %s failed (%s); making it afresh", dest, _git_error(exc))
+                log.warning("reusing the worktree %s failed (%s); making it afresh", dest, error_text(exc))
         if dest.exists():  # not reusable (a test may have deleted its .git): start over
             self.discard(repo)
         try:
@@ -80,7 +76,7 @@ class Mirrors:
         except git.GitCommandError as exc:
             if borrowed and not self._has(mirror, commit):
                 raise CheckoutError(f"commit {commit} is not in {url} (force-pushed away and pruned?)") from None
-            raise CheckoutError(f"git worktree add {commit} failed: {_git_error(exc)}") from None
+            raise CheckoutError(f"git worktree add {commit} failed: {error_text(exc)}") from None
         return dest
 
     def clean(self, repo: str) -> None:
@@ -102,13 +98,12 @@ class Mirrors:
         # A few quick tries: a lab network blip should not turn into an `error` result.
         for attempt in range(FETCH_TRIES):
             try:
-                mirror.git.fetch("--quiet", "--no-tags", "--prune", url, *FETCH_REFSPECS,
-                                 kill_after_timeout=FETCH_TIMEOUT)
+                fetch(mirror, url, FETCH_REFSPECS, FETCH_TIMEOUT, "--no-tags", "--prune")
                 return
-            except git.GitCommandError as exc:
+            except GitError as exc:
                 if attempt == FETCH_TRIES - 1:
-                    raise CheckoutError(f"git fetch {url} failed: {_git_error(exc)}") from None
-                log.warning("git fetch %s failed (%s); trying again", url, _git_error(exc))
+                    raise CheckoutError(str(exc)) from None
+                log.warning("%s; trying again", exc)
                 time.sleep(0.5 * 2 ** attempt)
 
     @staticmethod
@@ -117,9 +112,9 @@ class Mirrors:
         wait`. Hosts (and git's protocol v2) serve any commit reachable from some ref,
         refs/pull/* included, when asked by id."""
         try:
-            mirror.git.fetch("--quiet", "--no-tags", url, commit, kill_after_timeout=FETCH_TIMEOUT)
-        except git.GitCommandError as exc:
-            log.warning("git fetch %s %s failed: %s", url, commit[:12], _git_error(exc))
+            fetch(mirror, url, (commit,), FETCH_TIMEOUT, "--no-tags")
+        except GitError as exc:
+            log.warning("%s (commit %s)", exc, commit[:12])
 
     def discard(self, repo: str) -> None:
         """Delete a worktree and its entry in the mirror's worktrees/ folder.
@@ -179,8 +174,3 @@ def _worktree_admin(dest: Path, mirror: Path) -> Optional[Path]:
         return None
     admin = Path(text[len("gitdir: "):].strip())
     return admin if admin.parent.resolve() == (mirror / "worktrees").resolve() else None
-
-
-def _git_error(exc: git.GitCommandError) -> str:
-    text = str(exc.stderr or exc).strip().replace("\n", " ")
-    return text[-300:]

@@ -30,6 +30,7 @@ from dispatcher.common.files import atomic_write
 from dispatcher.common.names import Arch
 from dispatcher.common.sdnotify import Watchdog, notify
 from dispatcher.wire.tls import for_client
+from dispatcher.common.daemon import StopRequest
 from dispatcher.common.states import Reported
 from dispatcher.wire.errors import ErrorCode
 from dispatcher.wire.protocol import Ack, Heartbeat, Job, Lease, Register, Release, Result, Role, encode
@@ -65,9 +66,7 @@ class Runner:
         self.spool = Spool(work / "outbox")
         self.conn: Optional[Connection] = None
         self.heartbeat_interval = 1.0
-        self.stop = threading.Event()
-        self.stop_count = 0
-        self.stop_since = 0.0
+        self.stop = StopRequest()
         self.watchdog = Watchdog()
         self.guard = Guard()
         self.cleaning: Optional[Cleaning] = None  # the last job's `git clean`, finished before the next checkout
@@ -77,15 +76,9 @@ class Runner:
 
     # --- lifecycle ----------------------------------------------------------------------
 
-    def on_signal(self, signum: int, frame: object) -> None:
-        """Only records: the first request stops leasing, the second stops the job too."""
-        self.stop_count += 1
-        self.stop_since = self.stop_since or time.monotonic()
-        self.stop.set()
-
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.on_signal)
-        signal.signal(signal.SIGINT, self.on_signal)
+        """The first request stops leasing, the second (or stop_grace later) the job too."""
+        self.stop.install()
 
     def run(self) -> None:
         self.clean_after_crash()
@@ -195,8 +188,7 @@ class Runner:
             self.watchdog.ping()
             if not thread.is_alive():
                 break
-            if self.stop_count >= 2 or (self.stop_count == 1
-                                        and time.monotonic() - self.stop_since > self.settings.stop_grace):
+            if self.stop.now(self.settings.stop_grace):
                 work.abort()  # no result comes back: the job is handed back below
                 continue
             try:

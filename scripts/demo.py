@@ -17,6 +17,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the daemon harness the tests and benchmarks share: bench/rig.py
+
+from bench import rig  # noqa: E402 - needs the line above
+
 DEMO = ROOT / "demo"
 BIN = Path(sys.executable).parent
 ROOTFS_ARM64 = Path(os.environ.get("POLYARCH_ROOTFS_ARM64", "/var/cache/polyarch/rootfs-arm64"))
@@ -153,17 +157,16 @@ def main() -> None:
         timeout = 60
         """))
     first = commit("calc: a first version", "-")
-    procs = []
-    daemons = [("dispatcher", []), ("runner", []), ("observer", [])]
+    plan = [("dispatcher", []), ("runner", []), ("observer", [])]
     if not missing:
-        daemons.insert(2, ("runner", ["--arch", "arm64", "--name", "arm64-qemu", "--rootfs", str(ROOTFS_ARM64)]))
-    for name, extra in daemons:
-        log = open(DEMO / f"{name}{'-arm64' if extra else ''}.log", "wb")
-        procs.append(subprocess.Popen([str(BIN / f"polyarch-{name}"), "serve", "--config", str(config), *extra],
-                                      cwd=DEMO, stdout=log, stderr=log))
+        plan.insert(2, ("runner", ["--arch", "arm64", "--name", "arm64-qemu", "--rootfs", str(ROOTFS_ARM64)]))
+    procs = []
+    for name, extra in plan:
+        # The harness the tests and benchmarks use, running the console scripts as a user would.
+        procs.append(rig.Daemon(name, config, DEMO, DEMO / f"{name}{'-arm64' if extra else ''}.log", extra,
+                                command=[str(BIN / f"polyarch-{name}")]).start())
         if name == "dispatcher":
-            while not (DEMO / "var/dispatcher/address").exists():
-                time.sleep(0.05)
+            procs[-1].wait_ready()
     try:
         print(f"demo: daemons started in {DEMO} (logs: *.log there); architectures: {', '.join(archs)}")
         if missing:
@@ -189,10 +192,12 @@ def main() -> None:
         print(f"\ndemo: the dashboard: open {index.as_uri()} in a browser")
         print("demo: (the grid by architecture; a commit's page lists its failing tests and links each log)")
     finally:
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            proc.wait(timeout=30)
+        for daemon in reversed(procs):
+            if daemon.alive:
+                daemon.signal(signal.SIGTERM)
+        for daemon in procs:
+            daemon.stop(timeout=30)
+            daemon.close()
     print("demo: daemons stopped.")
 
 

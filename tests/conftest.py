@@ -6,8 +6,6 @@ import contextlib
 import json
 import os
 import threading
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +14,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
+
+from bench import rig
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOTFS_ARM64 = Path(os.environ.get("POLYARCH_ROOTFS_ARM64", "/var/cache/polyarch/rootfs-arm64"))
@@ -88,62 +88,19 @@ class GitRepo:
         return [self.commit(script(i)) for i in range(n)]
 
 
-class Daemon:
-    """A polyarch daemon as a real child process, logging to a file."""
+class Daemon(rig.Daemon):
+    """A polyarch daemon of a test's Polyarch: the shared harness (bench/rig.py), logging to
+    a file named for it in the test's folder."""
 
     def __init__(self, env: "Polyarch", package: str, *args: str, name: str, prefix: tuple[str, ...] = ()) -> None:
-        self.env, self.package, self.args, self.name, self.prefix = env, package, args, name, prefix
-        self.log_path = env.root / f"{name}.log"
-        self.proc: Optional[subprocess.Popen] = None
-        # systemd's notify socket, owned by the test: the daemon says READY=1 on it once it
-        # serves (abstract namespace: tmp_path may be longer than a socket path may be).
-        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        self.notify_name = f"polyarch-test-{os.getpid()}-{id(self)}-{time.monotonic_ns()}"
-        self.notify.bind("\0" + self.notify_name)
-
-    def start(self) -> "Daemon":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", self.package, "serve", "--config",
-                                      str(self.env.config), *self.args], cwd=self.env.root, stdout=log, stderr=log,
-                                     env=dict(os.environ, PYTHONPATH=str(ROOT), NOTIFY_SOCKET="@" + self.notify_name))
-        log.close()
-        return self
+        super().__init__(package, env.config, env.root, env.root / f"{name}.log", args, prefix)
+        self.env, self.name = env, name
 
     def wait_ready(self, timeout: float = 20.0) -> None:
-        """Until the daemon sends READY=1 on the test's notify socket; fail if it exits first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.alive, f"{self.name} exited before READY=1:\n{self.log()[-2000:]}"
-            self.notify.settimeout(min(0.2, max(0.01, deadline - time.monotonic())))
-            try:
-                message = self.notify.recv(4096).decode(errors="replace")
-            except socket.timeout:
-                continue
-            if "READY=1" in message.split("\n"):
-                return
-        raise AssertionError(f"timed out after {timeout} s waiting for READY=1 from {self.name}")
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        assert self.proc is not None
-        self.proc.wait(timeout=10)
-
-    def stop(self, timeout: float = 30) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        try:
+            super().wait_ready(timeout)
+        except RuntimeError as exc:
+            raise AssertionError(str(exc)) from None
 
 
 class Polyarch:
@@ -226,9 +183,7 @@ class Polyarch:
 
     def close(self) -> None:
         for d in self.daemons:
-            if d.alive:
-                d.kill()
-            d.notify.close()
+            d.close()
 
 
 @contextlib.contextmanager

@@ -135,5 +135,21 @@ def test_repo_file_overrides_per_arch(tmp_path: Path) -> None:
     (tmp_path / ".polyarch.toml").write_text('[arch.arm64]\ntimeout_factor = 3\n')
     assert settings_for(tmp_path, "arm64", JobSettings("m", 5, 10)) == JobSettings("m", 5, 3)
     (tmp_path / ".polyarch.toml").write_text('test_command = 5\n')
-    with pytest.raises(ConfigError, match="test_command: wrong type"):
+    with pytest.raises(ConfigError, match="test_command: expected a string"):
         settings_for(tmp_path, "amd64", default)
+
+
+@pytest.mark.parametrize("text, culprit", [
+    ("timeout = nan\n", "timeout: must be a finite number greater than 0, got nan"),
+    ("timeout = inf\n", "timeout: must be a finite number greater than 0, got inf"),
+    ("[arch.arm64]\ntimeout_factor = -1\n", "arch.arm64.timeout_factor: must be a finite number"),
+    ("timout = 5\n", "timout: unknown key"),
+    ("[arch.vax]\ntimeout = 5\n", "arch.vax"),
+    ("test_command = '  '\n", "test_command: must not be empty"),
+])
+def test_a_bad_repo_file_is_refused_naming_file_and_key(tmp_path: Path, text: str, culprit: str) -> None:
+    # The same reader as the config's (dispatcher/common/sections.py): the same words.
+    (tmp_path / ".polyarch.toml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        settings_for(tmp_path, "arm64", JobSettings("make check", 600))
+    assert str(err.value).startswith(".polyarch.toml: ") and culprit in str(err.value)

@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.9/3.10
-    import tomli as tomllib
+from typing import Any, Optional
 
 from dispatcher.common.errors import ConfigError, InvalidName
+from dispatcher.common.sections import Section, read_toml
 from dispatcher.common.names import Arch, check_branch, check_repo, check_runner, host_arch, parse_arch
 
 DEFAULT_PORT = 7341
@@ -150,92 +145,10 @@ class Config:
         return own if own is not None else self.dispatcher.token_file
 
 
-class _Section:
-    """Reads one TOML table, checking types; leftover keys are reported as unknown."""
-
-    def __init__(self, path: Path, prefix: str, table: Any) -> None:
-        self.path, self.prefix = path, prefix
-        if not isinstance(table, dict):
-            raise ConfigError(path, prefix, f"expected a table, got {_show(table)}")
-        self.table = dict(table)
-        self.base = path.parent
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def fail(self, name: str, message: str) -> ConfigError:
-        return ConfigError(self.path, self.key(name), message)
-
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
-        if name not in self.table:
-            return default
-        value = self.table.pop(name)
-        # bool is an int in Python; a config that says `timeout = true` is a mistake.
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            raise self.fail(name, f"expected {_kind_name(kind)}, got {_show(value)}")
-        if not isinstance(value, kind):
-            raise self.fail(name, f"expected {_kind_name(kind)}, got {_show(value)}")
-        return value
-
-    def positive(self, name: str, default: float, integer: bool = False) -> Any:
-        value = self.get(name, int if integer else (int, float), default)
-        if value <= 0:
-            raise self.fail(name, f"must be greater than 0, got {_show(value)}")
-        return int(value) if integer else float(value)
-
-    def path_(self, name: str, default: Path | None) -> Path | None:
-        value = self.get(name, str, None)
-        if value is None:
-            return None if default is None else (self.base / default)
-        if not value:
-            raise self.fail(name, "must not be empty")
-        return (self.base / Path(value).expanduser())
-
-    def address(self, name: str, default: Optional[Address]) -> Optional[Address]:
-        value = self.get(name, str, None)
-        if value is None:
-            return default
-        try:
-            return parse_address(value)
-        except ValueError as exc:
-            raise self.fail(name, f"{_show(value)}: {exc}") from None
-
-    def checked(self, name: str, value: Any, check: Callable[[Any], Any]) -> Any:
-        try:
-            return check(value)
-        except InvalidName as exc:
-            raise self.fail(name, str(exc)) from None
-
-    def done(self) -> None:
-        if self.table:
-            name = sorted(self.table)[0]
-            raise self.fail(name, "unknown key")
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {int: "an integer", float: "a number", str: "a string", list: "a list",
-             bool: "true or false", dict: "a table"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def load_config(path: str | Path) -> Config:
     """Read and validate the config file; raises ConfigError naming file, key and value."""
     path = Path(path).expanduser().absolute()
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read config: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
-    top = _Section(path, "", data)
+    top = Section(path, "", read_toml(path, what="config"))
     disp = _dispatcher(path, top.get("dispatcher", dict, {}))
     obs = _observer(path, top.get("observer", dict, {}))
     run = _runner(path, top.get("runner", dict, {}))
@@ -258,7 +171,7 @@ def _archs(path: Path, table: dict) -> dict[Arch, ArchConfig]:
             arch = parse_arch(name)
         except InvalidName as exc:
             raise ConfigError(path, f"arch.{name}", str(exc)) from None
-        s = _Section(path, f"arch.{name}", section)
+        s = Section(path, f"arch.{name}", section)
         factor = s.get("timeout_factor", (int, float), None)
         if factor is not None and factor <= 0:
             raise s.fail("timeout_factor", f"must be greater than 0, got {factor!r}")
@@ -268,10 +181,10 @@ def _archs(path: Path, table: dict) -> dict[Arch, ArchConfig]:
 
 
 def _dispatcher(path: Path, table: Any) -> DispatcherConfig:
-    s = _Section(path, "dispatcher", table)
+    s = Section(path, "dispatcher", table)
     d = DispatcherConfig()
     cfg = DispatcherConfig(
-        listen=s.address("listen", d.listen),
+        listen=s.parsed("listen", parse_address, d.listen),
         state_dir=s.path_("state_dir", d.state_dir),
         results_dir=s.path_("results_dir", d.results_dir),
         heartbeat_timeout=s.positive("heartbeat_timeout", d.heartbeat_timeout),
@@ -283,7 +196,7 @@ def _dispatcher(path: Path, table: Any) -> DispatcherConfig:
         tls_cert=s.path_("tls_cert", None),
         tls_key=s.path_("tls_key", None),
         tls_client_ca=s.path_("tls_client_ca", None),
-        http_listen=s.address("http_listen", None),
+        http_listen=s.parsed("http_listen", parse_address, None),
     )
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         raise s.fail("tls_cert", "tls_cert and tls_key go together")
@@ -294,10 +207,10 @@ def _dispatcher(path: Path, table: Any) -> DispatcherConfig:
 
 
 def _observer(path: Path, table: Any) -> ObserverConfig:
-    s = _Section(path, "observer", table)
+    s = Section(path, "observer", table)
     d = ObserverConfig()
     cfg = ObserverConfig(
-        dispatcher=s.address("dispatcher", d.dispatcher),
+        dispatcher=s.parsed("dispatcher", parse_address, d.dispatcher),
         poll_interval=s.positive("poll_interval", d.poll_interval),
         state_dir=s.path_("state_dir", d.state_dir),
         max_backfill=s.positive("max_backfill", d.max_backfill, integer=True),
@@ -310,7 +223,7 @@ def _observer(path: Path, table: Any) -> ObserverConfig:
     return cfg
 
 
-def _client_tls(s: _Section) -> dict[str, Optional[Path]]:
+def _client_tls(s: Section) -> dict[str, Optional[Path]]:
     tls = {"tls_ca": s.path_("tls_ca", None), "tls_cert": s.path_("tls_cert", None),
            "tls_key": s.path_("tls_key", None)}
     if (tls["tls_cert"] is None) != (tls["tls_key"] is None):
@@ -321,13 +234,13 @@ def _client_tls(s: _Section) -> dict[str, Optional[Path]]:
 
 
 def _runner(path: Path, table: Any) -> RunnerConfig:
-    s = _Section(path, "runner", table)
+    s = Section(path, "runner", table)
     d = RunnerConfig()
     arch_text = s.get("arch", str, "auto")
     arch = None if arch_text == "auto" else s.checked("arch", arch_text, parse_arch)
     name = s.get("name", str, None)
     cfg = RunnerConfig(
-        dispatcher=s.address("dispatcher", d.dispatcher),
+        dispatcher=s.parsed("dispatcher", parse_address, d.dispatcher),
         work_dir=s.path_("work_dir", d.work_dir),
         arch=arch,
         name=None if name is None else s.checked("name", name, check_runner),
@@ -342,7 +255,7 @@ def _runner(path: Path, table: Any) -> RunnerConfig:
 
 
 def _repo(path: Path, index: int, table: Any) -> RepoConfig:
-    s = _Section(path, f"repos[{index}]", table)
+    s = Section(path, f"repos[{index}]", table)
     raw_name = s.get("name", str, None)
     if raw_name is None:
         raise s.fail("name", "missing: every [[repos]] needs a name")
@@ -383,14 +296,14 @@ def _repo(path: Path, index: int, table: Any) -> RepoConfig:
     return cfg
 
 
-def _non_negative(s: _Section, name: str, default: int) -> int:
+def _non_negative(s: Section, name: str, default: int) -> int:
     value = s.get(name, int, default)
     if value < 0:
         raise s.fail(name, f"must be 0 or more, got {value!r}")
     return value
 
 
-def _command(s: _Section, name: str) -> Optional[str]:
+def _command(s: Section, name: str) -> Optional[str]:
     value = s.get(name, str, None)
     if value is not None and not value.strip():
         raise s.fail(name, "must not be empty (leave the key out for no hook)")

@@ -1,4 +1,6 @@
-"""Refs read straight from a git folder's files, and mirrors that borrow a local repository.
+"""git for the observer and the runner: one environment, one way to open a mirror, to
+fetch with a timeout and to word git's errors; refs read straight from a git folder's
+files, and mirrors that borrow a local repository.
 
 A poll cycle over many repositories with nothing new should cost next to nothing. For a
 repository on a local path the observer compares the remote's heads with its mirror's,
@@ -22,7 +24,46 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
+import git
+
+from dispatcher.common.errors import PolyarchError
+
 log = logging.getLogger("polyarch.refs")
+
+# Never wait for a password prompt or an unknown host key: a daemon has no terminal.
+GIT_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=15"),
+}
+
+
+class GitError(PolyarchError):
+    """A git command failed; the message is one line naming the command and git's words."""
+
+
+def open_mirror(path: Path) -> git.Repo:
+    """The bare mirror at `path` (made if missing), its git commands in GIT_ENV."""
+    repo = git.Repo(path) if (path / "HEAD").exists() else git.Repo.init(path, bare=True, mkdir=True)
+    repo.git.update_environment(**GIT_ENV)
+    return repo
+
+
+def error_text(exc: git.GitCommandError, limit: int = 300) -> str:
+    """git's own words, on one line (its stderr, else its exit status)."""
+    text = str(exc.stderr or "").strip().replace("\n", " ")
+    return text[-limit:] or f"exit status {exc.status}"
+
+
+def fetch(repo: git.Repo, url: str, refspecs: tuple[str, ...], timeout: float, *options: str) -> None:
+    """git fetch --quiet `options` url `refspecs`, killed after `timeout` s; GitError names
+    the url and the timeout's setting when it ran out."""
+    try:
+        repo.git.fetch("--quiet", *options, url, *refspecs, kill_after_timeout=timeout)
+    except git.GitCommandError as exc:
+        detail = error_text(exc)
+        if exc.status == -9 or "timeout" in str(exc).lower():
+            detail = f"no answer within {timeout:g} s (fetch_timeout)"
+        raise GitError(f"git fetch {url}: {detail}") from None
 
 _HEX = set("0123456789abcdef")
 

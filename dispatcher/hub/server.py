@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import resource
-import signal
 import socket
 import socketserver
 import ssl
@@ -25,6 +24,7 @@ from dispatcher.common.config import Config, write_address_file
 from dispatcher.common.errors import ConfigError, InvalidName, MessageTooLarge, NotAllowed, PolyarchError, ProtocolError
 from dispatcher.common.files import atomic_write, remove_stale_temporaries
 from dispatcher.common.names import check_runner
+from dispatcher.common.daemon import StopRequest
 from dispatcher.common.sdnotify import Watchdog, notify
 from dispatcher.hub.admission import Admission
 from dispatcher.hub.http_api import start_api
@@ -281,13 +281,8 @@ def serve(config: Config) -> None:
         store.close()
         raise PolyarchError(f"cannot listen on {config.dispatcher.listen} ({config.path}: dispatcher.listen): "
                             f"{exc.strerror}") from None
-    stop = threading.Event()
-
-    def on_signal(signum, frame) -> None:  # only records; the main thread acts
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = StopRequest()  # first or second signal alike: the dispatcher's work is already durable
+    stop.install()
     host, port = server.server_address[:2]
     write_address_file(config, f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     try:
