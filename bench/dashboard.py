@@ -32,13 +32,13 @@ def measure(commits: int, repeat: int, folder: Path) -> dict:
     shas = [f"{i:040x}" for i in range(commits)]
     # Older commits queued on arm64 only, the newest on both: an amd64 runner then leases
     # the newest, the usual case (a result for a recent commit).
-    store.enqueue("big", "main", [CommitInfo(s, "Dev", f"change {i}") for i, s in enumerate(shas[:-1])], ["arm64"])
-    store.enqueue("big", "main", [CommitInfo(shas[-1], "Dev", "newest")], ["amd64", "arm64"])
+    store.jobs.enqueue("big", "main", [CommitInfo(s, "Dev", f"change {i}") for i, s in enumerate(shas[:-1])], ["arm64"])
+    store.jobs.enqueue("big", "main", [CommitInfo(shas[-1], "Dev", "newest")], ["amd64", "arm64"])
     runner = RunnerRow("r1", "amd64", "host", "x86_64", "0", False, "", 0.0, 0.0)
-    job = store.claim(runner)
-    done = store.record_result(job.lease_id, JobResult(Status.FAILED, 1, time.time() - 1, time.time(), b"log\n"))
+    job = store.jobs.claim(runner)
+    done = store.jobs.record_result(job.lease_id, JobResult(Status.FAILED, 1, time.time() - 1, time.time(), b"log\n"))
     write_result(results, record_of(done), b"log\n", b"", summary_of(store, done.repo, done.sha, done.branch))
-    store.mark_published(done.id)
+    store.jobs.mark_published(done.id)
     dashboard = Dashboard(results, store, [("big", ["amd64", "arm64"])])
     samples = []
     for _ in range(repeat):

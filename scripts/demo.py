@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the daemon harness the tests and benchmarks share: bench/rig.py
 
-from bench import rig  # noqa: E402 - needs the line above
+from bench import rig  # after the line above
 
 DEMO = ROOT / "demo"
 BIN = Path(sys.executable).parent

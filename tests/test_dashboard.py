@@ -103,11 +103,11 @@ def test_a_person_finds_the_arch_specific_failure_and_its_log_in_two_clicks(poly
 
 
 def _finish(store: Store, runner: RunnerRow, results: Path, status: Status) -> tuple[str, str]:
-    job = store.claim(runner)
-    done = store.record_result(job.lease_id, JobResult(status, 0 if status == Status.PASSED else 1, time.time() - 1,
+    job = store.jobs.claim(runner)
+    done = store.jobs.record_result(job.lease_id, JobResult(status, 0 if status == Status.PASSED else 1, time.time() - 1,
                                                        time.time(), b"log\n"))
     write_result(results, record_of(done), b"log\n", b"", summary_of(store, done.repo, done.sha, done.branch))
-    store.mark_published(done.id)
+    store.jobs.mark_published(done.id)
     return done.repo, done.sha
 
 
@@ -115,7 +115,7 @@ def test_ten_thousand_commits_stay_paginated_and_a_result_rewrites_a_few_pages(t
     store = Store(tmp_path / "state.sqlite3")
     results = tmp_path / "test_results"
     shas = [f"{i:040x}" for i in range(10_000)]
-    store.enqueue("big", "main", [CommitInfo(s, "Dev", f"change {i}") for i, s in enumerate(shas)], ["amd64"])
+    store.jobs.enqueue("big", "main", [CommitInfo(s, "Dev", f"change {i}") for i, s in enumerate(shas)], ["amd64"])
     runner = RunnerRow("r1", "amd64", "host", "x86_64", "0", False, "", 0.0, 0.0)
     touched = _finish(store, runner, results, Status.FAILED)  # the oldest commit
     dashboard = Dashboard(results, store, [("big", ["amd64"])])
@@ -138,7 +138,7 @@ def test_text_from_commits_is_escaped(tmp_path: Path) -> None:
     store = Store(tmp_path / "state.sqlite3")
     results = tmp_path / "test_results"
     sha = "c" * 40
-    store.enqueue("demo", "main", [CommitInfo(sha, "<b>Mallory</b>", '<script>alert("x")</script>')], ["amd64"])
+    store.jobs.enqueue("demo", "main", [CommitInfo(sha, "<b>Mallory</b>", '<script>alert("x")</script>')], ["amd64"])
     Dashboard(results, store, [("demo", ["amd64"])]).update([("demo", sha)])
     pages = list(results.rglob("*.html"))
     assert len(pages) == 4  # the index, the repository's front page and page 0, the commit's page
@@ -153,7 +153,7 @@ def test_rebuild_all_writes_a_page_for_every_commit(tmp_path: Path) -> None:
     store = Store(tmp_path / "state.sqlite3")
     results = tmp_path / "test_results"
     shas = [f"{i:040x}" for i in range(1, 151)]
-    store.enqueue("demo", "main", [CommitInfo(s) for s in shas], ["amd64"])
+    store.jobs.enqueue("demo", "main", [CommitInfo(s) for s in shas], ["amd64"])
     runner = RunnerRow("r1", "amd64", "host", "x86_64", "0", False, "", 0.0, 0.0)
     for _ in shas:
         _finish(store, runner, results, Status.PASSED)

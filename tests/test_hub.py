@@ -118,11 +118,16 @@ def test_junit_is_parsed_once_when_the_result_is_recorded(hub: Hub) -> None:
 
 
 def test_the_sqlite_store_has_every_method_of_the_state_interface(hub: Hub) -> None:
-    from dispatcher.hub.interface import State, StateQueries
+    from dispatcher.hub.store import interface
 
-    for protocol, impl in ((State, hub.store), (StateQueries, hub.store.queries)):
-        wanted = {n for n in vars(protocol) if not n.startswith("_")} - {"policy", "queries"}
-        assert wanted and all(callable(getattr(impl, n, None)) for n in wanted), protocol.__name__
+    store = hub.store
+    for protocol, impl in ((interface.State, store), (interface.JobsTable, store.jobs),
+                           (interface.AttemptsTable, store.attempts), (interface.RunnersTable, store.runners),
+                           (interface.StateQueries, store.queries)):
+        methods = {n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")}
+        assert methods and all(callable(getattr(impl, n, None)) for n in methods), protocol.__name__
+        fields = set(getattr(protocol, "__annotations__", {}))
+        assert all(hasattr(impl, n) for n in fields), protocol.__name__
 
 
 def test_names_are_checked_before_anything_changes(hub: Hub) -> None:

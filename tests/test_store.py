@@ -48,32 +48,32 @@ def retrying(tmp_path: Path):
 
 
 def test_enqueue_is_idempotent(store: Store) -> None:
-    assert store.enqueue("demo", "main", [CommitInfo(A), CommitInfo(B)], ["amd64", "arm64"]) == 4
-    assert store.enqueue("demo", "main", [CommitInfo(A)], ["amd64", "arm64"]) == 0
+    assert store.jobs.enqueue("demo", "main", [CommitInfo(A), CommitInfo(B)], ["amd64", "arm64"]) == 4
+    assert store.jobs.enqueue("demo", "main", [CommitInfo(A)], ["amd64", "arm64"]) == 0
     assert store.queries.queued_count("amd64") == 2
 
 
 def test_claim_takes_the_oldest_of_the_right_arch(store: Store) -> None:
-    store.enqueue("demo", "main", [CommitInfo(A), CommitInfo(B)], ["amd64"])
-    assert store.claim(runner("r1", "arm64")) is None
-    job = store.claim(runner("r1", "amd64"))
+    store.jobs.enqueue("demo", "main", [CommitInfo(A), CommitInfo(B)], ["amd64"])
+    assert store.jobs.claim(runner("r1", "arm64")) is None
+    job = store.jobs.claim(runner("r1", "amd64"))
     assert job is not None and job.sha == A and job.attempt == 1 and job.state == JobState.LEASED
     assert (job.runner, job.runner_host, job.runner_kernel) == ("r1", "host", "6.1")
 
 
 def test_result_is_recorded_once_and_a_duplicate_is_refused(store: Store) -> None:
-    store.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
-    job = store.claim(runner("r1", "amd64"))
+    store.jobs.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
+    job = store.jobs.claim(runner("r1", "amd64"))
     junit = b'<testsuite tests="2" failures="1"><testcase name="a"/><testcase name="b"><failure/></testcase></testsuite>'
-    done = store.record_result(job.lease_id, result(Status.PASSED, b"log", junit=junit))
+    done = store.jobs.record_result(job.lease_id, result(Status.PASSED, b"log", junit=junit))
     assert done is not None and done.state == JobState.RECORDED
     # The test counts and failing tests are part of the record, parsed once.
     assert done.tests.total == 2 and done.failed_tests == ("b",)
-    assert store.record_result(job.lease_id, result(Status.FAILED, b"log")) is None
-    [pending] = store.unpublished()
+    assert store.jobs.record_result(job.lease_id, result(Status.FAILED, b"log")) is None
+    [pending] = store.jobs.unpublished()
     assert pending.log == b"log"
-    store.mark_published(job.id)
-    assert store.unpublished() == []
+    store.jobs.mark_published(job.id)
+    assert store.jobs.unpublished() == []
     assert store.queries.commit_states("demo", A) == {"amd64": Status.PASSED}
     assert store.queries.commit_reports("demo", A)["amd64"].failing == ["b"]
     [row] = store.queries.jobs("demo", A)
@@ -81,38 +81,38 @@ def test_result_is_recorded_once_and_a_duplicate_is_refused(store: Store) -> Non
 
 
 def test_expired_lease_is_requeued_then_errors_after_max_attempts(store: Store) -> None:
-    store.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
-    first = store.claim(runner("r1", "amd64"))
-    [expired] = store.expire(now=first.leased_at + 11)
+    store.jobs.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
+    first = store.jobs.claim(runner("r1", "amd64"))
+    [expired] = store.jobs.expire(now=first.leased_at + 11)
     assert expired.requeued
     # The late result of the lost lease is refused.
-    assert store.record_result(first.lease_id, result(Status.PASSED)) is None
-    second = store.claim(runner("r2", "amd64"))
+    assert store.jobs.record_result(first.lease_id, result(Status.PASSED)) is None
+    second = store.jobs.claim(runner("r2", "amd64"))
     assert second.attempt == 2 and second.lease_id != first.lease_id
-    assert store.heartbeat(second.lease_id)
-    assert store.expire(now=second.leased_at + 5) == []
-    [gave_up] = store.expire(now=second.leased_at + 100)
+    assert store.jobs.heartbeat(second.lease_id)
+    assert store.jobs.expire(now=second.leased_at + 5) == []
+    [gave_up] = store.jobs.expire(now=second.leased_at + 100)
     assert not gave_up.requeued
-    [final] = store.unpublished()
+    [final] = store.jobs.unpublished()
     assert final.job.status == Status.ERROR and "max_attempts = 2" in final.job.reason
 
 
 def test_release_requeues_without_spending_an_attempt(store: Store) -> None:
-    store.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
-    job = store.claim(runner("r1", "amd64"))
-    assert store.release(job.lease_id) is not None
-    assert store.claim(runner("r2", "amd64")).attempt == 1
+    store.jobs.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
+    job = store.jobs.claim(runner("r1", "amd64"))
+    assert store.jobs.release(job.lease_id) is not None
+    assert store.jobs.claim(runner("r2", "amd64")).attempt == 1
 
 
 def test_leases_survive_a_restart_with_a_fresh_deadline(tmp_path: Path) -> None:
     path = tmp_path / "state.sqlite3"
     s = Store(path, Policy(heartbeat_timeout=10))
-    s.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
-    job = s.claim(runner("r1", "amd64"))
+    s.jobs.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
+    job = s.jobs.claim(runner("r1", "amd64"))
     s.close()
     s = Store(path, Policy(heartbeat_timeout=10))
-    assert s.lease_is_current(job.lease_id)
-    assert s.record_result(job.lease_id, result(Status.PASSED)) is not None
+    assert s.jobs.heartbeat(job.lease_id)  # the lease survived the restart
+    assert s.jobs.record_result(job.lease_id, result(Status.PASSED)) is not None
     s.close()
 
 
@@ -139,53 +139,53 @@ def test_wal_and_full_sync(store: Store) -> None:
 
 def test_a_failure_with_retries_left_runs_again_elsewhere_and_a_pass_is_flaky(retrying) -> None:
     store = retrying(1)
-    store.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
-    first = store.claim(runner("r1"), alone=False)
-    again = store.record_result(first.lease_id, result(Status.FAILED, b"first log", "exit 1"))
+    store.jobs.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
+    first = store.jobs.claim(runner("r1"), alone=False)
+    again = store.jobs.record_result(first.lease_id, result(Status.FAILED, b"first log", "exit 1"))
     assert again is not None and again.state == JobState.QUEUED and again.retries == 1
     # r1 failed it: while another amd64 runner is connected, r1 does not get it back.
-    assert store.claim(runner("r1"), alone=False) is None
-    second = store.claim(runner("r2"), alone=False)
+    assert store.jobs.claim(runner("r1"), alone=False) is None
+    second = store.jobs.claim(runner("r2"), alone=False)
     assert second is not None and second.attempt == 2
-    done = store.record_result(second.lease_id, result(Status.PASSED, b"second log"))
+    done = store.jobs.record_result(second.lease_id, result(Status.PASSED, b"second log"))
     assert done.state == JobState.RECORDED and done.status == Status.FLAKY
-    [pending] = store.unpublished()
+    [pending] = store.jobs.unpublished()
     [earlier] = pending.attempts
     assert (earlier.attempt, earlier.runner, earlier.status, earlier.log) == (1, "r1", Status.FAILED, b"first log")
-    store.mark_published(pending.job.id)
+    store.jobs.mark_published(pending.job.id)
     assert store.queries.commit_states("demo", A) == {"amd64": Status.FLAKY}
 
 
 def test_a_retry_goes_back_to_the_same_runner_when_it_is_alone(retrying) -> None:
     store = retrying(2)
-    store.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
-    first = store.claim(runner("r1"))
-    store.record_result(first.lease_id, result(Status.FAILED))
-    second = store.claim(runner("r1"), alone=True)
-    store.record_result(second.lease_id, result(Status.TIMEOUT))
-    third = store.claim(runner("r1"), alone=True)
-    done = store.record_result(third.lease_id, result(Status.FAILED))
+    store.jobs.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
+    first = store.jobs.claim(runner("r1"))
+    store.jobs.record_result(first.lease_id, result(Status.FAILED))
+    second = store.jobs.claim(runner("r1"), alone=True)
+    store.jobs.record_result(second.lease_id, result(Status.TIMEOUT))
+    third = store.jobs.claim(runner("r1"), alone=True)
+    done = store.jobs.record_result(third.lease_id, result(Status.FAILED))
     # Out of retries: the failure is final, and both earlier attempts are kept.
     assert done.state == JobState.RECORDED and done.status == Status.FAILED
-    [pending] = store.unpublished()
+    [pending] = store.jobs.unpublished()
     assert [a.status for a in pending.attempts] == [Status.FAILED, Status.TIMEOUT]
 
 
 def test_retries_do_not_count_against_lost_runner_attempts(retrying) -> None:
     store = retrying(1)
-    store.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
-    first = store.claim(runner("r1"))
-    store.record_result(first.lease_id, result(Status.FAILED))
-    second = store.claim(runner("r1"))
+    store.jobs.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
+    first = store.jobs.claim(runner("r1"))
+    store.jobs.record_result(first.lease_id, result(Status.FAILED))
+    second = store.jobs.claim(runner("r1"))
     # Attempt 2, but the first lease was not lost: one more loss is still allowed under max 2.
-    [expired] = store.expire(now=second.leased_at + 11)
+    [expired] = store.jobs.expire(now=second.leased_at + 11)
     assert expired.requeued
 
 
 def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     db = sqlite3.connect(path)
-    from dispatcher.hub import database
+    from dispatcher.hub.store import database
 
     db.executescript(database._SCHEMA)
     db.execute("PRAGMA user_version = 1")
@@ -200,7 +200,7 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="upgrades it when it starts"):
         Store(path, readonly=True)
     upgraded = Store(path)
-    job = upgraded.claim(runner("r1"))
+    job = upgraded.jobs.claim(runner("r1"))
     assert job is not None and job.sha == A and job.retries == 0
     # A result published before the upgrade is published after it; it has no test counts.
     [old] = upgraded.queries.jobs("demo", B)

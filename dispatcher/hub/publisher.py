@@ -99,7 +99,7 @@ class Publisher:
         """Write the files of every durable result that has none yet. Safe to call often."""
         with self._lock:
             while True:
-                batch = self.store.unpublished()
+                batch = self.store.jobs.unpublished()
                 if not batch:
                     return
                 written: list[FinishedJob] = []
@@ -110,7 +110,7 @@ class Publisher:
                     # The pages before the mark: a crash in between leaves the results
                     # unmarked, and the restart writes their files and pages again.
                     self._update_pages(written)
-                    self.store.mark_published(*(f.job.id for f in written))
+                    self.store.jobs.mark_published(*(f.job.id for f in written))
                 except (OSError, StateError) as exc:
                     failed = batch[len(written)] if len(written) < len(batch) else batch[-1]
                     log.error("cannot write result files for %s %s %s under %s: %s; will retry",

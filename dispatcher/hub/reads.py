@@ -7,7 +7,7 @@ import time
 from typing import Iterable, Optional
 
 from dispatcher.common.states import CellState, Status
-from dispatcher.hub.rows import JobRow, JobState
+from dispatcher.hub.store.rows import JobRow, JobState
 from dispatcher.hub.store import Store
 from dispatcher.results.junit import MAX_NAMED_TESTS
 from dispatcher.results.record import Attempt, ResultRecord, summary_dict
@@ -35,7 +35,7 @@ def summary_of(store: Store, repo: str, sha: str, branch: str) -> dict:
 def cell(job: JobRow, now: float, store: Optional[Store] = None) -> Cell:
     """One (commit, arch); with `store`, a retried job's earlier attempts join its record."""
     if job.state.final:
-        earlier = store.attempts(job.id) if store is not None and job.retries else ()
+        earlier = store.attempts.of(job.id) if store is not None and job.retries else ()
         record = record_of(job, earlier)
         return Cell(job.arch, CellState.of(record.status), job.attempt, job.runner or "",
                     record.finished_at - record.started_at, job.runner_emulated, record)

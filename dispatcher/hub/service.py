@@ -24,7 +24,7 @@ from dispatcher.hub.metrics import Metrics
 from dispatcher.hub.presence import FLUSH_INTERVAL, Presence
 from dispatcher.hub.publisher import Publisher
 from dispatcher.hub.reads import commit_status
-from dispatcher.hub.interface import State
+from dispatcher.hub.store.interface import State
 from dispatcher.hub.store import JobResult, JobState, RunnerRow
 from dispatcher.results.junit import parse as parse_junit
 from dispatcher.wire.protocol import CommitInfo, CommitStatus, Job, Register, Result
@@ -80,7 +80,7 @@ class Hub:
             raise ProtocolError(f"more than {MAX_COMMITS_PER_DISPATCH} commits in one message")
         for c in commits:
             check_commit(c.sha)
-        created = self.store.enqueue(repo.name, branch, commits, [a.value for a in repo.architectures])
+        created = self.store.jobs.enqueue(repo.name, branch, commits, [a.value for a in repo.architectures])
         if created:
             log.info("queued %d job(s) for %d commit(s) of %s/%s", created, len(commits), repo.name, branch)
             self.notify_work()
@@ -96,7 +96,7 @@ class Hub:
         unknown = [a.value for a in chosen if a not in repo.architectures]
         if unknown:
             raise UnknownArch(f"{', '.join(unknown)} not configured for repo {repo.name}")
-        created = self.store.enqueue(repo.name, branch, [CommitInfo(commit)], [a.value for a in chosen])
+        created = self.store.jobs.enqueue(repo.name, branch, [CommitInfo(commit)], [a.value for a in chosen])
         if created:
             log.info("queued %d job(s) for %s %s (submitted by %s)", created, repo.name, commit[:12], by)
             self.notify_work()
@@ -113,7 +113,7 @@ class Hub:
         now = time.time()
         runner = RunnerRow(name, arch, msg.host[:200], msg.machine[:50], msg.version[:50], msg.emulated,
                            msg.kernel[:100], now, now)
-        self.store.register_runner(runner)
+        self.store.runners.register(runner)
         if previous is not None:
             self.presence.left(previous.name)
         self.presence.arrived(runner)
@@ -141,7 +141,7 @@ class Hub:
         while not self.stopping.is_set():
             with self._work:
                 generation = self._generation
-            row = self.store.claim(runner, alone=not self.presence.others(arch, runner.name))
+            row = self.store.jobs.claim(runner, alone=not self.presence.others(arch, runner.name))
             if row is not None:
                 repo = self.config.repo(row.repo)
                 if repo is None:
@@ -164,19 +164,19 @@ class Hub:
     def _finish_orphan(self, lease_id: Optional[str], repo: str) -> None:
         now = time.time()
         reason = f"repo {repo!r} is no longer in {self.config.path}"
-        self.store.record_result(lease_id or "", JobResult(Status.ERROR, None, now, now, reason.encode() + b"\n",
+        self.store.jobs.record_result(lease_id or "", JobResult(Status.ERROR, None, now, now, reason.encode() + b"\n",
                                                            reason=reason))
         self.publisher.wake()
 
     def heartbeat(self, runner: RunnerRow, lease_id: str) -> None:
-        if not self.store.heartbeat(lease_id):
+        if not self.store.jobs.heartbeat(lease_id):
             raise LeaseLost("lease is no longer yours")
 
     def record_result(self, runner: RunnerRow, msg: Result) -> tuple[int, str]:
         """(1, what happened) for a result recorded or retried; (0, ...) for a late or
         duplicate one, acknowledged and dropped. The JUnit is parsed here, once."""
         junit = msg.junit.encode("utf-8", "replace")
-        job = self.store.record_result(msg.lease_id, JobResult(
+        job = self.store.jobs.record_result(msg.lease_id, JobResult(
             Status.of(msg.status), msg.exit_code, msg.started_at, msg.finished_at, msg.log.encode("utf-8", "replace"),
             msg.log_truncated, junit, parse_junit(junit) if junit else None, msg.reason))
         if job is not None and job.state == JobState.QUEUED:
@@ -186,7 +186,7 @@ class Hub:
             self.notify_work()
             return 1, "recorded; the job runs again (retry_failed)"
         if job is None:
-            late = self.store.job_by_lease(msg.lease_id)
+            late = self.store.jobs.by_lease(msg.lease_id)
             what = f"{late.repo} {late.sha[:12]} {late.arch}" if late else "an unknown lease"
             log.warning("dropped late or duplicate result from %s for %s", runner.name, what)
             return 0, "late or duplicate result: discarded"
@@ -194,7 +194,7 @@ class Hub:
         return 1, "recorded"
 
     def release(self, runner: RunnerRow, lease_id: str, reason: str) -> None:
-        job = self.store.release(lease_id)
+        job = self.store.jobs.release(lease_id)
         if job is not None:
             log.info("runner %s handed back %s %s %s: %s", runner.name, job.repo, job.sha[:12], job.arch,
                      reason or "stopping")
@@ -209,7 +209,7 @@ class Hub:
             return
         self._next_service = now + SERVICE_INTERVAL
         try:
-            expired = self.store.expire()
+            expired = self.store.jobs.expire()
             for e in expired:
                 what = "re-queued" if e.requeued else "given up (status error)"
                 log.warning("lease of %s %s %s expired: runner %s sent no heartbeat for %.0f s; job %s",
@@ -218,13 +218,13 @@ class Hub:
             if expired:
                 self.metrics.expired(len(expired))
                 self.notify_work()
-            if self.store.has_unpublished():
+            if self.store.jobs.has_unpublished():
                 self.publisher.wake()  # results a crash or a full disk left unwritten
             if now >= self._next_flush:
                 self._next_flush = now + FLUSH_INTERVAL
                 seen = self.presence.take_seen()
                 try:
-                    self.store.touch_runners(seen)
+                    self.store.runners.touch(seen)
                 except StateError:
                     self.presence.put_back(seen)
                     raise

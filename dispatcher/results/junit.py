@@ -93,11 +93,6 @@ def parse(data: bytes) -> Optional[JUnit]:
     return JUnit(counts, outcomes)
 
 
-def parse_counts(data: bytes) -> Optional[TestCounts]:
-    report = parse(data)
-    return report.counts if report is not None else None
-
-
 def _test_id(case: ET.Element) -> str:
     name = case.get("name", "?")
     classname = case.get("classname", "")

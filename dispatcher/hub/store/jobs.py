@@ -1,4 +1,4 @@
-"""The dispatcher's durable state as its rules change it: commits, jobs, attempts, runners.
+"""The jobs table: one job per (repo, commit, arch), and the rules of its lease.
 
 Jobs move queued -> leased -> recorded -> published. `recorded` means the result is
 committed to the database (with its test counts and failing tests, parsed once);
@@ -8,9 +8,6 @@ after a crash or a full disk, from the database, without ever running the job tw
 
 Heartbeat deadlines live in memory: they change every few seconds per runner and are
 worthless after a restart, when every lease simply gets a fresh deadline.
-
-The methods below and those of queries.py are the whole state interface the hub uses
-(interface.py writes it down); a second backend implements the same.
 """
 
 from __future__ import annotations
@@ -20,16 +17,14 @@ import json
 import secrets
 import sqlite3
 import time
-from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
 from dispatcher.common.states import Status
-from dispatcher.hub.database import Database
-from dispatcher.hub.queries import Queries
-from dispatcher.hub.rows import (JOB_COLUMNS, JOB_FROM, Expired, FinishedJob, JobRow, JobState, RunnerRow,
-                                 attempt_from_row)
+from dispatcher.hub.store.attempts import Attempts
+from dispatcher.hub.store.commits import Commits
+from dispatcher.hub.store.database import Database
+from dispatcher.hub.store.rows import JOB_COLUMNS, JOB_FROM, Expired, FinishedJob, JobRow, JobState, RunnerRow
 from dispatcher.results.junit import MAX_NAMED_TESTS, JUnit
-from dispatcher.results.record import Attempt
 from dispatcher.wire.protocol import CommitInfo
 
 
@@ -57,27 +52,19 @@ class JobResult:
     reason: str = ""
 
 
-class Store:
-    """All writes; the reads for views are `self.queries`."""
-
-    def __init__(self, path: Path, policy: Optional[Policy] = None, readonly: bool = False) -> None:
-        self.db = Database(path, readonly=readonly)
-        self.path = self.db.path
-        self.policy = policy = policy or Policy()
-        self.queries = Queries(self.db)
-        self._lock = self.db.lock
+class Jobs:
+    def __init__(self, db: Database, policy: Policy, commits: Commits, attempts: Attempts,
+                 readonly: bool = False) -> None:
+        self.db, self.policy, self.commits, self.attempts = db, policy, commits, attempts
+        self._lock = db.lock
         self._deadlines: dict[str, float] = {}
         if not readonly:
             now = time.time()
             # Leases survive a restart; their runners get a full heartbeat period to come back.
-            with self.db.read() as db:
-                for row in db.execute("SELECT lease_id FROM jobs WHERE state = ?", (JobState.LEASED.value,)):
+            with db.read() as conn:
+                for row in conn.execute("SELECT lease_id FROM jobs WHERE state = ?", (JobState.LEASED.value,)):
                     self._deadlines[row["lease_id"]] = now + policy.heartbeat_timeout
 
-    def close(self) -> None:
-        self.db.close()
-
-    # --- commits and jobs ------------------------------------------------------------
 
     def enqueue(self, repo: str, branch: str, commits: Iterable[CommitInfo], archs: Iterable[str]) -> int:
         """Record commits and one job per arch; returns how many jobs are new. Idempotent."""
@@ -85,13 +72,10 @@ class Store:
         archs = list(archs)
         created = 0
         with self.db.tx() as db:
-            for c in commits:
-                db.execute("INSERT OR IGNORE INTO commits (repo, sha, branch, author, subject, timestamp, "
-                           "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           (repo, c.sha, branch, c.author, c.subject, c.timestamp, now))
+            for sha in self.commits.add(db, repo, branch, commits):
                 for arch in archs:
                     cur = db.execute("INSERT OR IGNORE INTO jobs (repo, sha, arch, state, created_at) "
-                                     "VALUES (?, ?, ?, ?, ?)", (repo, c.sha, arch, JobState.QUEUED.value, now))
+                                     "VALUES (?, ?, ?, ?, ?)", (repo, sha, arch, JobState.QUEUED.value, now))
                     created += cur.rowcount
         return created
 
@@ -124,10 +108,6 @@ class Store:
                 return False
             self._deadlines[lease_id] = time.time() + self.policy.heartbeat_timeout
             return True
-
-    def lease_is_current(self, lease_id: str) -> bool:
-        with self._lock:
-            return lease_id in self._deadlines
 
     def expire(self, now: Optional[float] = None) -> list[Expired]:
         """Take back every lease past its deadline; requeue, or end as error after max_attempts."""
@@ -181,10 +161,8 @@ class Store:
                     return None
                 status = result.status
                 if status.retryable and job.retries < self.policy.retry_failed.get(job.repo, 0):
-                    db.execute("INSERT OR REPLACE INTO attempts (job_id, attempt, runner, status, exit_code, "
-                               "started_at, finished_at, reason, log) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                               (job.id, job.attempt, job.runner or "", status.value, result.exit_code,
-                                result.started_at, result.finished_at, result.reason, result.log))
+                    self.attempts.add(db, job, status, result.exit_code, result.started_at, result.finished_at,
+                                      result.reason, result.log)
                     db.execute("UPDATE jobs SET state = ?, lease_id = NULL, retries = retries + 1, avoid_runner = ? "
                                "WHERE id = ?", (JobState.QUEUED.value, job.runner, job.id))
                     job = _job_by(db, "j.id = ?", job.id)
@@ -228,16 +206,9 @@ class Store:
             out = []
             for r in rows:
                 job = JobRow.from_row(r)
-                attempts = self.attempts(job.id) if job.retries else ()
+                attempts = self.attempts.of(job.id) if job.retries else ()
                 out.append(FinishedJob(job, r["log_blob"] or b"", r["junit_blob"] or b"", attempts))
         return out
-
-    def attempts(self, job_id: int) -> tuple[Attempt, ...]:
-        """The earlier, failed attempts of a job (their logs only until it is published)."""
-        with self.db.read() as db:
-            rows = db.execute("SELECT attempt, runner, status, exit_code, started_at, finished_at, reason, log "
-                              "FROM attempts WHERE job_id = ? ORDER BY attempt", (job_id,)).fetchall()
-        return tuple(attempt_from_row(r) for r in rows)
 
     def has_unpublished(self) -> bool:
         with self.db.read() as db:
@@ -251,30 +222,11 @@ class Store:
         with self.db.tx() as db:
             db.executemany("UPDATE jobs SET state = ?, log = NULL, junit = NULL WHERE id = ? AND state = ?",
                            [(JobState.PUBLISHED.value, job_id, JobState.RECORDED.value) for job_id in job_ids])
-            db.executemany("UPDATE attempts SET log = NULL WHERE job_id = ?", [(job_id,) for job_id in job_ids])
+            self.attempts.drop_logs(db, job_ids)
 
-    def job_by_lease(self, lease_id: str) -> Optional[JobRow]:
+    def by_lease(self, lease_id: str) -> Optional[JobRow]:
         with self.db.read() as db:
             return _job_by(db, "j.lease_id = ?", lease_id)
-
-    # --- runners -----------------------------------------------------------------------
-
-    def register_runner(self, runner: RunnerRow) -> None:
-        with self.db.tx() as db:
-            db.execute("INSERT INTO runners (name, arch, host, machine, version, emulated, kernel, first_seen, "
-                       "last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                       "arch = excluded.arch, host = excluded.host, machine = excluded.machine, "
-                       "version = excluded.version, emulated = excluded.emulated, kernel = excluded.kernel, "
-                       "last_seen = excluded.last_seen",
-                       (runner.name, runner.arch, runner.host, runner.machine, runner.version,
-                        int(runner.emulated), runner.kernel, runner.first_seen, runner.last_seen))
-
-    def touch_runners(self, seen: dict[str, float]) -> None:
-        """Record when connected runners were last heard from, for `status` in other processes."""
-        if seen:
-            with self.db.tx() as db:
-                db.executemany("UPDATE runners SET last_seen = max(last_seen, ?) WHERE name = ?",
-                               [(t, name) for name, t in seen.items()])
 
 
 def _job_by(db: sqlite3.Connection, cond: str, value: object) -> Optional[JobRow]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Optional
 
 from dispatcher.common.states import Status
-from dispatcher.hub.database import Database
-from dispatcher.hub.rows import JOB_COLUMNS, JOB_FROM, RUNNER_COLUMNS, JobRow, JobState, RunnerRow
+from dispatcher.hub.store.database import Database
+from dispatcher.hub.store.rows import JOB_COLUMNS, JOB_FROM, RUNNER_COLUMNS, JobRow, JobState, RunnerRow
 from dispatcher.results.junit import JUnit
 
 

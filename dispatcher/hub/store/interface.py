@@ -1,6 +1,6 @@
 """The state interface the hub uses, written down in one place.
 
-Store (store.py, SQLite) implements it today; a second backend (PostgreSQL) implements
+Store (store/__init__.py, over SQLite) implements it today; a second backend (PostgreSQL) implements
 the same methods with the same meaning. `tests/test_hub.py` drives the rules through it.
 Writes commit before they return (an acknowledgement follows a commit); a method that
 cannot write raises StateError and changes nothing.
@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Iterable, Optional, Protocol
 
 from dispatcher.common.states import Status
-from dispatcher.hub.rows import Expired, FinishedJob, JobRow, RunnerRow
-from dispatcher.hub.store import JobResult, Policy
+from dispatcher.hub.store.rows import Expired, FinishedJob, JobRow, RunnerRow
+from dispatcher.hub.store.jobs import JobResult, Policy
 from dispatcher.results.junit import JUnit
 from dispatcher.results.record import Attempt
 from dispatcher.wire.protocol import CommitInfo
@@ -35,11 +35,11 @@ class StateQueries(Protocol):
     def runners(self) -> list[RunnerRow]: ...
 
 
-class State(Protocol):
-    """The writes of the hub's rules; `queries` is the read side."""
+class JobsTable(Protocol):
+    """The jobs and the rules of their leases; commits and attempts are written inside its
+    transactions."""
 
     policy: Policy
-    queries: StateQueries
 
     def enqueue(self, repo: str, branch: str, commits: Iterable[CommitInfo], archs: Iterable[str]) -> int: ...
     def claim(self, runner: RunnerRow, alone: bool = True) -> Optional[JobRow]: ...
@@ -48,10 +48,27 @@ class State(Protocol):
     def record_result(self, lease_id: str, result: JobResult) -> Optional[JobRow]: ...
     def release(self, lease_id: str) -> Optional[JobRow]: ...
     def unpublished(self, limit: int = 100) -> list[FinishedJob]: ...
-    def attempts(self, job_id: int) -> tuple[Attempt, ...]: ...
     def has_unpublished(self) -> bool: ...
     def mark_published(self, *job_ids: int) -> None: ...
-    def job_by_lease(self, lease_id: str) -> Optional[JobRow]: ...
-    def register_runner(self, runner: RunnerRow) -> None: ...
-    def touch_runners(self, seen: dict[str, float]) -> None: ...
+    def by_lease(self, lease_id: str) -> Optional[JobRow]: ...
+
+
+class AttemptsTable(Protocol):
+    def of(self, job_id: int) -> tuple[Attempt, ...]: ...
+
+
+class RunnersTable(Protocol):
+    def register(self, runner: RunnerRow) -> None: ...
+    def touch(self, seen: dict[str, float]) -> None: ...
+
+
+class State(Protocol):
+    """The whole state the hub uses: its components, and the policy they apply."""
+
+    policy: Policy
+    jobs: JobsTable
+    attempts: AttemptsTable
+    runners: RunnersTable
+    queries: StateQueries
+
     def close(self) -> None: ...

@@ -1,0 +1,42 @@
+"""The hub's durable state: one Database (connection, transactions, migrations) and one
+component per table over it, as buildbot's db connector composes its components.
+
+    store.jobs      the jobs and the rules of their leases (enqueue, claim, heartbeat,
+                    expire, record_result, release, publishing)
+    store.commits   the commits (written inside the jobs' transactions)
+    store.attempts  earlier failed attempts (retry_failed)
+    store.runners   registered runners
+    store.queries   the views' reads
+
+interface.py writes down what a backend provides; SQLite is this one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from dispatcher.hub.store.attempts import Attempts
+from dispatcher.hub.store.commits import Commits
+from dispatcher.hub.store.database import Database
+from dispatcher.hub.store.jobs import JobResult, Jobs, Policy
+from dispatcher.hub.store.queries import Queries
+from dispatcher.hub.store.rows import Expired, FinishedJob, JobRow, JobState, RunnerRow
+from dispatcher.hub.store.runners import Runners
+
+__all__ = ["Store", "Policy", "JobResult", "Expired", "FinishedJob", "JobRow", "JobState", "RunnerRow"]
+
+
+class Store:
+    def __init__(self, path: Path, policy: Optional[Policy] = None, readonly: bool = False) -> None:
+        self.db = Database(path, readonly=readonly)
+        self.path = self.db.path
+        self.policy = policy or Policy()
+        self.commits = Commits()
+        self.attempts = Attempts(self.db)
+        self.jobs = Jobs(self.db, self.policy, self.commits, self.attempts, readonly=readonly)
+        self.runners = Runners(self.db)
+        self.queries = Queries(self.db)
+
+    def close(self) -> None:
+        self.db.close()
