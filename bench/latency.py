@@ -1,10 +1,14 @@
 """Commit-to-result latency for a no-op test on a local repository.
 
-    .venv/bin/python -m bench.latency [--commits 20] [--poll-interval 5] [--no-watch] [--json FILE]
+    .venv/bin/python -m bench.latency [--commits 20] [--poll-interval 5] [--no-watch]
+                                      [--gap S] [--idle-timeout S] [--json FILE]
 
 Starts the three real daemons on a repository in a temporary folder, commits with
-random gaps, and measures from `git commit` returning to `<arch>.json` appearing.
-Prints median, p95, min and max; writes the figures as JSON.
+random gaps (0.2-0.6 s, or `--gap` seconds apart: pushes minutes apart, as labs push,
+shortened by a short `--idle-timeout` so that every push comes after the dispatcher
+closed the idle observer connection and after a poll), and measures from `git commit`
+returning to `<arch>.json` appearing. Prints median, p95, min and max; writes the
+figures as JSON.
 """
 
 from __future__ import annotations
@@ -21,19 +25,20 @@ from bench.rig import ROOT, daemons, git, new_repo, wait_file, write_config, wri
 
 
 def measure(commits: int, poll_interval: float, watch: bool, seed: int,
-            inspect: Optional[Callable[[Path, list[str]], None]] = None) -> list[float]:
+            inspect: Optional[Callable[[Path, list[str]], None]] = None, gap: Optional[float] = None,
+            idle_timeout: Optional[float] = None) -> list[float]:
     """Latencies of `commits` commits; `inspect(root, shas)` sees the run's files before teardown."""
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="polyarch-bench-") as tmp:
         root = Path(tmp)
         repo = new_repo(root)
-        config = write_config(root, repo, poll_interval=poll_interval, watch=watch)
+        config = write_config(root, repo, poll_interval=poll_interval, watch=watch, idle_timeout=idle_timeout)
         with daemons(root, config):
             results = root / "test_results" / "bench"
             wait_file(results / git(repo, "rev-parse", "HEAD") / "amd64.json")  # warm-up
             latencies, shas = [], []
             for i in range(commits):
-                time.sleep(rng.uniform(0.2, 0.6))
+                time.sleep(gap if gap is not None else rng.uniform(0.2, 0.6))
                 git(repo, "commit", "-q", "--allow-empty", "-m", f"bench {i}")
                 committed = time.monotonic()
                 sha = git(repo, "rev-parse", "HEAD")
@@ -57,10 +62,17 @@ def main() -> None:
     parser.add_argument("--poll-interval", type=float, default=5.0)
     parser.add_argument("--no-watch", action="store_true", help="poll only, no watchfiles trigger")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--gap", type=float, help="seconds between pushes (default: random 0.2-0.6)")
+    parser.add_argument("--idle-timeout", type=float, help="the dispatcher's idle_timeout (default 120)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latency.json")
     args = parser.parse_args()
-    figures = summarise(measure(args.commits, args.poll_interval, not args.no_watch, args.seed))
+    figures = summarise(measure(args.commits, args.poll_interval, not args.no_watch, args.seed, gap=args.gap,
+                                idle_timeout=args.idle_timeout))
     mode = f"{'poll only' if args.no_watch else 'watch trigger'}, poll_interval {args.poll_interval:g} s"
+    if args.gap is not None:
+        mode += f", pushes {args.gap:g} s apart"
+    if args.idle_timeout is not None:
+        mode += f", idle_timeout {args.idle_timeout:g} s"
     print(f"commit-to-result latency, no-op test, {mode}, {figures['n']} commits:")
     print(f"  median {figures['median_ms']:.0f} ms   p95 {figures['p95_ms']:.0f} ms   "
           f"min {figures['min_ms']:.0f} ms   max {figures['max_ms']:.0f} ms")

@@ -38,11 +38,13 @@ def new_repo(root: Path) -> Path:
 
 
 def write_config(root: Path, repo: Path, test_command: str = "true", poll_interval: float = 5.0,
-                 watch: bool = True, max_backfill: int = 100) -> Path:
+                 watch: bool = True, max_backfill: int = 100, idle_timeout: Optional[float] = None) -> Path:
     config = root / "polyarch.toml"
+    idle = f"idle_timeout = {idle_timeout}" if idle_timeout is not None else ""
     config.write_text(textwrap.dedent(f"""\
         [dispatcher]
         listen = "127.0.0.1:0"
+        {idle}
         [observer]
         dispatcher = "127.0.0.1:0"
         poll_interval = {poll_interval}

@@ -48,6 +48,7 @@ def status(config_path: str, repo: Optional[str], commit: Optional[str], limit: 
     """Recent commits by architecture, queued and running jobs, and runners (reads the state database)."""
     from rich.console import Console
 
+    from dispatcher.common.errors import UnknownName
     from dispatcher.hub.server import db_path
     from dispatcher.hub.reads import collect
     from dispatcher.views.terminal import render, to_json
@@ -56,6 +57,8 @@ def status(config_path: str, repo: Optional[str], commit: Optional[str], limit: 
     config = load_config(config_path)
     if watch and as_json:
         raise click.exceptions.UsageError("--watch and --json do not go together (poll the JSON instead)")
+    if repo is not None:
+        repo = config.require_repo(repo).name  # an unknown one: exit 2, naming the known ones
     store = Store(db_path(config), readonly=True)
     timeout = config.dispatcher.heartbeat_timeout
 
@@ -63,6 +66,9 @@ def status(config_path: str, repo: Optional[str], commit: Optional[str], limit: 
         return collect(store, repo, commit, limit, heartbeat_timeout=timeout)
 
     try:
+        if commit is not None and not report().commits:
+            raise UnknownName(f"no commit {commit!r} in {f'repo {repo}' if repo else 'any repository'} "
+                              "(polyarch-dispatcher status lists the recent ones)")
         if as_json:
             click.echo(json.dumps(to_json(report()), indent=2))
         elif watch:
@@ -96,8 +102,7 @@ def submit(config_path: str, repo: str, commit: str, branch: str, archs: tuple[s
     from dispatcher.wire.protocol import Submit
 
     config = load_config(config_path)
-    if config.repo(repo) is None:
-        raise click.exceptions.UsageError(f"unknown repo {repo!r} (not in {config.path})")
+    config.require_repo(repo)
     check_commit(commit)
     for a in archs:
         parse_arch(a)
@@ -130,9 +135,7 @@ def wait_command(config_path: str, repo: str, commit: str, branch: str, timeout:
     from dispatcher.common.names import check_branch, check_commit
 
     config = load_config(config_path)
-    repo_config = config.repo(repo)
-    if repo_config is None:
-        raise click.exceptions.UsageError(f"unknown repo {repo!r} (not in {config.path})")
+    repo_config = config.require_repo(repo)
     check_commit(commit)
     if branch:
         check_branch(branch)
@@ -141,7 +144,7 @@ def wait_command(config_path: str, repo: str, commit: str, branch: str, timeout:
         with console.status(f"waiting for {repo} {commit[:12]} on "
                             f"{', '.join(a.value for a in repo_config.architectures)}") as spinner:
             def progress(status) -> None:
-                done = sum(1 for a in status.archs if a.state not in ("queued", "running"))
+                done = sum(1 for a in status.archs if a.state.final)
                 spinner.update(f"{repo} {commit[:12]}: {done}/{len(status.archs)} architecture(s) finished")
 
             status = wait(lambda: _client_connection(config, "wait"), repo, commit, branch,

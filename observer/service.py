@@ -110,10 +110,7 @@ class Observer:
 
     def _send(self, msg: Dispatch) -> Ack:
         try:
-            if self.conn is None:
-                self.conn = Connection(dispatcher_address(self.config, "observer"), Role.OBSERVER, self.name,
-                                       self.secret, tls=self.tls)
-            reply = self.conn.request(msg)
+            reply = self._request(msg)
         except RemoteError as exc:
             if exc.code == ErrorCode.UNAVAILABLE:  # its disk is full: like down, retry soon
                 raise DispatcherDown(str(exc)) from None
@@ -126,6 +123,31 @@ class Observer:
         if not isinstance(reply, Ack):
             raise DispatcherDown(f"dispatcher answered dispatch with {reply.KIND.value}")
         return reply
+
+    def _request(self, msg: Dispatch):
+        """One request; a connection the dispatcher closed while we were quiet (idle_timeout)
+        is not an outage: it is made again at once, without backoff or warning."""
+        reused = self.conn is not None
+        if self.conn is not None and self.conn.peer_closed():
+            log.debug("the dispatcher closed our idle connection; connecting again")
+            self.conn.close()
+            self.conn, reused = None, False
+        if self.conn is None:
+            self.conn = self._connect()
+        try:
+            return self.conn.request(msg)
+        except (OSError, ProtocolError):
+            if not reused:
+                raise
+            # Closed in the instant between the check and the send: it never read the
+            # message (a dispatcher answers what it reads), and a dispatch is idempotent.
+            self.conn.close()
+            self.conn = self._connect()
+            return self.conn.request(msg)
+
+    def _connect(self) -> Connection:
+        return Connection(dispatcher_address(self.config, "observer"), Role.OBSERVER, self.name, self.secret,
+                          tls=self.tls)
 
     def poll_once(self, repos: Optional[list[RepoConfig]] = None) -> bool:
         """Poll the given repos (default all) once, in parallel; True when every one succeeded."""

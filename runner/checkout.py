@@ -26,6 +26,7 @@ from typing import Optional
 import git
 
 from dispatcher.common.names import check_repo
+from dispatcher.wire.protocol import CommitInfo
 from dispatcher.common.git import GitError, borrow, error_text, fetch, local_git_dir, open_mirror
 
 log = logging.getLogger("polyarch.runner")
@@ -78,6 +79,20 @@ class Mirrors:
                 raise CheckoutError(f"commit {commit} is not in {url} (force-pushed away and pruned?)") from None
             raise CheckoutError(f"git worktree add {commit} failed: {error_text(exc)}") from None
         return dest
+
+    def describe(self, repo: str, commit: str) -> Optional[CommitInfo]:
+        """Author, date and subject of a commit the mirror has (for one queued by hand or
+        by the gate, which the dispatcher knows by id only); None if git cannot say."""
+        try:
+            out = self._mirror(repo).git.log("-1", "--no-walk", "--format=%an%x1f%ct%x1f%s", commit, "--",
+                                            stdout_as_string=False)
+        except git.GitCommandError as exc:
+            log.warning("cannot describe %s %s: %s", repo, commit[:12], error_text(exc))
+            return None
+        # Bytes are bytes: an author name that is not UTF-8 still travels, replaced.
+        author, _, rest = out.decode("utf-8", "replace").strip().partition("\x1f")
+        stamp, _, subject = rest.partition("\x1f")
+        return CommitInfo(commit, author[:100], subject[:200], int(stamp) if stamp.isdigit() else 0)
 
     def clean(self, repo: str) -> None:
         """After a job: remove all the test left, so the next checkout starts clean."""

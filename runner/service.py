@@ -285,15 +285,15 @@ class _JobWork:
         # power cut no job is left running to kill).
         atomic_write(self.runner.marker, json.dumps({"pgid": self._process.pgid, "lease_id": job.lease_id}).encode(),
                      durable=False)
-        timeout = chosen.timeout * chosen.timeout_factor
+        timeout = chosen.limit
         ex = self._process.wait(timeout, settings.kill_grace)
         # From the spawn: the command, the crash marker, the command's exit seen.
         self.steps["run"] = time.time() - spawned
         if ex.outcome == Outcome.KILLED:
             return
         if ex.outcome == Outcome.TIMED_OUT:
-            status, reason = Reported.TIMEOUT, (f"timed out after {timeout:g} s (timeout {chosen.timeout:g} s x "
-                                              f"timeout_factor {chosen.timeout_factor:g}); process group killed")
+            status, reason = Reported.TIMEOUT, (f"timed out after {timeout:g} s ({chosen.limit_reason(job.arch)}); "
+                                                "process group killed")
         else:
             status = Reported.PASSED if ex.exit_code == 0 else Reported.FAILED
             reason = "" if ex.exit_code == 0 else f"test command exited with {ex.exit_code}"
@@ -301,9 +301,10 @@ class _JobWork:
         if junit_path.is_file() and junit_path.stat().st_size <= JUNIT_LIMIT:
             junit = junit_path.read_text(encoding="utf-8", errors="replace")
         output = (self.folder / "output.log").read_bytes().decode("utf-8", "replace")
+        info = self.runner.mirrors.describe(job.repo, job.commit) if job.describe else None
         self.result = Result(lease_id=job.lease_id, status=status, exit_code=ex.exit_code,
                              started_at=started, finished_at=ex.finished_at, log=output,
-                             log_truncated=ex.truncated, junit=junit, reason=reason)
+                             log_truncated=ex.truncated, junit=junit, reason=reason, commit_info=info)
 
     def start_cleanup(self) -> None:
         """Start cleaning the worktree; it runs while the result is delivered and the next

@@ -18,7 +18,7 @@ def test_every_benchmark_runs_quickly(tmp_path: Path) -> None:
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr
     figures = json.loads((tmp_path / "all.json").read_text())
-    for mode in ("latency-watch", "latency-poll"):
+    for mode in ("latency-watch", "latency-poll", "latency-idle"):
         f = figures[mode]
         assert f["n"] == 2 and 0 < f["min_ms"] <= f["median_ms"] <= f["max_ms"]
     assert figures["overhead"]["checkout"]["n"] == 2 and figures["overhead"]["overhead"]["median_ms"] > 0

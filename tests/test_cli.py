@@ -61,6 +61,14 @@ def test_submit_queues_once_and_status_shows_it(polyarch: Polyarch) -> None:
     assert table.returncode == 0 and sha[:10] in table.stdout and "queued" in table.stdout
     [active] = data["active"]
     assert (active["commit"], active["state"], active["runner"]) == (sha, "queued", "")
+    # Unknown names are refused in one line, exit 2, naming what is known.
+    for args, words in ((("--repo", "nope"), "unknown repo 'nope'; known: demo"),
+                        (("--commit", "0badc0de"), "no commit '0badc0de' in any repository"),
+                        (("--repo", "demo", "--commit", "0badc0de"), "no commit '0badc0de' in repo demo")):
+        out = polyarch.cli("dispatcher", "status", *cfg, *args)
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and words in out.stderr, out.stderr
+    gate = polyarch.cli("dispatcher", "wait", *cfg, "--repo", "nope", "--commit", sha, "--timeout", "5")
+    assert gate.returncode == 2 and "known: demo" in gate.stderr, gate.stderr
 
 
 def test_status_shows_runners_and_watch_redraws_until_interrupted(polyarch: Polyarch) -> None:

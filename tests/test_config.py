@@ -51,6 +51,10 @@ def test_the_shipped_example_config_is_valid() -> None:
 
 @pytest.mark.parametrize("change, key, words", [
     (("[dispatcher]", "[dispatcher]\ncolour = 1"), "dispatcher.colour", "unknown key"),
+    (('timeout = 600', 'timout = 600'), "repos[0].timout", "unknown key (did you mean `timeout`?)"),
+    (('poll_interval = 5', 'poll_intervall = 5'), "observer.poll_intervall",
+     "unknown key (did you mean `poll_interval`?)"),
+    (('[[repos]]', '[[repo]]'), "repo", "unknown key (did you mean `repos`?)"),
     (('heartbeat_timeout = 10', 'heartbeat_timeout = "10"'), "dispatcher.heartbeat_timeout", "expected an integer or a number, got '10'"),
     (('heartbeat_timeout = 10', 'heartbeat_timeout = -1'), "dispatcher.heartbeat_timeout", "greater than 0"),
     (('listen = "127.0.0.1:7341"', 'listen = "localhost"'), "dispatcher.listen", "'localhost'"),

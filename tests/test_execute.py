@@ -131,7 +131,10 @@ def test_repo_file_overrides_per_arch(tmp_path: Path) -> None:
     assert settings_for(tmp_path, "amd64", default) == default
     (tmp_path / ".polyarch.toml").write_text('test_command = "a"\n[arch.aarch64]\ntest_command = "b"\ntimeout = 9\n')
     assert settings_for(tmp_path, "amd64", default) == JobSettings("a", 600)
-    assert settings_for(tmp_path, "arm64", default) == JobSettings("b", 9)
+    assert settings_for(tmp_path, "arm64", default) == JobSettings("b", 600, arch_timeout=9)
+    # The arch's own timeout is its limit: not multiplied by the (emulated) factor.
+    assert settings_for(tmp_path, "arm64", JobSettings("m", 60, 20)).limit == 9
+    assert settings_for(tmp_path, "amd64", JobSettings("m", 60, 20)).limit == 60 * 20
     (tmp_path / ".polyarch.toml").write_text('[arch.arm64]\ntimeout_factor = 3\n')
     assert settings_for(tmp_path, "arm64", JobSettings("m", 5, 10)) == JobSettings("m", 5, 3)
     (tmp_path / ".polyarch.toml").write_text('test_command = 5\n')

@@ -84,7 +84,7 @@ def test_a_failure_is_failed_overall(polyarch: Polyarch, api: Api) -> None:
     (b"{not json", "body is not JSON"),
     (b"[1, 2]", "must be a JSON object"),
     (b'{"repo": "demo"}', '"repo" and "commit" are required'),
-    (b'{"repo": "nope", "commit": "' + b"a" * 40 + b'"}', "unknown repo 'nope'"),
+    (b'{"repo": "nope", "commit": "' + b"a" * 40 + b'"}', "unknown repo 'nope'; known: demo"),
     (b'{"repo": "demo", "commit": "xyz"}', "invalid commit 'xyz'"),
     (b'{"repo": "demo", "commit": "' + b"a" * 40 + b'", "architectures": ["m68k"]}', "unknown architecture"),
     (b'{"repo": "demo", "commit": "' + b"a" * 40 + b'", "architectures": ["arm64"]}', "not configured"),

@@ -138,3 +138,20 @@ def test_names_are_checked_before_anything_changes(hub: Hub) -> None:
     with pytest.raises(NotAllowed):
         hub.heard(None)  # a runner must register before anything else
     assert hub.store.queries.jobs() == []
+
+
+def test_a_commit_queued_by_id_is_described_by_its_runner(hub: Hub) -> None:
+    hub.submit("demo", A, "", ["amd64"], "test")  # by hand: the dispatcher knows only the id
+    runner = FakeRunner(hub, "r").register()
+    job = runner.lease()
+    assert job.describe
+    info = CommitInfo(A, "Ada", "calc: add", 1700000000)
+    hub.record_result(runner.row, Result(job.lease_id, Reported.PASSED, 0, 1.0, 2.0, "log", commit_info=info))
+    [row] = hub.store.queries.jobs("demo", A)
+    assert (row.author, row.subject, row.timestamp) == ("Ada", "calc: add", 1700000000)
+    # The observer's word is never overwritten; it only fills what is still empty.
+    hub.dispatch("demo", "main", [CommitInfo(A, "Someone Else", "other", 1)])
+    assert hub.store.queries.jobs("demo", A)[0].author == "Ada"
+    hub.submit("demo", B, "", ["amd64"], "test")
+    hub.dispatch("demo", "main", [CommitInfo(B, "Bob", "fix", 2)])
+    assert hub.store.queries.jobs("demo", B)[0].subject == "fix" and not runner.lease().describe

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GitRepo
+from conftest import GitRepo, Polyarch, wait_for
 from dispatcher.common.errors import StateError
 from observer.cursors import Cursors
 from observer.mirror import Change, FetchError, Mirror, local_git_dir
@@ -109,3 +109,19 @@ def test_heads_read_from_files_match_git_and_local_mirror_skips_fetch(tmp_path: 
     repo.commit("exit 0")
     assert not mirror.up_to_date()  # a new commit: fetch again
     assert not Mirror(tmp_path / "r.git", "https://example.invalid/x.git", 30).up_to_date()  # remote: always fetch
+
+
+def test_a_push_after_the_dispatcher_closed_the_idle_connection_is_no_outage(polyarch: Polyarch) -> None:
+    # The dispatcher closes a connection silent for idle_timeout; the observer's next
+    # report must reconnect at once: no "unreachable" warning, no backoff.
+    polyarch.write_config(dispatcher_settings="idle_timeout = 1")
+    first = polyarch.repo.commit("exit 0")
+    dispatcher = polyarch.dispatcher()
+    polyarch.runner()
+    observer = polyarch.observer()
+    polyarch.wait_results([first])
+    wait_for(lambda: "closing idle or slow connection" in dispatcher.log(), what="the dispatcher to close it")
+    second = polyarch.repo.commit("exit 0")
+    polyarch.wait_results([second])
+    log = observer.log()
+    assert "unreachable" not in log and "retry in" not in log, log

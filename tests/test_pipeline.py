@@ -160,6 +160,19 @@ def test_timeout_kills_the_whole_process_group(polyarch: Polyarch, tmp_path: Pat
     wait_for(lambda: not _alive(int(marker.read_text())), timeout=5, what="the background child to be killed")
 
 
+def test_an_architectures_own_timeout_is_its_limit_not_multiplied(polyarch: Polyarch) -> None:
+    # The config multiplies amd64's timeouts by 20; the repository's [arch.amd64] timeout
+    # = 1 is still 1 s, and the reason names that limit.
+    polyarch.write_config(timeout=30, extra_repos="\n[arch.amd64]\ntimeout_factor = 20\n")
+    sha = polyarch.repo.commit("sleep 60", files={".polyarch.toml": "[arch.amd64]\ntimeout = 1\n"})
+    polyarch.dispatcher()
+    polyarch.runner("r1")
+    polyarch.observer()
+    result = polyarch.wait_results([sha])[sha]
+    assert result["status"] == "timeout", result
+    assert "timed out after 1 s ([arch.amd64] timeout in .polyarch.toml)" in result["reason"]
+
+
 def test_job_ends_as_error_after_max_attempts_lost_runners(polyarch: Polyarch, tmp_path: Path) -> None:
     polyarch.write_config(max_attempts=2, heartbeat_timeout=1)
     started = tmp_path / "started"
@@ -223,3 +236,14 @@ def test_env_of_the_test_command(polyarch: Polyarch) -> None:
     polyarch.runner("r1")
     polyarch.observer()
     assert polyarch.wait_results([sha])[sha]["status"] == "passed"
+
+
+def test_a_commit_submitted_by_hand_gets_its_author_and_subject(polyarch: Polyarch) -> None:
+    sha = polyarch.repo.commit("exit 0", message="calc: described by the runner")
+    polyarch.dispatcher()
+    polyarch.runner("r1")  # no observer: the dispatcher hears of the commit by id only
+    cfg = ("--config", str(polyarch.config))
+    assert polyarch.cli("dispatcher", "submit", *cfg, "--repo", "demo", "--commit", sha).returncode == 0
+    polyarch.wait_results([sha])
+    [line] = json.loads(polyarch.cli("dispatcher", "status", *cfg, "--json").stdout)["commits"]
+    assert (line["author"], line["subject"]) == ("Dev", "calc: described by the runner")

@@ -7,7 +7,8 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from dispatcher.common.errors import AuthError, ConfigError, InvalidName, PolyarchError, RemoteError, SetupError, StateError
+from dispatcher.common.errors import (AuthError, ConfigError, InvalidName, PolyarchError, RemoteError, SetupError,
+                                      StateError, UnknownName)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,7 +30,7 @@ def one_line_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, InvalidName, AuthError, SetupError, StateError) as exc:
+        except (ConfigError, InvalidName, UnknownName, AuthError, SetupError, StateError) as exc:
             # StateError here means a state file unreadable at start: like bad config, a
             # restart cannot fix it, so systemd's RestartPreventExitStatus=2 stops the loop.
             _die(exc, EXIT_USAGE)

@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any, Optional
 
-from dispatcher.common.errors import ConfigError, InvalidName
+from dispatcher.common.errors import ConfigError, InvalidName, UnknownRepo
 from dispatcher.common.sections import Section, read_toml
 from dispatcher.common.names import Arch, check_branch, check_repo, check_runner, host_arch, parse_arch
 
@@ -135,6 +135,14 @@ class Config:
         if configured is not None:
             return configured
         return DEFAULT_EMULATED_FACTOR if emulated else 1.0
+
+    def require_repo(self, name: str) -> "RepoConfig":
+        """The repo of that name; UnknownRepo names the known ones (InvalidName for a bad name)."""
+        repo = self.repo(check_repo(name))
+        if repo is None:
+            known = ", ".join(r.name for r in self.repos) or "none"
+            raise UnknownRepo(f"unknown repo {name!r}; known: {known} (in {self.path})")
+        return repo
 
     def repo(self, name: str) -> RepoConfig | None:
         return next((r for r in self.repos if r.name == name), None)

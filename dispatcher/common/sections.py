@@ -7,6 +7,7 @@ for as unknown. Every message names the file and the key's full dotted path.
 
 from __future__ import annotations
 
+import difflib
 import math
 import sys
 from pathlib import Path
@@ -42,6 +43,7 @@ class Section:
             raise ConfigError(path, prefix, f"expected a table, got {_show(table)}")
         self.table = dict(table)
         self.base = Path(path).parent
+        self.asked: set[str] = set()  # every key the reader knows, for "did you mean"
 
     def key(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name
@@ -50,6 +52,7 @@ class Section:
         return ConfigError(self.path, self.key(name), message)
 
     def get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.asked.add(name)
         if name not in self.table:
             return default
         value = self.table.pop(name)
@@ -101,7 +104,8 @@ class Section:
     def done(self) -> None:
         if self.table:
             name = sorted(self.table)[0]
-            raise self.fail(name, "unknown key")
+            close = difflib.get_close_matches(name, sorted(self.asked), n=1, cutoff=0.6)
+            raise self.fail(name, f"unknown key (did you mean `{close[0]}`?)" if close else "unknown key")
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:

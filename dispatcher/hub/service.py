@@ -16,9 +16,8 @@ import time
 from typing import Optional
 
 from dispatcher.common.config import Config, RepoConfig
-from dispatcher.common.errors import LeaseLost, NotAllowed, PolyarchError, ProtocolError, StateError, UnknownArch, \
-    UnknownRepo
-from dispatcher.common.names import check_branch, check_commit, check_repo, check_runner, parse_arch
+from dispatcher.common.errors import LeaseLost, NotAllowed, PolyarchError, ProtocolError, StateError, UnknownArch
+from dispatcher.common.names import check_branch, check_commit, check_runner, parse_arch
 from dispatcher.common.states import Status
 from dispatcher.hub.metrics import Metrics
 from dispatcher.hub.presence import FLUSH_INTERVAL, Presence
@@ -65,10 +64,7 @@ class Hub:
     # --- names -------------------------------------------------------------------------
 
     def repo(self, name: str) -> RepoConfig:
-        repo = self.config.repo(check_repo(name))
-        if repo is None:
-            raise UnknownRepo(f"unknown repo {name!r} (not in {self.config.path})")
-        return repo
+        return self.config.require_repo(name)
 
     # --- observers and clients ---------------------------------------------------------
 
@@ -152,7 +148,8 @@ class Hub:
                 return Job(lease_id=row.lease_id or "", repo=row.repo, url=repo.url, branch=row.branch,
                            commit=row.sha, arch=arch, attempt=row.attempt, test_command=repo.test_command,
                            timeout=repo.timeout,
-                           timeout_factor=self.config.timeout_factor(parse_arch(arch), runner.emulated))
+                           timeout_factor=self.config.timeout_factor(parse_arch(arch), runner.emulated),
+                           describe=not (row.author or row.subject))
             with self._work:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -178,7 +175,7 @@ class Hub:
         junit = msg.junit.encode("utf-8", "replace")
         job = self.store.jobs.record_result(msg.lease_id, JobResult(
             Status.of(msg.status), msg.exit_code, msg.started_at, msg.finished_at, msg.log.encode("utf-8", "replace"),
-            msg.log_truncated, junit, parse_junit(junit) if junit else None, msg.reason))
+            msg.log_truncated, junit, parse_junit(junit) if junit else None, msg.reason, msg.commit_info))
         if job is not None and job.state == JobState.QUEUED:
             log.info("%s %s %s %s on %s (attempt %d); retry %d of %d, on another runner if one is connected",
                      job.repo, job.sha[:12], job.arch, msg.status.value, runner.name, job.attempt, job.retries,

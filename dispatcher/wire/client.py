@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 from typing import Optional
@@ -53,6 +54,16 @@ class Connection:
         if not verify(server_proof(secret, hello.nonce, nonce), reply.proof):
             raise AuthError(f"{self.address} does not know the shared secret: not our dispatcher")
         return reply.heartbeat_interval
+
+    def peer_closed(self) -> bool:
+        """True when the dispatcher has hung up (it closes a connection after idle_timeout of
+        silence). Between requests it never speaks first, so anything to read now is the
+        end of the connection (EOF, or a TLS close_notify)."""
+        try:
+            readable, _, _ = select.select([self.channel.sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
 
     def request(self, msg: Message, timeout: Optional[float] = 30.0) -> Message:
         """Send one request; return the reply, raising RemoteError for an error reply."""

@@ -154,6 +154,7 @@ class Job:
     test_command: str
     timeout: float  # seconds, native; the runner multiplies by timeout_factor
     timeout_factor: float = 1.0
+    describe: bool = False  # the dispatcher knows no author or subject yet: send them back
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +180,7 @@ class Result:
     log_truncated: bool = False
     junit: str = ""
     reason: str = ""
+    commit_info: Optional[CommitInfo] = None  # when the job asked to `describe` its commit
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,23 @@ class Commits:
         now = time.time()
         out = []
         for c in commits:
-            db.execute("INSERT OR IGNORE INTO commits (repo, sha, branch, author, subject, timestamp, received_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (repo, c.sha, branch, c.author, c.subject, c.timestamp, now))
+            # A commit first queued by hand or by the gate has no description: the
+            # observer's report of it, later, fills it in.
+            db.execute("INSERT INTO commits (repo, sha, branch, author, subject, timestamp, received_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (repo, sha) DO UPDATE SET "
+                       f"{_FILL_EMPTY}", (repo, c.sha, branch, c.author, c.subject, c.timestamp, now))
             out.append(c.sha)
         return out
+
+    def describe(self, db: sqlite3.Connection, repo: str, info: CommitInfo) -> None:
+        """Inside the caller's transaction: a runner's description of a commit, for the
+        fields still empty (what the observer said is never overwritten)."""
+        db.execute(f"UPDATE commits SET {_FILL_EMPTY.replace('excluded.', ':')} WHERE repo = :repo AND sha = :sha",
+                   {"repo": repo, "sha": info.sha, "author": info.author[:100], "subject": info.subject[:200],
+                    "timestamp": info.timestamp})
+
+
+# Each description field, set only where it is still empty.
+_FILL_EMPTY = ("author = CASE WHEN commits.author = '' THEN excluded.author ELSE commits.author END, "
+               "subject = CASE WHEN commits.subject = '' THEN excluded.subject ELSE commits.subject END, "
+               "timestamp = CASE WHEN commits.timestamp = 0 THEN excluded.timestamp ELSE commits.timestamp END")

@@ -50,6 +50,7 @@ class JobResult:
     junit: bytes = b""
     report: Optional[JUnit] = None  # the JUnit parsed once, by the hub, before recording
     reason: str = ""
+    commit_info: Optional[CommitInfo] = None  # the runner's description of the commit, when asked
 
 
 class Jobs:
@@ -159,6 +160,8 @@ class Jobs:
                 job = _job_by(db, "j.lease_id = ? AND j.state = 'leased'", lease_id)
                 if job is None:
                     return None
+                if result.commit_info is not None and result.commit_info.sha == job.sha:
+                    self.commits.describe(db, job.repo, result.commit_info)
                 status = result.status
                 if status.retryable and job.retries < self.policy.retry_failed.get(job.repo, 0):
                     self.attempts.add(db, job, status, result.exit_code, result.started_at, result.finished_at,
