@@ -138,7 +138,8 @@ class Process:
 
     def __init__(self, command: str, cwd: Path, env: Mapping[str, str], log_path: Path, log_limit: int,
                  guard: Guard) -> None:
-        self.started_at = time.time()
+        self.started_at = time.time()  # for the result, which people read
+        self._began = time.monotonic()  # for the timeout, which a clock step must not move
         self._stop_requested = threading.Event()
         self._exited = threading.Event()
         self.log = CappedLog(log_path, log_limit)
@@ -181,14 +182,14 @@ class Process:
 
     def wait(self, timeout: float, kill_grace: float) -> Execution:
         """Wait for the command; on timeout or stop request, TERM the group, then KILL."""
-        deadline = self.started_at + timeout
+        deadline = self._began + timeout
         outcome = Outcome.EXITED
         while True:
-            if self._exited.wait(timeout=min(0.1, max(0.0, deadline - time.time()))):
+            if self._exited.wait(timeout=min(0.1, max(0.0, deadline - time.monotonic()))):
                 break
             if self._stop_requested.is_set():
                 outcome = Outcome.KILLED
-            elif time.time() >= deadline:
+            elif time.monotonic() >= deadline:
                 outcome = Outcome.TIMED_OUT
             else:
                 continue

@@ -155,3 +155,30 @@ def test_a_commit_queued_by_id_is_described_by_its_runner(hub: Hub) -> None:
     hub.submit("demo", B, "", ["amd64"], "test")
     hub.dispatch("demo", "main", [CommitInfo(B, "Bob", "fix", 2)])
     assert hub.store.queries.jobs("demo", B)[0].subject == "fix" and not runner.lease().describe
+
+
+def test_a_result_that_breaks_the_writer_is_set_aside_and_the_rest_flow(hub: Hub, monkeypatch) -> None:
+    # Fault injection below the publisher: writing one result raises (as a poison JUnit
+    # did before it was parsed defensively); that result must not block the others.
+    import dispatcher.hub.publisher as publisher_module
+
+    real = publisher_module.write_result
+
+    def writer(root, record, *rest):
+        if record.commit == A:
+            raise ValueError("a result nobody can write")
+        return real(root, record, *rest)
+
+    monkeypatch.setattr(publisher_module, "write_result", writer)
+    hub.submit("demo", A, "", ["amd64"], "test")
+    hub.submit("demo", B, "", ["amd64"], "test")
+    runner = FakeRunner(hub, "r").register()
+    runner.report(runner.lease(), Reported.PASSED)
+    runner.report(runner.lease(), Reported.PASSED)
+    hub.publisher.publish_pending()
+    assert hub.store.jobs.unpublished() == []  # nothing left to replay after a restart
+    states = {j.sha: j for j in hub.store.queries.jobs("demo")}
+    assert states[A].state == JobState.SET_ASIDE and "result files not written" in states[A].reason
+    assert states[B].state == JobState.PUBLISHED
+    [amd64] = hub.query("demo", A).archs
+    assert amd64.published and "ValueError" in amd64.reason  # settled: the gate does not wait for it

@@ -58,3 +58,18 @@ def test_malformed_messages_are_refused_with_the_reason(body: bytes, message: st
 def test_oversized_message_is_refused_before_sending() -> None:
     with pytest.raises(MessageTooLarge):
         encode(Result("l", Reported.PASSED, 0, 0, 0, "x" * (MAX_FRAME + 1)))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
+def test_durations_and_times_must_be_finite_and_not_negative(value: float) -> None:
+    body = json.dumps({"v": PROTOCOL_VERSION, "kind": "lease", "wait": value}).encode()
+    with pytest.raises(ProtocolError, match="finite number >= 0"):
+        decode(body)
+
+
+def test_text_that_was_not_utf8_travels_as_replacement_characters() -> None:
+    # GitPython decodes a non-UTF-8 author with surrogateescape: such text must not crash encode.
+    author = b"Jos\xe9 \xff".decode("utf-8", "surrogateescape")
+    frame = encode(Dispatch("demo", "main", [CommitInfo("a" * 40, author, "caf\udcc3 \ud800")]))
+    [commit] = decode(frame[4:]).commits
+    assert commit.author == "Jos\ufffd \ufffd" and "\ufffd" in commit.subject

@@ -105,8 +105,8 @@ class Publisher:
                 written: list[FinishedJob] = []
                 try:
                     for finished in batch:
-                        self._publish(finished)
-                        written.append(finished)
+                        if self._publish_or_set_aside(finished):
+                            written.append(finished)
                     # The pages before the mark: a crash in between leaves the results
                     # unmarked, and the restart writes their files and pages again.
                     self._update_pages(written)
@@ -147,6 +147,21 @@ class Publisher:
                     path(self.results_dir, File.RESULT, arch=job.arch, **where),
                     path(self.results_dir, File.LOG, arch=job.arch, **where),
                     path(self.results_dir, File.SUMMARY, **where), path(self.results_dir, File.COMMIT_PAGE, **where)))
+
+    def _publish_or_set_aside(self, finished: FinishedJob) -> bool:
+        """Write one result's files; False when the result itself cannot be written (not
+        the disk: that raises, and is retried), which sets it aside with the reason so
+        that every other result keeps flowing and a restart never replays it."""
+        try:
+            self._publish(finished)
+            return True
+        except (OSError, StateError):
+            raise
+        except Exception as exc:  # a result that breaks the writer must not block the line
+            job = finished.job
+            log.exception("result %s %s %s cannot be written; set aside", job.repo, job.sha[:12], job.arch)
+            self.store.jobs.set_aside(job.id, f"{type(exc).__name__}: {exc}")
+            return False
 
     def _publish(self, finished: FinishedJob) -> None:
         """The result's files, <arch>.json last, after a summary.json that counts it."""

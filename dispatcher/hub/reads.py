@@ -87,7 +87,7 @@ def commit_status(store: Store, repo: str, sha: str) -> CommitStatus:
                                tests_failed=tests.failed + tests.errors if tests else 0,
                                failed_tests=list(job.failed_tests[:MAX_NAMED_TESTS]) if c.final else [],
                                reason=job.reason if c.final else "",
-                               published=job.state == JobState.PUBLISHED))
+                               published=job.state.settled))
     line = commit_lines(jobs, now)[0]
     return CommitStatus(repo=repo, commit=sha, known=True, status=line.overall, branch=line.branch,
                         subject=line.subject, archs=archs)

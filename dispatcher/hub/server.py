@@ -9,7 +9,9 @@ the serve_forever thread.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import resource
 import socket
 import socketserver
@@ -21,7 +23,8 @@ from typing import Callable, Optional
 
 from dispatcher import __version__
 from dispatcher.common.config import Config, write_address_file
-from dispatcher.common.errors import ConfigError, InvalidName, MessageTooLarge, NotAllowed, PolyarchError, ProtocolError
+from dispatcher.common.errors import (ConfigError, InvalidName, MessageTooLarge, NotAllowed, PolyarchError,
+                                      ProtocolError, StateError)
 from dispatcher.common.files import atomic_write, remove_stale_temporaries
 from dispatcher.common.names import check_runner
 from dispatcher.common.daemon import StopRequest
@@ -261,6 +264,7 @@ def serve(config: Config) -> None:
     # and handed to the runners on purpose.
     secret = load_secret(config.dispatcher.token_file, create=config.dispatcher.listen.is_loopback)
     _raise_fd_limit(config.dispatcher.max_connections)
+    lock = _own_state(config)  # held (open) until the process exits
     store = Store(db_path(config), policy_of(config))
     results = config.dispatcher.results_dir
     try:
@@ -318,6 +322,27 @@ def serve(config: Config) -> None:
         thread.join()
         # The store is not closed: handler threads may still be finishing a request, and
         # every acknowledged change is already committed.
+        os.close(lock)
+
+
+def _own_state(config: Config) -> int:
+    """One dispatcher per state: an exclusive lock on state_dir/dispatcher.lock, which the
+    kernel drops when the process dies however it dies. A second one would expire the
+    first one's leases and run every hook twice."""
+    state_dir = config.dispatcher.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "dispatcher.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StateError(f"another dispatcher (pid {holder}) is running on {state_dir}; stop it first, or give "
+                         f"this one its own dispatcher.state_dir in {config.path}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _raise_fd_limit(max_connections: int) -> None:

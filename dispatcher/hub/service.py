@@ -32,6 +32,7 @@ log = logging.getLogger("polyarch.dispatcher")
 
 MAX_LEASE_WAIT = 30.0
 SERVICE_INTERVAL = 0.2
+STALL = 2.0  # seconds between two periodic ticks (normally 0.2) that mean we were stopped
 MAX_COMMITS_PER_DISPATCH = 1000
 
 
@@ -46,6 +47,7 @@ class Hub:
         self._work = threading.Condition()
         self._generation = 0
         self._next_service = 0.0
+        self._last_tick = 0.0
         self._next_flush = 0.0
         self._last_service_error = ""
 
@@ -204,7 +206,15 @@ class Hub:
         now = time.monotonic()
         if now < self._next_service:
             return
+        stalled = now - self._last_tick if self._last_tick else 0.0
+        self._last_tick = now
         self._next_service = now + SERVICE_INTERVAL
+        if stalled > STALL:
+            # The dispatcher itself did not run (SIGSTOP, a paused VM, swap): the runners'
+            # heartbeats of that time wait unread in their sockets. Their leases get the
+            # time back before any is judged, so none expires for our own silence.
+            log.warning("the dispatcher was stalled for %.1f s; lease deadlines moved as far", stalled)
+            self.store.jobs.extend_leases(stalled)
         try:
             expired = self.store.jobs.expire()
             for e in expired:

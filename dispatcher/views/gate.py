@@ -91,14 +91,16 @@ def summary(status: Optional[CommitStatus], repo: str, commit: str, timed_out: b
     """One screen: the verdict, a line per architecture, the failing tests by name."""
     if status is None or not status.known:
         return Group(Text(f"{repo} {commit[:12]}: not known to the dispatcher yet", style="yellow"))
-    table = Table(title=f"{repo} {commit[:12]} {status.subject[:50]}", title_justify="left")
+    # The subject, runner names and test ids come from a commit: text, never markup.
+    table = Table(title=Text(f"{repo} {commit[:12]} {status.subject[:50]}", style="table.title"),
+                  title_justify="left")
     for col in ("arch", "status", "duration", "runner", "tests"):
         table.add_column(col, no_wrap=True)
     for a in status.archs:
         tests = "" if a.tests_total < 0 else f"{a.tests_total - a.tests_failed}/{a.tests_total} passed"
         runner = a.runner + (" (qemu)" if a.emulated else "")
         duration = f"{a.duration:.1f}s" if a.state != CellState.QUEUED else ""
-        table.add_row(a.arch, mark(a.state.value), duration, runner, tests)
+        table.add_row(a.arch, mark(a.state.value), duration, Text(runner), tests)
     parts: list = [table]
     for a in status.archs:
         if a.failed_tests:

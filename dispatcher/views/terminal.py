@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any
 
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -52,7 +53,9 @@ def render(report: Report) -> Group:
 def _commits_table(report: Report) -> Table:
     archs = sorted({cell.arch for c in report.commits for cell in c.cells})
     repos = {c.repo for c in report.commits}
-    title = "polyarch: recent commits" + (f" of {next(iter(repos))}" if len(repos) == 1 else "")
+    # Everything that comes from a commit or a runner is text, never markup (Text, escape).
+    title = Text("polyarch: recent commits" + (f" of {next(iter(repos))}" if len(repos) == 1 else ""),
+                 style="table.title")
     table = Table(title=title, expand=False)
     if len(repos) > 1:
         table.add_column("repo", no_wrap=True)
@@ -65,7 +68,8 @@ def _commits_table(report: Report) -> Table:
     for line in report.commits:
         cells = {cell.arch: cell for cell in line.cells}
         sha = line.commit[:10] + (" [red]⚠[/]" if line.arch_specific else "")
-        row = ([line.repo] if len(repos) > 1 else []) + [sha, line.branch, line.author, line.subject]
+        row = ([Text(line.repo)] if len(repos) > 1 else []) + [sha, Text(line.branch), Text(line.author),
+                                                                 Text(line.subject)]
         for arch in archs:
             c = cells.get(arch)
             row.append(_render_cell(c) if c else "")
@@ -80,7 +84,7 @@ def _render_cell(cell: Cell) -> str:
     if cell.duration is not None:
         parts.append(f"{cell.duration:.1f}s")
     if cell.runner:
-        parts.append(f"[dim]{cell.runner}[/]")
+        parts.append(f"[dim]{escape(cell.runner)}[/]")
     return " ".join(parts)
 
 
@@ -89,7 +93,7 @@ def _active_table(report: Report) -> Table:
     for name in ("repo", "commit", "arch", "state", "runner", "elapsed", "attempt"):
         table.add_column(name, no_wrap=True)
     for a in report.active[:30]:
-        table.add_row(a.repo, a.commit[:10], a.arch, mark(a.state.value), a.runner,
+        table.add_row(Text(a.repo), a.commit[:10], a.arch, mark(a.state.value), Text(a.runner),
                       _elapsed(a.elapsed), str(a.attempt))
     if len(report.active) > 30:
         table.caption = f"and {len(report.active) - 30} more"
@@ -105,7 +109,7 @@ def _runners_table(report: Report) -> Table:
     for r in report.runners:
         ago = _elapsed(report.generated_at - r.last_seen) + " ago"
         state = "[green]connected[/]" if r.connected else "[dim]gone[/]"
-        table.add_row(r.name, r.arch, r.host, "qemu-user" if r.emulated else "native", ago, state)
+        table.add_row(Text(r.name), r.arch, Text(r.host), "qemu-user" if r.emulated else "native", ago, state)
     return table
 
 

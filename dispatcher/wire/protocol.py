@@ -13,9 +13,11 @@ client sends one request at a time and reads exactly one reply.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import enum
 import json
+import math
 import socket
 import struct
 import time
@@ -239,10 +241,31 @@ def encode(msg: Message) -> bytes:
     """Message -> one frame (header + JSON body)."""
     body = {"v": PROTOCOL_VERSION, "kind": msg.KIND.value}
     body.update(dataclasses.asdict(msg))
-    data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    # Text that came from bytes that were not UTF-8 (an author, a file name in git's
+    # output, a test's log) may hold lone surrogates: they travel as U+FFFD, never crash.
+    data = utf8(json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
     if len(data) > MAX_FRAME:
         raise MessageTooLarge(f"message of {len(data)} bytes exceeds the {MAX_FRAME}-byte limit")
     return _HEADER.pack(len(data)) + data
+
+
+def _as_bad_bytes(exc: UnicodeError) -> tuple[bytes, int]:
+    """Each lone surrogate back to the byte it escaped (any other: an invalid byte)."""
+    assert isinstance(exc, UnicodeEncodeError)  # noqa: S101 - registered for encoding only
+    chunk = exc.object[exc.start:exc.end]
+    return bytes(ord(c) - 0xDC00 if 0xDC80 <= ord(c) <= 0xDCFF else 0xFF for c in chunk), exc.end
+
+
+codecs.register_error("polyarch-bad-bytes", _as_bad_bytes)
+
+
+def utf8(text: str) -> bytes:
+    """UTF-8 of any str: lone surrogates (bytes that were not UTF-8, decoded with
+    surrogateescape as GitPython does) become U+FFFD, one per bad byte, never an error."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "polyarch-bad-bytes").decode("utf-8", "replace").encode("utf-8")
 
 
 def decode(body: bytes) -> Message:
@@ -301,7 +324,10 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         except ValueError:
             raise ProtocolError(f"{where}: unknown value {value!r}") from None
     if hint is float:
+        # Every float on the wire is a duration or a time: finite and not negative.
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value) or value < 0:
+                raise ProtocolError(f"{where}: expected a finite number >= 0, got {value!r}")
             return float(value)
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):

@@ -7,7 +7,9 @@ dispatcher acknowledge a result the moment it is durable and write the files aga
 after a crash or a full disk, from the database, without ever running the job twice.
 
 Heartbeat deadlines live in memory: they change every few seconds per runner and are
-worthless after a restart, when every lease simply gets a fresh deadline.
+worthless after a restart, when every lease simply gets a fresh deadline. They are on
+the monotonic clock, so a step of the wall clock expires nothing; the times stored with a
+job (leased, started, finished) are wall-clock, for people.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class Jobs:
         self._lock = db.lock
         self._deadlines: dict[str, float] = {}
         if not readonly:
-            now = time.time()
+            now = time.monotonic()
             # Leases survive a restart; their runners get a full heartbeat period to come back.
             with db.read() as conn:
                 for row in conn.execute("SELECT lease_id FROM jobs WHERE state = ?", (JobState.LEASED.value,)):
@@ -99,7 +101,7 @@ class Jobs:
                        "runner_host = ?, runner_machine = ?, runner_emulated = ?, runner_kernel = ? WHERE id = ?",
                        (JobState.LEASED.value, lease_id, runner.name, now, runner.host, runner.machine,
                         int(runner.emulated), runner.kernel, row["id"]))
-            self._deadlines[lease_id] = now + self.policy.heartbeat_timeout
+            self._deadlines[lease_id] = time.monotonic() + self.policy.heartbeat_timeout
             return _job_by(db, "j.id = ?", row["id"])
 
     def heartbeat(self, lease_id: str) -> bool:
@@ -107,19 +109,27 @@ class Jobs:
         with self._lock:
             if lease_id not in self._deadlines:
                 return False
-            self._deadlines[lease_id] = time.time() + self.policy.heartbeat_timeout
+            self._deadlines[lease_id] = time.monotonic() + self.policy.heartbeat_timeout
             return True
 
+    def extend_leases(self, seconds: float) -> None:
+        """Move every lease's deadline `seconds` later: the dispatcher itself was stalled,
+        and the runners' heartbeats of that time are still unread in their sockets."""
+        with self._lock:
+            for lease_id in self._deadlines:
+                self._deadlines[lease_id] += seconds
+
     def expire(self, now: Optional[float] = None) -> list[Expired]:
-        """Take back every lease past its deadline; requeue, or end as error after max_attempts."""
-        now = time.time() if now is None else now
+        """Take back every lease past its deadline (`now`: monotonic); requeue, or end as
+        error after max_attempts."""
+        now = time.monotonic() if now is None else now
         out: list[Expired] = []
         with self._lock:
             late = [k for k, d in self._deadlines.items() if d < now]
             if not late:
                 return out
             with self.db.tx() as db:
-                out = self._expire(db, late, now)
+                out = self._expire(db, late, time.time())
             # Only after the commit: a failed write leaves the leases to expire next time.
             for lease_id in late:
                 del self._deadlines[lease_id]
@@ -226,6 +236,14 @@ class Jobs:
             db.executemany("UPDATE jobs SET state = ?, log = NULL, junit = NULL WHERE id = ? AND state = ?",
                            [(JobState.PUBLISHED.value, job_id, JobState.RECORDED.value) for job_id in job_ids])
             self.attempts.drop_logs(db, job_ids)
+
+    def set_aside(self, job_id: int, why: str) -> None:
+        """A result whose files cannot be written for a reason of its own: kept in the state
+        with the reason, never offered to the publisher again (it would block the line)."""
+        with self.db.tx() as db:
+            db.execute("UPDATE jobs SET state = ?, reason = reason || ? WHERE id = ? AND state = ?",
+                       (JobState.SET_ASIDE.value, f" [result files not written: {why[:300]}]", job_id,
+                        JobState.RECORDED.value))
 
     def by_lease(self, lease_id: str) -> Optional[JobRow]:
         with self.db.read() as db:

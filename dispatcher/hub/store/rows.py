@@ -17,10 +17,16 @@ class JobState(str, enum.Enum):
     LEASED = "leased"
     RECORDED = "recorded"  # result durable in the state, files not yet written
     PUBLISHED = "published"  # files written: readers of test_results/ see it
+    SET_ASIDE = "set-aside"  # its files could not be written for a reason of its own (reason says)
 
     @property
     def final(self) -> bool:
-        return self in (JobState.RECORDED, JobState.PUBLISHED)
+        return self in (JobState.RECORDED, JobState.PUBLISHED, JobState.SET_ASIDE)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more will be written for it: published, or set aside."""
+        return self in (JobState.PUBLISHED, JobState.SET_ASIDE)
 
 
 @dataclasses.dataclass(frozen=True)
