@@ -86,11 +86,15 @@ class Mirror:
             return BranchUpdate(branch, Change.NONE, (), 0)
         if cursor is None:
             return BranchUpdate(branch, Change.FIRST_SIGHTING, (self.info(head),), 0)
-        if not self._is_ancestor(cursor, head):
-            return BranchUpdate(branch, Change.FORCE_PUSHED, (self.info(head),), 0)
+        change = Change.NEW_COMMITS if self._is_ancestor(cursor, head) else Change.FORCE_PUSHED
+        if change == Change.FORCE_PUSHED and not self._has(cursor):
+            # The old history is gone from here too: nothing to tell new commits from old.
+            return BranchUpdate(branch, change, (self.info(head),), 0)
+        # Force-pushed (or deleted and pushed again elsewhere): the commits of the new
+        # history that the old head did not have; the dispatcher ignores any it knows.
         total = int(self.repo.git.rev_list("--count", f"{cursor}..{head}"))
         commits = self._log(f"{cursor}..{head}", max_backfill)
-        return BranchUpdate(branch, Change.NEW_COMMITS, commits, max(0, total - len(commits)))
+        return BranchUpdate(branch, change, commits, max(0, total - len(commits)))
 
     def info(self, sha: str) -> CommitInfo:
         return self._log(sha, 1, no_walk=True)[0]
@@ -107,6 +111,13 @@ class Mirror:
             commits.append(CommitInfo(sha=sha, author=author[:100], subject=subject[:SUBJECT_LIMIT],
                                       timestamp=int(ts or 0)))
         return tuple(commits)
+
+    def _has(self, sha: str) -> bool:
+        try:
+            self.repo.git.cat_file("-e", f"{sha}^{{commit}}")
+            return True
+        except git.GitCommandError:
+            return False
 
     def _is_ancestor(self, old: str, new: str) -> bool:
         try:

@@ -62,6 +62,7 @@ class Observer:
         self._report_lock = threading.Lock()
         self._fetch_slots = threading.BoundedSemaphore(MAX_PARALLEL_FETCHES)
         self._busy: set[str] = set()
+        self._deleted: set[tuple[str, str]] = set()  # (repo, branch) deleted, cursor kept: said once
 
     # --- one poll -----------------------------------------------------------------------
 
@@ -79,10 +80,15 @@ class Observer:
         heads = mirror.heads()
         with self._report_lock:
             for branch in self.cursors.branches(repo.name):
-                if branch not in heads or branch not in repo.branches:
-                    log.info("%s: branch %s %s; dropping its cursor", repo.name, branch,
-                             "was deleted" if branch not in heads else "is no longer watched")
+                if branch not in repo.branches:
+                    log.info("%s: branch %s is no longer watched; dropping its cursor", repo.name, branch)
                     self.cursors.drop(repo.name, branch)
+                elif branch not in heads and (repo.name, branch) not in self._deleted:
+                    # Kept: pushed again later, the branch continues from what was tested,
+                    # and every commit since is queued, not only its new head.
+                    log.info("%s: branch %s was deleted; keeping its cursor for when it comes back", repo.name, branch)
+                    self._deleted.add((repo.name, branch))
+            self._deleted -= {(repo.name, b) for b in heads}
         for branch in repo.branches:
             head = heads.get(branch)
             if head is None:
@@ -94,8 +100,8 @@ class Observer:
 
     def _report(self, repo: RepoConfig, update: BranchUpdate, head: str) -> None:
         if update.change == Change.FORCE_PUSHED:
-            log.warning("%s/%s was force-pushed (the old head is not an ancestor of %s): testing the new head only",
-                        repo.name, update.branch, head[:12])
+            log.warning("%s/%s was force-pushed (the old head is not an ancestor of %s): testing %d commit(s) of "
+                        "the new history", repo.name, update.branch, head[:12], len(update.commits))
         if update.skipped:
             log.warning("%s/%s: %d new commits, more than max_backfill = %d: testing the newest %d, skipping %d "
                         "older ones", repo.name, update.branch, update.skipped + len(update.commits),

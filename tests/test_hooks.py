@@ -38,7 +38,7 @@ hook_timeout = 1""")
     assert json.loads(Path(env["POLYARCH_RESULT_FILE"]).read_text())["commit"] == first
     # The hanging on_failure hook is killed at hook_timeout; the failing one is logged.
     wait_for(lambda: "killed after hook_timeout = 1 s" in dispatcher.log(), what="the hanging hook to be killed")
-    assert f"on_result hook for demo {first[:12]} amd64 exited with 7" in dispatcher.log()
+    assert f"on_result hook for demo {first[:12]} amd64 (id 1) exited with 7" in dispatcher.log()
     # Meanwhile the dispatcher kept working: the next commit's result is there too.
     second = polyarch.repo.commit("exit 0")
     assert polyarch.wait_results([second])[second]["status"] == "passed"

@@ -123,6 +123,7 @@ def test_the_sqlite_store_has_every_method_of_the_state_interface(hub: Hub) -> N
     store = hub.store
     for protocol, impl in ((interface.State, store), (interface.JobsTable, store.jobs),
                            (interface.AttemptsTable, store.attempts), (interface.RunnersTable, store.runners),
+                           (interface.HookRunsTable, store.hook_runs),
                            (interface.StateQueries, store.queries)):
         methods = {n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")}
         assert methods and all(callable(getattr(impl, n, None)) for n in methods), protocol.__name__

@@ -47,15 +47,16 @@ def test_backfill_cap_keeps_the_newest(mirror: Mirror, repo: GitRepo) -> None:
     assert [c.sha for c in update.commits] == shas[-3:] and update.skipped == 4
 
 
-def test_force_push_queues_the_new_head(mirror: Mirror, repo: GitRepo) -> None:
+def test_force_push_queues_the_commits_of_the_new_history(mirror: Mirror, repo: GitRepo) -> None:
     repo.burst(2)
     mirror.fetch()
     cursor = mirror.heads()["main"]
     repo.git("reset", "-q", "--hard", "HEAD~2")
-    new_head = repo.commit("exit 0", message="rewritten")
+    rewritten = [repo.commit("exit 0", message="rewritten"), repo.commit("exit 0", message="rewritten 2")]
     mirror.fetch()
     update = mirror.update("main", cursor, mirror.heads()["main"], 100)
-    assert update.change == Change.FORCE_PUSHED and [c.sha for c in update.commits] == [new_head]
+    # Not only the new head: every commit the old head did not have, oldest first.
+    assert update.change == Change.FORCE_PUSHED and [c.sha for c in update.commits] == rewritten
 
 
 def test_deleted_branch_disappears_from_heads(mirror: Mirror, repo: GitRepo) -> None:

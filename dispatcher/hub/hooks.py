@@ -1,11 +1,14 @@
 """on_result / on_failure: a repository's commands run after each final result.
 
 A hook gets the result file's path and the result's key fields in its environment
-(POLYARCH_RESULT_FILE, POLYARCH_STATUS, ...; see `hook_env`). Hooks run on a few worker
+(POLYARCH_RESULT_FILE, POLYARCH_STATUS, ...; see `hook_env`), and POLYARCH_HOOK_ID. Each
+hook owed is recorded in the state with its result (store/hook_runs.py) and marked done
+once it ran, so it runs at least once across restarts. Hooks run on a few worker
 threads of their own, each in its own process group, killed with the group after
 hook_timeout. A failing, hanging or missing hook is logged and changes nothing else:
-the result is already in test_results/ when a hook starts, and a full hook queue drops
-the newest notification (with a warning) rather than hold up the dispatcher.
+the result is already in test_results/ when a hook starts, and a full hook queue leaves
+the newest hooks pending in the state (with a warning) rather than hold up the
+dispatcher; they are offered again with the next results, or at the next start.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import queue
 import subprocess
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from dispatcher.common.process import popen_exited, stop_group
 from dispatcher.common.states import Status
+from dispatcher.hub.store.hook_runs import HookRun
 
 log = logging.getLogger("polyarch.hooks")
 
@@ -67,20 +71,28 @@ def hooks_for(on_result: Optional[str], on_failure: Optional[str], timeout: floa
 
 
 class HookRunner:
-    def __init__(self, cwd: Path, workers: int = WORKERS) -> None:
+    """Runs recorded hooks; `done(id, exit code)` is told when each has run."""
+
+    def __init__(self, cwd: Path, done: Callable[[int, Optional[int]], None], workers: int = WORKERS) -> None:
         self.cwd = cwd
-        self._queue: queue.Queue[Optional[tuple[Hook, Notification]]] = queue.Queue(QUEUE_LIMIT)
+        self._done = done
+        self._queue: queue.Queue[Optional[HookRun]] = queue.Queue(QUEUE_LIMIT)
         self._threads = [threading.Thread(target=self._work, name=f"hook-{i}", daemon=True) for i in range(workers)]
         for t in self._threads:
             t.start()
 
-    def notify(self, hooks: list[Hook], n: Notification) -> None:
-        for hook in hooks:
+    def offer(self, runs: list[HookRun]) -> int:
+        """Queue these runs; returns the highest id queued (the rest stay pending)."""
+        last = 0
+        for run in runs:
             try:
-                self._queue.put_nowait((hook, n))
+                self._queue.put_nowait(run)
+                last = run.id
             except queue.Full:
-                log.warning("%s hook for %s %s %s dropped: %d hooks already waiting (are they hanging?)",
-                            hook.event, n.repo, n.commit[:12], n.arch, QUEUE_LIMIT)
+                log.warning("%d hooks already waiting (are they hanging?): hook %d and later stay pending in the "
+                            "state, offered again with the next results or at the next start", QUEUE_LIMIT, run.id)
+                break
+        return last
 
     def stop(self) -> None:
         for _ in self._threads:
@@ -91,20 +103,24 @@ class HookRunner:
 
     def _work(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is None:
+            run = self._queue.get()
+            if run is None:
                 return
             try:
-                run_hook(*item, cwd=self.cwd)
-            except Exception:  # a hook worker must outlive any one hook
-                log.exception("%s hook failed to run", item[0].event)
+                code = run_hook(run, cwd=self.cwd)
+                self._done(run.id, code)
+            except Exception:  # a hook worker must outlive any one hook (and a state it cannot write)
+                log.exception("%s hook %d failed to run", run.event, run.id)
 
 
-def run_hook(hook: Hook, n: Notification, cwd: Path) -> Optional[int]:
+def run_hook(hook: HookRun, cwd: Path) -> Optional[int]:
     """Run one hook to its end or its timeout; returns its exit code (None: killed)."""
-    what = f"{hook.event} hook for {n.repo} {n.commit[:12]} {n.arch}"
+    env = hook.env
+    what = (f"{hook.event} hook for {env.get('POLYARCH_REPO')} {env.get('POLYARCH_COMMIT', '')[:12]} "
+            f"{env.get('POLYARCH_ARCH')} (id {hook.id})")
     try:
-        proc = subprocess.Popen(["/bin/sh", "-c", hook.command], cwd=cwd, env={**os.environ, **hook_env(n)},
+        proc = subprocess.Popen(["/bin/sh", "-c", hook.command], cwd=cwd,
+                                env={**os.environ, **env, "POLYARCH_HOOK_ID": str(hook.id)},
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     except OSError as exc:

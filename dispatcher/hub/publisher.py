@@ -16,7 +16,7 @@ from typing import Optional
 from dispatcher.common.config import Config
 from dispatcher.hub.dashboard import Dashboard
 from dispatcher.common.errors import StateError
-from dispatcher.hub.hooks import HookRunner, Notification, hooks_for
+from dispatcher.hub.hooks import HookRunner, Notification, hook_env, hooks_for
 from dispatcher.hub.metrics import Metrics
 from dispatcher.common.states import Overall, Status
 from dispatcher.hub.reads import record_of, summary_of
@@ -36,7 +36,8 @@ class Publisher:
         self.store = store
         self.metrics = metrics
         self.results_dir = config.dispatcher.results_dir
-        self.hooks = HookRunner(config.path.parent)
+        self.hooks = HookRunner(config.path.parent, store.hook_runs.done)
+        self._offered = 0  # the highest hook id handed to the runner
         self.dashboard = Dashboard(self.results_dir, store,
                                    [(r.name, [a.value for a in r.architectures]) for r in config.repos])
         self._lock = threading.Lock()
@@ -66,6 +67,7 @@ class Publisher:
         normally within milliseconds. After a failure (disk full) it retries every
         PUBLISH_RETRY seconds rather than at each new result."""
         self._first_pages()
+        self._offer_hooks()  # those a stop or a crash left unrun: at least once
         while not self._stopping.is_set():
             self._wanted.wait(timeout=1.0)
             if self._stopping.is_set():
@@ -110,7 +112,7 @@ class Publisher:
                     # The pages before the mark: a crash in between leaves the results
                     # unmarked, and the restart writes their files and pages again.
                     self._update_pages(written)
-                    self.store.jobs.mark_published(*(f.job.id for f in written))
+                    self.store.jobs.mark_published(*(f.job.id for f in written), hooks=self._hooks_owed(written))
                 except (OSError, StateError) as exc:
                     failed = batch[len(written)] if len(written) < len(batch) else batch[-1]
                     log.error("cannot write result files for %s %s %s under %s: %s; will retry",
@@ -123,7 +125,7 @@ class Publisher:
                                         (job.finished_at or time.time()) - job.created_at)
                     log.info("result %s %s %s: %s (attempt %d, runner %s)", job.repo, job.sha[:12], job.arch,
                              (job.status or Status.ERROR).value, job.attempt, job.runner)
-                self._run_hooks(written)
+                self._offer_hooks()
 
     def _update_pages(self, written: list[FinishedJob]) -> None:
         """The dashboard: derived from the files just written, so a failure here is
@@ -133,20 +135,33 @@ class Publisher:
         except Exception:  # result files are written; pages can wait
             log.exception("updating the HTML dashboard in %s failed", self.results_dir)
 
-    def _run_hooks(self, written: list[FinishedJob]) -> None:
+    def _hooks_owed(self, written: list[FinishedJob]) -> dict[int, list[tuple[str, str, float, dict[str, str]]]]:
+        """job id -> the hooks its result owes, with their environment: recorded with the
+        mark that the result is published, in one transaction."""
+        owed = {}
         for finished in written:
             job = finished.job
             repo = self.config.repo(job.repo)
             status = (job.status or Status.ERROR).value
             hooks = hooks_for(repo.on_result, repo.on_failure, repo.hook_timeout, status) if repo else []
-            if hooks:
-                overall = Overall.of(self.store.queries.commit_states(job.repo, job.sha).values()).value
-                where = dict(repo=job.repo, commit=job.sha)
-                self.hooks.notify(hooks, Notification(
-                    job.repo, job.sha, job.branch, job.arch, status, overall, job.runner or "",
-                    path(self.results_dir, File.RESULT, arch=job.arch, **where),
-                    path(self.results_dir, File.LOG, arch=job.arch, **where),
-                    path(self.results_dir, File.SUMMARY, **where), path(self.results_dir, File.COMMIT_PAGE, **where)))
+            if not hooks:
+                continue
+            overall = Overall.of(self.store.queries.commit_states(job.repo, job.sha).values()).value
+            where = dict(repo=job.repo, commit=job.sha)
+            env = hook_env(Notification(
+                job.repo, job.sha, job.branch, job.arch, status, overall, job.runner or "",
+                path(self.results_dir, File.RESULT, arch=job.arch, **where),
+                path(self.results_dir, File.LOG, arch=job.arch, **where),
+                path(self.results_dir, File.SUMMARY, **where), path(self.results_dir, File.COMMIT_PAGE, **where)))
+            owed[job.id] = [(h.event, h.command, h.timeout, env) for h in hooks]
+        return owed
+
+    def _offer_hooks(self) -> None:
+        """Hand the hooks recorded and not yet run to the hook runner (at start: those a
+        stop or a crash left unrun)."""
+        pending = self.store.hook_runs.pending(after=self._offered)
+        if pending:
+            self._offered = max(self._offered, self.hooks.offer(pending))
 
     def _publish_or_set_aside(self, finished: FinishedJob) -> bool:
         """Write one result's files; False when the result itself cannot be written (not

@@ -138,7 +138,7 @@ test_command = "true"
            "1 MB message + 5 MB binary", trials=1, commits=5, results=5, lost=0, duplicated=0)
 
 
-def test_deleted_branch_is_logged_and_forgotten(polyarch: Polyarch) -> None:
+def test_a_deleted_branch_pushed_again_has_every_new_commit_tested(polyarch: Polyarch) -> None:
     polyarch.write_config()
     text = polyarch.config.read_text().replace('test_command = "sh test.sh"',
                                               'test_command = "sh test.sh"\nbranches = ["main", "feature"]')
@@ -155,4 +155,12 @@ def test_deleted_branch_is_logged_and_forgotten(polyarch: Polyarch) -> None:
     wait_for(lambda: "branch feature was deleted" in observer.log(), what="the deleted branch to be logged")
     after = polyarch.repo.commit("exit 0")
     assert polyarch.wait_results([after])[after]["status"] == "passed"
+    # Pushed again four commits ahead, in one push (made on an unwatched branch first):
+    # all four are tested, not only the new head.
+    polyarch.repo.git("checkout", "-q", "-b", "unwatched", feature)
+    again = [polyarch.repo.commit("exit 0") for _ in range(4)]
+    polyarch.repo.git("checkout", "-q", "main")
+    polyarch.repo.git("branch", "feature", "unwatched")
+    assert all(r["status"] == "passed" for r in polyarch.wait_results(again).values())
     assert observer.alive
+    record("fault", "a branch deleted, then pushed again 4 commits ahead", commits=4, lost=0)

@@ -112,3 +112,26 @@ def test_a_stalled_dispatcher_expires_no_healthy_lease(polyarch: Polyarch) -> No
     assert result["status"] == "passed" and result["attempt"] == 1, result
     assert "expired" not in dispatcher.log() and "stalled for" in dispatcher.log()
     record("stuck", "dispatcher stalled (SIGSTOP 5 s) with heartbeat_timeout 2 s", leases=1)
+
+
+def test_hooks_run_at_least_once_across_a_dispatcher_kill(polyarch: Polyarch, tmp_path) -> None:
+    # The hook takes long; the dispatcher is killed while it runs. Recorded with the result,
+    # it runs again after the restart, with the same POLYARCH_HOOK_ID.
+    seen = tmp_path / "hooks"
+    seen.mkdir()
+    polyarch.write_config(repo_settings=f'on_result = "echo $POLYARCH_HOOK_ID >> {seen}/started; sleep 3; '
+                                        f'echo $POLYARCH_HOOK_ID >> {seen}/done"\nhook_timeout = 30')
+    sha = polyarch.repo.commit("exit 0")
+    dispatcher = polyarch.dispatcher()
+    polyarch.runner("r1")
+    polyarch.observer()
+    polyarch.wait_results([sha])
+    wait_for(lambda: (seen / "started").exists(), what="the hook to start")
+    dispatcher.kill()
+    polyarch.dispatcher()
+    # At least once: the restarted dispatcher runs it again, with the same id.
+    wait_for(lambda: (seen / "started").read_text().split() == ["1", "1"], timeout=30,
+             what="the hook to start again after the restart")
+    wait_for(lambda: (seen / "done").exists(), timeout=30, what="the hook to finish")
+    assert set((seen / "done").read_text().split()) == {"1"}
+    record("stuck", "a hook running when the dispatcher is SIGKILLed", hooks=1, lost=0)

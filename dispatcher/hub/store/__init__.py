@@ -6,6 +6,7 @@ component per table over it, as buildbot's db connector composes its components.
     store.commits   the commits (written inside the jobs' transactions)
     store.attempts  earlier failed attempts (retry_failed)
     store.runners   registered runners
+    store.hook_runs hooks owed by published results, until run
     store.queries   the views' reads
 
 interface.py writes down what a backend provides; SQLite is this one.
@@ -19,6 +20,7 @@ from typing import Optional
 from dispatcher.hub.store.attempts import Attempts
 from dispatcher.hub.store.commits import Commits
 from dispatcher.hub.store.database import Database
+from dispatcher.hub.store.hook_runs import HookRuns
 from dispatcher.hub.store.jobs import JobResult, Jobs, Policy
 from dispatcher.hub.store.queries import Queries
 from dispatcher.hub.store.rows import Expired, FinishedJob, JobRow, JobState, RunnerRow
@@ -34,7 +36,8 @@ class Store:
         self.policy = policy or Policy()
         self.commits = Commits()
         self.attempts = Attempts(self.db)
-        self.jobs = Jobs(self.db, self.policy, self.commits, self.attempts, readonly=readonly)
+        self.hook_runs = HookRuns(self.db)
+        self.jobs = Jobs(self.db, self.policy, self.commits, self.attempts, self.hook_runs, readonly=readonly)
         self.runners = Runners(self.db)
         self.queries = Queries(self.db)
 

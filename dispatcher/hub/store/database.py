@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dispatcher.common.errors import StateError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commits (
@@ -95,6 +95,23 @@ ALTER TABLE jobs ADD COLUMN failed_tests TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE jobs ADD COLUMN outcomes BLOB;
 UPDATE jobs SET state = 'recorded' WHERE state = 'finished';
 UPDATE jobs SET state = 'published' WHERE state = 'done';
+""",
+    # Hooks are recorded in the transaction that marks their result published, and run
+    # at least once across restarts; the id lets a hook recognise a repeat.
+    4: """
+CREATE TABLE IF NOT EXISTS hook_runs (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    command TEXT NOT NULL,
+    timeout REAL NOT NULL,
+    env TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    exit_code INTEGER,
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS hook_runs_pending ON hook_runs (state, id);
 """,
 }
 

@@ -8,10 +8,11 @@ cannot write raises StateError and changes nothing.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Protocol
+from typing import Iterable, Mapping, Optional, Protocol
 
 from dispatcher.common.states import Status
 from dispatcher.hub.store.rows import Expired, FinishedJob, JobRow, RunnerRow
+from dispatcher.hub.store.hook_runs import HookRun
 from dispatcher.hub.store.jobs import JobResult, Policy
 from dispatcher.results.junit import JUnit
 from dispatcher.results.record import Attempt
@@ -50,13 +51,18 @@ class JobsTable(Protocol):
     def release(self, lease_id: str) -> Optional[JobRow]: ...
     def unpublished(self, limit: int = 100) -> list[FinishedJob]: ...
     def has_unpublished(self) -> bool: ...
-    def mark_published(self, *job_ids: int) -> None: ...
+    def mark_published(self, *job_ids: int, hooks: Mapping[int, list] = ...) -> None: ...
     def set_aside(self, job_id: int, why: str) -> None: ...
     def by_lease(self, lease_id: str) -> Optional[JobRow]: ...
 
 
 class AttemptsTable(Protocol):
     def of(self, job_id: int) -> tuple[Attempt, ...]: ...
+
+
+class HookRunsTable(Protocol):
+    def pending(self, after: int = 0, limit: int = 1000) -> list[HookRun]: ...
+    def done(self, hook_id: int, exit_code: Optional[int]) -> None: ...
 
 
 class RunnersTable(Protocol):
@@ -71,6 +77,7 @@ class State(Protocol):
     jobs: JobsTable
     attempts: AttemptsTable
     runners: RunnersTable
+    hook_runs: HookRunsTable
     queries: StateQueries
 
     def close(self) -> None: ...

@@ -19,12 +19,14 @@ import json
 import secrets
 import sqlite3
 import time
+from types import MappingProxyType
 from typing import Iterable, Mapping, Optional
 
 from dispatcher.common.states import Status
 from dispatcher.hub.store.attempts import Attempts
 from dispatcher.hub.store.commits import Commits
 from dispatcher.hub.store.database import Database
+from dispatcher.hub.store.hook_runs import HookRuns
 from dispatcher.hub.store.rows import JOB_COLUMNS, JOB_FROM, Expired, FinishedJob, JobRow, JobState, RunnerRow
 from dispatcher.results.junit import MAX_NAMED_TESTS, JUnit
 from dispatcher.wire.protocol import CommitInfo
@@ -56,9 +58,9 @@ class JobResult:
 
 
 class Jobs:
-    def __init__(self, db: Database, policy: Policy, commits: Commits, attempts: Attempts,
+    def __init__(self, db: Database, policy: Policy, commits: Commits, attempts: Attempts, hook_runs: HookRuns,
                  readonly: bool = False) -> None:
-        self.db, self.policy, self.commits, self.attempts = db, policy, commits, attempts
+        self.db, self.policy, self.commits, self.attempts, self.hook_runs = db, policy, commits, attempts, hook_runs
         self._lock = db.lock
         self._deadlines: dict[str, float] = {}
         if not readonly:
@@ -228,11 +230,14 @@ class Jobs:
             return db.execute("SELECT 1 FROM jobs WHERE state = ? LIMIT 1",
                               (JobState.RECORDED.value,)).fetchone() is not None
 
-    def mark_published(self, *job_ids: int) -> None:
-        """The files are written: drop the copies of log and JUnit kept for them.
+    def mark_published(self, *job_ids: int, hooks: Mapping[int, list] = MappingProxyType({})) -> None:
+        """The files are written: drop the copies of log and JUnit kept for them, and record
+        the hooks each result owes (job id -> [(event, command, timeout, env)]).
 
         Several at once in one transaction: one fsync for a whole batch of results."""
         with self.db.tx() as db:
+            for job_id, runs in hooks.items():
+                self.hook_runs.add(db, job_id, runs)
             db.executemany("UPDATE jobs SET state = ?, log = NULL, junit = NULL WHERE id = ? AND state = ?",
                            [(JobState.PUBLISHED.value, job_id, JobState.RECORDED.value) for job_id in job_ids])
             self.attempts.drop_logs(db, job_ids)
