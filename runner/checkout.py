@@ -45,6 +45,11 @@ class Mirrors:
     def __init__(self, root: Path, checkouts: Path) -> None:
         self.root = root
         self.checkouts = checkouts
+        self.quarantine = checkouts.parent / "quarantine"  # what could not be deleted
+        self._fresh: dict[str, Path] = {}  # repo -> a worktree path beside one stuck for good
+
+    def _dest(self, repo: str) -> Path:
+        return self._fresh.get(repo) or self.checkouts / check_repo(repo)
 
     def _mirror(self, repo: str) -> git.Repo:
         return open_mirror(self.root / f"{check_repo(repo)}.git")
@@ -63,7 +68,7 @@ class Mirrors:
             if not self._has(mirror, commit):
                 raise CheckoutError(f"commit {commit} is not on any branch or tag of {url}, nor fetchable by "
                                     "its id (force-pushed away?)")
-        dest = self.checkouts / check_repo(repo)
+        dest = self._dest(repo)
         if (dest / ".git").is_file():
             try:
                 git.Git(dest).checkout("--detach", "--force", "--quiet", commit)
@@ -72,6 +77,7 @@ class Mirrors:
                 log.warning("reusing the worktree %s failed (%s); making it afresh", dest, error_text(exc))
         if dest.exists():  # not reusable (a test may have deleted its .git): start over
             self.discard(repo)
+            dest = self._dest(repo)
         try:
             mirror.git.worktree("add", "--detach", "--force", str(dest), commit)
         except git.GitCommandError as exc:
@@ -101,7 +107,7 @@ class Mirrors:
     def start_clean(self, repo: str) -> "Cleaning":
         """`clean`, started in the background: the runner delivers the result and asks for
         its next job meanwhile, and finishes it before the next checkout."""
-        dest = self.checkouts / check_repo(repo)
+        dest = self._dest(repo)
         if not dest.exists():
             return Cleaning(self, repo, None)
         proc = subprocess.Popen(["git", "clean", "-ffdqx"], cwd=dest, stdin=subprocess.DEVNULL,
@@ -136,15 +142,40 @@ class Mirrors:
 
         This is what `git worktree prune` would do for it, without a git process;
         prune_all at start catches anything this misses."""
-        dest = self.checkouts / check_repo(repo)
+        dest = self._dest(repo)
         admin = _worktree_admin(dest, self.root / f"{check_repo(repo)}.git")
-        shutil.rmtree(dest, ignore_errors=True)
+        if not self._remove(dest):
+            # Stuck even for root (chattr +i on the folder itself): the next job gets a
+            # fresh worktree beside it, never this one.
+            n = 1
+            while (self.checkouts / f"{check_repo(repo)}.{n}").exists():
+                n += 1
+            self._fresh[repo] = self.checkouts / f"{check_repo(repo)}.{n}"
         if admin is not None:
             shutil.rmtree(admin, ignore_errors=True)
 
+    def _remove(self, path: Path) -> bool:
+        """Delete a worktree; what cannot be deleted (a test's `chattr +i`) is moved aside
+        into quarantine/ with a warning. False when it cannot even be moved."""
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return True
+        aside = self.quarantine / f"{path.name}-{time.time_ns()}"
+        try:
+            self.quarantine.mkdir(parents=True, exist_ok=True)
+            path.rename(aside)
+            log.warning("could not delete %s (a job left files even root cannot delete, e.g. chattr +i); moved it "
+                        "to %s: remove it by hand", path, aside)
+            return True
+        except OSError as exc:
+            log.error("cannot delete or move %s (%s); the next job gets a fresh worktree beside it", path, exc)
+            return False
+
     def prune_all(self) -> None:
         """At start: drop every worktree (a crash may have left one dirty) and forget them."""
-        shutil.rmtree(self.checkouts, ignore_errors=True)
+        if self.checkouts.is_dir():
+            for child in self.checkouts.iterdir():
+                self._remove(child)
         if not self.root.is_dir():
             return
         for path in self.root.glob("*.git"):

@@ -32,13 +32,19 @@ class Execution:
     started_at: float
     finished_at: float
     truncated: bool
+    output: bytes = b""  # what the log file holds, read through the runner's own descriptor
 
 
 class CappedLog:
-    """Keeps the head and the tail of a stream within `limit` bytes, marking the cut."""
+    """Keeps the head and the tail of a stream within `limit` bytes, marking the cut.
+
+    The file is read back through the descriptor it was written with, never by its path:
+    a test may replace the path with a FIFO or a link, and the runner must not wait on it."""
 
     def __init__(self, path: Path, limit: int) -> None:
-        self.file = open(path, "wb")
+        self.file = open(path, "w+b")
+        self.limit = limit
+        self.output = b""
         self.head_left = limit // 2
         self.tail: collections.deque[bytes] = collections.deque()
         self.tail_size = 0
@@ -70,6 +76,9 @@ class CappedLog:
         if self.dropped:
             self.file.write(f"\n[polyarch: output truncated: {self.dropped} bytes dropped here]\n".encode())
         self.file.write(b"".join(self.tail))
+        self.file.flush()
+        self.file.seek(0)
+        self.output = self.file.read(self.limit + 4096)
         self.file.close()
         return self.dropped > 0
 
@@ -208,7 +217,11 @@ class Process:
         if outcome == Outcome.EXITED:
             # A shell killed by a signal reads as 128 + signal number, as in a shell.
             code = self.proc.returncode if self.proc.returncode >= 0 else 128 - self.proc.returncode
-        return Execution(outcome, code, self.started_at, finished, truncated)
+        return Execution(outcome, code, self.started_at, finished, truncated, self.log.output)
+
+    def kill_group(self) -> None:
+        """Kill everything the command started, now (the runner gave up on the job)."""
+        self._signal_group(signal.SIGKILL)
 
     def _terminate(self, grace: float) -> None:
         stop_group(self.pgid, lambda t: self._exited.wait(timeout=t), term_wait=grace, kill_wait=0)

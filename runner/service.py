@@ -26,7 +26,7 @@ from dispatcher.wire.auth import load_secret
 from dispatcher.wire.client import Connection
 from dispatcher.common.config import Config, dispatcher_address
 from dispatcher.common.errors import ConfigError, MessageTooLarge, ProtocolError, RemoteError
-from dispatcher.common.files import atomic_write
+from dispatcher.common.files import atomic_write, read_regular
 from dispatcher.common.names import Arch
 from dispatcher.common.sdnotify import Watchdog, notify
 from dispatcher.wire.tls import for_client
@@ -254,8 +254,22 @@ class _JobWork:
                 self._process.request_stop()
 
     def run(self) -> None:
-        job, settings = self.job, self.runner.settings
+        """The job, however its files fare: a job folder deleted or replaced, or a full disk,
+        ends the job `error` with the reason. (Handing it back would bring it straight
+        back to this runner, over and over.)"""
         started = time.time()
+        try:
+            self._run(started)
+        except Exception as exc:  # whatever the job did to its files, the runner goes on
+            if self._process is not None:
+                self._process.kill_group()
+            if self.result is None and not self._aborted.is_set():
+                log.exception("job %s %s failed on the runner's side", self.job.repo, self.job.commit[:12])
+                self.result = _error(self.job, started, f"the runner could not run the job: "
+                                                        f"{type(exc).__name__}: {exc}")
+
+    def _run(self, started: float) -> None:
+        job, settings = self.job, self.runner.settings
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
             self.runner.finish_cleaning()
@@ -297,10 +311,8 @@ class _JobWork:
         else:
             status = Reported.PASSED if ex.exit_code == 0 else Reported.FAILED
             reason = "" if ex.exit_code == 0 else f"test command exited with {ex.exit_code}"
-        junit = ""
-        if junit_path.is_file() and junit_path.stat().st_size <= JUNIT_LIMIT:
-            junit = junit_path.read_text(encoding="utf-8", errors="replace")
-        output = (self.folder / "output.log").read_bytes().decode("utf-8", "replace")
+        junit = read_regular(junit_path, JUNIT_LIMIT).decode("utf-8", "replace")
+        output = ex.output.decode("utf-8", "replace")
         info = self.runner.mirrors.describe(job.repo, job.commit) if job.describe else None
         self.result = Result(lease_id=job.lease_id, status=status, exit_code=ex.exit_code,
                              started_at=started, finished_at=ex.finished_at, log=output,

@@ -19,6 +19,7 @@ fi
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v ip >/dev/null || need_apt+=(iproute2)  # the lab-host test's network namespaces
 command -v mount >/dev/null || need_apt+=(mount)  # the full-disk tests' tmpfs
+command -v chattr >/dev/null || need_apt+=(e2fsprogs)  # a poison test leaves a file even root cannot delete
 python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
 # The dashboard tests load the pages in headless Chromium; scripts/test.sh asks for it.
 if [ -n "${POLYARCH_WITH_BROWSER:-}" ]; then

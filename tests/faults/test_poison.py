@@ -4,11 +4,13 @@ never stop polyarch. Each case below failed before its fix (issue 20)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import time
 
-from conftest import Polyarch, wait_for
+from conftest import Polyarch, skip_unless_ci, wait_for
 from faults.conftest import record
 
 
@@ -135,3 +137,59 @@ def test_hooks_run_at_least_once_across_a_dispatcher_kill(polyarch: Polyarch, tm
     wait_for(lambda: (seen / "done").exists(), timeout=30, what="the hook to finish")
     assert set((seen / "done").read_text().split()) == {"1"}
     record("stuck", "a hook running when the dispatcher is SIGKILLed", hooks=1, lost=0)
+
+
+def test_a_job_that_turns_its_output_files_into_fifos_does_not_wedge_the_runner(polyarch: Polyarch) -> None:
+    trap = ('d=$(dirname "$POLYARCH_JUNIT"); echo before; rm -f "$d/output.log"; mkfifo "$d/output.log"; '
+            'mkfifo "$POLYARCH_JUNIT"; exit 0')
+    bad = polyarch.repo.commit(trap)
+    polyarch.dispatcher()
+    runner = polyarch.runner("r1")
+    polyarch.observer()
+    result = polyarch.wait_results([bad])[bad]
+    assert result["status"] == "passed" and result["tests"] is None
+    assert "before" in (polyarch.results / "demo" / bad / "amd64.log").read_text()
+    after = polyarch.repo.commit("exit 0")
+    assert polyarch.wait_results([after])[after]["status"] == "passed"
+    assert runner.stop(timeout=30) == 0  # SIGTERM still works
+    record("poison", "a job that replaces its log and JUnit files with FIFOs", commits=2)
+
+
+def test_a_job_that_deletes_its_job_folder_ends_error_and_never_loops(polyarch: Polyarch) -> None:
+    trap = 'rm -rf "$(dirname "$POLYARCH_JUNIT")"; echo "/" > /dev/null; exit 0'
+    bad = polyarch.repo.commit(trap)
+    dispatcher = polyarch.dispatcher()
+    polyarch.runner("r1")
+    polyarch.observer()
+    result = polyarch.wait_results([bad])[bad]
+    after = polyarch.repo.commit("exit 0")
+    assert polyarch.wait_results([after])[after]["status"] == "passed"
+    # Ended once, as a result: never handed back and leased again in a loop.
+    assert dispatcher.log().count("leased demo " + bad[:12]) == 1, dispatcher.log()
+    assert result["status"] in ("passed", "error")
+    record("poison", "a job that deletes its own job folder", commits=2)
+
+
+def test_a_file_the_runner_cannot_delete_does_not_poison_its_later_jobs(polyarch: Polyarch) -> None:
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        skip_unless_ci("needs root and chattr (e2fsprogs): run bash scripts/test.sh as root")
+    trap = "touch stuck && chattr +i stuck; mkdir -p locked && chmod 000 locked; exit 0"
+    bad = polyarch.repo.commit(trap)
+    try:
+        polyarch.dispatcher()
+        runner = polyarch.runner("r1")
+        polyarch.observer()
+        polyarch.wait_results([bad])
+        later = [polyarch.repo.commit("exit 0") for _ in range(2)]
+        results = polyarch.wait_results(later)
+        assert all(r["status"] == "passed" for r in results.values()), results
+        wait_for(lambda: "moved it to" in runner.log() or "fresh worktree beside it" in runner.log(),
+                 what="the stuck worktree to be set aside")
+        runner.stop()
+        restarted = polyarch.runner("r1")  # across a restart too
+        again = polyarch.repo.commit("exit 0")
+        assert polyarch.wait_results([again])[again]["status"] == "passed"
+        assert restarted.alive
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(polyarch.root)], capture_output=True)
+    record("poison", "a job leaves a file even root cannot delete (chattr +i) and a mode-000 folder", commits=4)
