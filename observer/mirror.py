@@ -38,8 +38,9 @@ class BranchUpdate:
 
 
 class Mirror:
-    def __init__(self, path: Path, url: str, fetch_timeout: float) -> None:
-        self.path, self.url, self.fetch_timeout = path, url, fetch_timeout
+    def __init__(self, path: Path, url: str, fetch_timeout: float,
+                 stop: Optional[Callable[[], bool]] = None) -> None:
+        self.path, self.url, self.fetch_timeout, self.stop = path, url, fetch_timeout, stop
         self.repo = open_mirror(path)
 
     def up_to_date(self) -> bool:
@@ -69,7 +70,8 @@ class Mirror:
                 raise FetchError(f"git fetch {self.url}: {' '.join(tail[-3:])[-300:] or f'exit status {code}'}")
             return
         try:
-            fetch(self.repo, self.url, ("+refs/heads/*:refs/heads/*",), self.fetch_timeout, "--prune", "--no-tags")
+            fetch(self.repo, self.url, ("+refs/heads/*:refs/heads/*",), self.fetch_timeout, "--prune", "--no-tags",
+                  stop=self.stop)
         except GitError as exc:
             raise FetchError(str(exc)) from None
 

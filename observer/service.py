@@ -71,7 +71,7 @@ class Observer:
         mirror = self.mirrors.get(repo.name)
         if mirror is None:
             mirror = Mirror(self.settings.state_dir / "mirrors" / f"{repo.name}.git", repo.url,
-                            self.settings.fetch_timeout)
+                            self.settings.fetch_timeout, stop=self.stop.is_set)
             self.mirrors[repo.name] = mirror
         if not mirror.up_to_date():
             first = self.progress is not None and not mirror.heads()

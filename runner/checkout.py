@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import git
 
@@ -32,7 +32,6 @@ from dispatcher.common.git import GitError, borrow, error_text, fetch, local_git
 log = logging.getLogger("polyarch.runner")
 
 FETCH_TRIES = 3
-FETCH_TIMEOUT = 600
 FETCH_REFSPECS = ("+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 REF_PREFIXES = ("refs/heads/", "refs/tags/")
 
@@ -42,9 +41,12 @@ class CheckoutError(GitError):
 
 
 class Mirrors:
-    def __init__(self, root: Path, checkouts: Path) -> None:
+    def __init__(self, root: Path, checkouts: Path, fetch_timeout: float = 120.0,
+                 stop: Optional[Callable[[], bool]] = None) -> None:
         self.root = root
         self.checkouts = checkouts
+        self.fetch_timeout = fetch_timeout
+        self.stop = stop  # the runner's stop: a fetch in progress is abandoned
         self.quarantine = checkouts.parent / "quarantine"  # what could not be deleted
         self._fresh: dict[str, Path] = {}  # repo -> a worktree path beside one stuck for good
 
@@ -114,26 +116,25 @@ class Mirrors:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return Cleaning(self, repo, proc)
 
-    @staticmethod
-    def _fetch(mirror: git.Repo, url: str) -> None:
-        # A few quick tries: a lab network blip should not turn into an `error` result.
+    def _fetch(self, mirror: git.Repo, url: str) -> None:
+        # A few quick tries: a lab network blip should not turn into an `error` result. A
+        # fetch that times out is not tried again: the remote hangs, it did not blip.
         for attempt in range(FETCH_TRIES):
             try:
-                fetch(mirror, url, FETCH_REFSPECS, FETCH_TIMEOUT, "--no-tags", "--prune")
+                fetch(mirror, url, FETCH_REFSPECS, self.fetch_timeout, "--no-tags", "--prune", stop=self.stop)
                 return
             except GitError as exc:
-                if attempt == FETCH_TRIES - 1:
+                if attempt == FETCH_TRIES - 1 or "fetch_timeout" in str(exc) or "stopping" in str(exc):
                     raise CheckoutError(str(exc)) from None
                 log.warning("%s; trying again", exc)
                 time.sleep(0.5 * 2 ** attempt)
 
-    @staticmethod
-    def _fetch_commit(mirror: git.Repo, url: str, commit: str) -> None:
+    def _fetch_commit(self, mirror: git.Repo, url: str, commit: str) -> None:
         """A commit on no branch or tag: a pull request's, submitted by `polyarch-dispatcher
         wait`. Hosts (and git's protocol v2) serve any commit reachable from some ref,
         refs/pull/* included, when asked by id."""
         try:
-            fetch(mirror, url, (commit,), FETCH_TIMEOUT, "--no-tags")
+            fetch(mirror, url, (commit,), self.fetch_timeout, "--no-tags", stop=self.stop)
         except GitError as exc:
             log.warning("%s (commit %s)", exc, commit[:12])
 

@@ -62,11 +62,12 @@ class Runner:
         self.work = work
         self.jobs_dir = work / "jobs"
         self.marker = work / "current-job.json"
-        self.mirrors = Mirrors(work / "mirrors", work / "checkouts")
+        self.stop = StopRequest()
+        self.mirrors = Mirrors(work / "mirrors", work / "checkouts", self.settings.fetch_timeout,
+                               stop=lambda: self.stop.now(self.settings.stop_grace))
         self.spool = Spool(work / "outbox")
         self.conn: Optional[Connection] = None
         self.heartbeat_interval = 1.0
-        self.stop = StopRequest()
         self.watchdog = Watchdog()
         self.guard = Guard()
         self.cleaning: Optional[Cleaning] = None  # the last job's `git clean`, finished before the next checkout
@@ -278,6 +279,8 @@ class _JobWork:
             chosen = settings_for(self.src, job.arch, JobSettings(job.test_command, job.timeout,
                                                                   job.timeout_factor))
         except (CheckoutError, ConfigError) as exc:
+            if self.runner.stop.is_set() and "stopping" in str(exc):
+                return  # the runner's own stop cut the fetch short: no result, the job is handed back
             self.result = _error(job, started, str(exc))
             return
         junit_path = self.folder / "junit.xml"

@@ -96,6 +96,7 @@ class RunnerConfig:
     log_limit: int = 4 * 1024 * 1024
     kill_grace: float = 5.0
     stop_grace: float = 20.0
+    fetch_timeout: float = 120.0  # each git fetch of a job's repository, before it is abandoned
     token_file: Path | None = None
     tls_ca: Optional[Path] = None
     tls_cert: Optional[Path] = None
@@ -255,6 +256,7 @@ def _runner(path: Path, table: Any) -> RunnerConfig:
         log_limit=s.positive("log_limit", d.log_limit, integer=True),
         kill_grace=s.positive("kill_grace", d.kill_grace),
         stop_grace=s.positive("stop_grace", d.stop_grace),
+        fetch_timeout=s.positive("fetch_timeout", d.fetch_timeout),
         token_file=s.path_("token_file", None),
         **_client_tls(s),
     )

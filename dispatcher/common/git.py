@@ -21,12 +21,14 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import git
 
 from dispatcher.common.errors import PolyarchError
+from dispatcher.common.process import popen_exited, stop_group
 
 log = logging.getLogger("polyarch.refs")
 
@@ -54,16 +56,33 @@ def error_text(exc: git.GitCommandError, limit: int = 300) -> str:
     return text[-limit:] or f"exit status {exc.status}"
 
 
-def fetch(repo: git.Repo, url: str, refspecs: tuple[str, ...], timeout: float, *options: str) -> None:
-    """git fetch --quiet `options` url `refspecs`, killed after `timeout` s; GitError names
-    the url and the timeout's setting when it ran out."""
+def fetch(repo: git.Repo, url: str, refspecs: tuple[str, ...], timeout: float, *options: str,
+          stop: Optional[Callable[[], bool]] = None) -> None:
+    """git fetch --quiet `options` url `refspecs` in its own process group, stopped (the
+    whole group: ssh, remote helpers) after `timeout` s or as soon as `stop()` says so;
+    GitError names the url, and the timeout's setting when it ran out."""
+    proc = subprocess.Popen(["git", "--git-dir", str(repo.git_dir), "fetch", "--quiet", *options, url, *refspecs],
+                            env={**os.environ, **GIT_ENV}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + timeout
     try:
-        repo.git.fetch("--quiet", *options, url, *refspecs, kill_after_timeout=timeout)
-    except git.GitCommandError as exc:
-        detail = error_text(exc)
-        if exc.status == -9 or "timeout" in str(exc).lower():
-            detail = f"no answer within {timeout:g} s (fetch_timeout)"
-        raise GitError(f"git fetch {url}: {detail}") from None
+        while True:
+            try:
+                _, err = proc.communicate(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                if stop is not None and stop():
+                    raise GitError(f"git fetch {url}: stopped (the daemon is stopping)") from None
+                if time.monotonic() >= deadline:
+                    raise GitError(f"git fetch {url}: no answer within {timeout:g} s (fetch_timeout)") from None
+    finally:
+        if proc.poll() is None:
+            stop_group(proc.pid, popen_exited(proc), term_wait=1.0)
+            proc.communicate()
+    if proc.returncode != 0:
+        text = err.decode("utf-8", "replace").strip().replace("\n", " ")[-300:]
+        raise GitError(f"git fetch {url}: {text or f'exit status {proc.returncode}'}")
+
 
 _HEX = set("0123456789abcdef")
 

@@ -106,16 +106,20 @@ def stop_timeout(daemon: str) -> float:
     return float(match.group(1)) if match else 90.0  # systemd's DefaultTimeoutStopSec
 
 
+CHAOS = "chaos"  # any daemon, SIGKILL or SIGSTOP
+
+
 def run_kill_trial(env: Polyarch, daemon: str, seed: int, commits: int = 50, runners: int = 2,
                    graceful: bool = False) -> Check:
     """Kill `daemon` (dispatcher, observer or runner) at seeded moments during a burst.
 
     With `graceful`, the kill is a SIGTERM and the trial also records how long the daemon
-    took to exit and with what code."""
+    took to exit and with what code. With daemon CHAOS, each moment picks any daemon and
+    either SIGKILLs it (then starts it again) or stops it (SIGSTOP) for up to 2 s."""
     rng = random.Random(seed)
     setup(env, runners)
     check = Check()
-    kills = sorted(rng.uniform(0.0, 3.0) for _ in range(rng.randint(1, 3)))
+    kills = sorted(rng.uniform(0.0, 3.0) for _ in range(rng.randint(1, 3) * (2 if daemon == CHAOS else 1)))
     shas: list[str] = []
     with ResultWatcher(env.results) as watcher:
         pusher = threading.Thread(target=lambda: shas.extend(
@@ -124,7 +128,14 @@ def run_kill_trial(env: Polyarch, daemon: str, seed: int, commits: int = 50, run
         pusher.start()
         for at in kills:
             time.sleep(max(0.0, at - (time.monotonic() - start)))
-            victim = _victim(env, daemon, rng)
+            package = rng.choice(("dispatcher", "observer", "runner")) if daemon == CHAOS else daemon
+            victim = _victim(env, package, rng)
+            if daemon == CHAOS and rng.random() < 0.5:
+                victim.signal(signal.SIGSTOP)
+                time.sleep(rng.uniform(0.2, 2.0))  # the stall itself is the fault injected
+                victim.signal(signal.SIGCONT)
+                check.kills += 1
+                continue
             if graceful:
                 began = time.monotonic()
                 code = victim.stop(timeout=stop_timeout(daemon))
@@ -137,7 +148,7 @@ def run_kill_trial(env: Polyarch, daemon: str, seed: int, commits: int = 50, run
                 victim.kill()
             check.kills += 1
             time.sleep(rng.uniform(0.0, 1.0))
-            _restart(env, daemon, victim)
+            _restart(env, package, victim)
         pusher.join()
         check.commits = len(shas)
         try:
@@ -153,6 +164,11 @@ def run_kill_trial(env: Polyarch, daemon: str, seed: int, commits: int = 50, run
     # A result for a commit nobody pushed would be a duplicate under another name.
     strangers = {p.parent.name for p in env.results.glob("demo/*/amd64.json")} - set(by_short.values())
     check.duplicated = sorted(watcher.changed | twice | strangers)
+    # A page or summary being written this instant has a temporary for a moment: only one
+    # that outlives a few seconds was left behind.
+    deadline = time.monotonic() + 5
+    while list(env.results.rglob(TMP_PREFIX + "*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
     check.temporaries = [str(p) for p in env.results.rglob(TMP_PREFIX + "*")]
     return check
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import socket
 import subprocess
 import threading
@@ -164,3 +166,38 @@ def test_a_deleted_branch_pushed_again_has_every_new_commit_tested(polyarch: Pol
     assert all(r["status"] == "passed" for r in polyarch.wait_results(again).values())
     assert observer.alive
     record("fault", "a branch deleted, then pushed again 4 commits ahead", commits=4, lost=0)
+
+
+def test_a_runner_abandons_a_hanging_fetch_at_fetch_timeout_and_at_its_stop(polyarch: Polyarch) -> None:
+    # A job of a repository whose remote accepts and never answers: the runner's fetch ends
+    # at [runner] fetch_timeout (not 600 s x 3 tries), and a SIGTERM stops one under way.
+    silent = SilentGitServer()
+    try:
+        polyarch.write_config(extra_repos=f"""
+[[repos]]
+name = "hangs"
+url = "git://127.0.0.1:{silent.port}/x"
+architectures = ["amd64"]
+test_command = "true"
+""")
+        polyarch.config.write_text(polyarch.config.read_text().replace("stop_grace = 20", "stop_grace = 20\nfetch_timeout = 3"))
+        polyarch.dispatcher()
+        runner = polyarch.runner("r1")
+        sha = "c" * 40
+        cfg = ("--config", str(polyarch.config))
+        assert polyarch.cli("dispatcher", "submit", *cfg, "--repo", "hangs", "--commit", sha).returncode == 0
+        result = polyarch.results / "hangs" / sha / "amd64.json"
+        wait_for(result.exists, timeout=30, what="the hanging fetch to end the job")
+        data = json.loads(result.read_text())
+        assert data["status"] == "error" and "no answer within 3 s (fetch_timeout)" in data["reason"], data
+        # Again, and stop the runner while its fetch hangs: it stops at once (twice asked).
+        other = "d" * 40
+        assert polyarch.cli("dispatcher", "submit", *cfg, "--repo", "hangs", "--commit", other).returncode == 0
+        wait_for(lambda: runner.log().count("running hangs") >= 2 or len(silent.held) >= 2, timeout=20,
+                 what="the second fetch to start")
+        runner.signal(signal.SIGTERM)
+        runner.signal(signal.SIGTERM)
+        assert runner.stop(timeout=10) == 0
+    finally:
+        silent.close()
+    record("fault", "a runner's fetch from a remote that hangs (fetch_timeout, SIGTERM)", jobs=2)
