@@ -228,7 +228,19 @@ class Runner:
 
     def _deliver(self, result: Result) -> None:
         result = _fit(result)
-        self.spool.put(result)
+        try:
+            self.spool.put(result)
+        except OSError as exc:
+            # Our own disk is full or failing: no copy to keep, so send it now, as it is.
+            log.warning("cannot keep the result in %s (%s); sending it without a copy", self.spool.folder, exc)
+            try:
+                reply = self._request(result)
+                if isinstance(reply, Ack) and not reply.created:
+                    log.warning("dispatcher discarded our result for lease %s: %s", result.lease_id, reply.message)
+            except (OSError, ProtocolError, RemoteError, ConfigError) as sent:
+                log.error("result for lease %s lost with the connection (%s); the lease expires and the job runs "
+                          "again", result.lease_id, sent)
+            return
         try:
             self._flush_spool()
         except (OSError, ProtocolError, RemoteError, ConfigError) as exc:

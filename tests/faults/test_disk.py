@@ -75,3 +75,24 @@ def test_full_state_disk_refuses_new_work_and_keeps_what_it_had(polyarch: Polyar
     assert len([p for p in (polyarch.results / "demo").iterdir() if p.is_dir()]) == 31
     record("fault", "state database disk full (tmpfs), then space returns", trials=1, commits=31, results=31,
            lost=0, duplicated=0)
+
+
+def test_a_full_runner_disk_ends_the_job_error_once_and_never_loops(polyarch: Polyarch, small_tmpfs) -> None:
+    work = small_tmpfs("var/runner", 32 * 1024)
+    first = polyarch.repo.commit("exit 0")
+    dispatcher = polyarch.dispatcher()
+    runner = polyarch.runner("r1")
+    polyarch.observer()
+    polyarch.wait_results([first])
+    filler = fill(work)
+    blocked = polyarch.repo.commit("echo " + "x" * 5000 + "; exit 0", files={"big.txt": "y" * 200_000})
+    result = polyarch.wait_results([blocked], timeout=60)[blocked]
+    # Ended once, with the reason: not handed back and leased again over and over.
+    assert result["status"] == "error" and "var/runner" in result["reason"], result  # naming the full place
+    assert dispatcher.log().count(f"leased demo {blocked[:12]}") == 1
+    filler.unlink()  # space comes back: the next job runs as usual
+    after = polyarch.repo.commit("exit 0")
+    assert polyarch.wait_results([after])[after]["status"] == "passed"
+    assert runner.alive
+    record("fault", "runner work_dir disk full (tmpfs), then space returns", trials=1, commits=3, results=3,
+           lost=0, duplicated=0)
