@@ -79,9 +79,16 @@ def render(rows: dict[tuple[str, str], dict[str, float]], pytest_exit: int, seco
         if kind == "hostile":
             out.append(f"| {name} | {int(row.get('inputs', 0)):,} | {int(row.get('crashes', 0))} | "
                        f"{_other(row, {'inputs', 'crashes'})} |")
+    out += ["", "## Poison inputs and stuck states", "",
+            "One input that anyone who can push a commit controls, or one stall: each case asserts its "
+            "own outcome (named in the test) and that every later commit is still tested.", "",
+            "| Case | Checked |", "|---|---|"]
+    for (kind, name), row in sorted(rows.items()):
+        if kind in ("poison", "stuck"):
+            out.append(f"| {name} | {_other(row, set())} |")
     out += ["", "## Replaying a failure", "",
             "Kill trials are seeded: trial *n* of the dispatcher uses seed 1000 + *n*, the observer "
-            "2000 + *n*, the runner 3000 + *n*, SIGTERM trials 5000 + *n*. Replay one with",
+            "2000 + *n*, the runner 3000 + *n*, SIGTERM trials 5000 + *n*, chaos trials 7000 + *n*. Replay one with",
             "", "    POLYARCH_FAULT_SEED=1007 .venv/bin/python -m pytest tests/faults/test_kill.py -k dispatcher",
             "", "Hypothesis prints the failing example and keeps it in `.hypothesis/` for the next run.", ""]
     return "\n".join(out)

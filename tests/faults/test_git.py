@@ -165,7 +165,8 @@ def test_a_deleted_branch_pushed_again_has_every_new_commit_tested(polyarch: Pol
     polyarch.repo.git("branch", "feature", "unwatched")
     assert all(r["status"] == "passed" for r in polyarch.wait_results(again).values())
     assert observer.alive
-    record("fault", "a branch deleted, then pushed again 4 commits ahead", commits=4, lost=0)
+    record("fault", "a branch deleted, then pushed again 4 commits ahead", trials=1, commits=4, results=4, lost=0,
+           duplicated=0)
 
 
 def test_a_runner_abandons_a_hanging_fetch_at_fetch_timeout_and_at_its_stop(polyarch: Polyarch) -> None:
