@@ -183,3 +183,19 @@ def test_a_result_that_breaks_the_writer_is_set_aside_and_the_rest_flow(hub: Hub
     assert states[B].state == JobState.PUBLISHED
     [amd64] = hub.query("demo", A).archs
     assert amd64.published and "ValueError" in amd64.reason  # settled: the gate does not wait for it
+
+
+def test_a_job_handed_back_again_and_again_ends_error(hub: Hub) -> None:
+    from dispatcher.hub.store.jobs import MAX_HANDBACKS
+
+    hub.submit("demo", A, "", ["amd64"], "test")
+    runner = FakeRunner(hub, "r").register()
+    for _ in range(MAX_HANDBACKS - 1):
+        hub.release(runner.row, runner.lease().lease_id, "cannot make the job folder")
+    [row] = hub.store.queries.jobs("demo", A)
+    assert row.state == JobState.QUEUED and row.attempt == 0  # a hand-back spends no attempt
+    hub.release(runner.row, runner.lease().lease_id, "cannot make the job folder")
+    [row] = hub.store.queries.jobs("demo", A)
+    assert row.state == JobState.RECORDED and row.status == Status.ERROR
+    assert f"handed back {MAX_HANDBACKS} times" in row.reason and "cannot make the job folder" in row.reason
+    assert runner.lease() is None  # never leased again

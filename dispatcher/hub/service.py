@@ -193,11 +193,16 @@ class Hub:
         return 1, "recorded"
 
     def release(self, runner: RunnerRow, lease_id: str, reason: str) -> None:
-        job = self.store.jobs.release(lease_id)
-        if job is not None:
+        job = self.store.jobs.release(lease_id, reason)
+        if job is None:
+            return
+        if job.state == JobState.RECORDED:
+            log.error("%s %s %s: %s", job.repo, job.sha[:12], job.arch, job.reason)
+            self.publisher.wake()
+        else:
             log.info("runner %s handed back %s %s %s: %s", runner.name, job.repo, job.sha[:12], job.arch,
                      reason or "stopping")
-            self.notify_work()
+        self.notify_work()
 
     # --- periodic work -------------------------------------------------------------------
 

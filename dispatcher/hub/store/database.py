@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dispatcher.common.errors import StateError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commits (
@@ -112,6 +112,10 @@ CREATE TABLE IF NOT EXISTS hook_runs (
     finished_at REAL
 );
 CREATE INDEX IF NOT EXISTS hook_runs_pending ON hook_runs (state, id);
+""",
+    # Hand-backs are counted: a job handed back again and again ends as error.
+    5: """
+ALTER TABLE jobs ADD COLUMN handbacks INTEGER NOT NULL DEFAULT 0;
 """,
 }
 

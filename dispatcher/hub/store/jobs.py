@@ -32,6 +32,9 @@ from dispatcher.results.junit import MAX_NAMED_TESTS, JUnit
 from dispatcher.wire.protocol import CommitInfo
 
 
+MAX_HANDBACKS = 20  # rolling restarts hand a job back once each; twenty is a loop
+
+
 @dataclasses.dataclass(frozen=True)
 class Policy:
     """The config's rules for leases and retries, given to the store once."""
@@ -199,15 +202,27 @@ class Jobs:
             del self._deadlines[lease_id]
             return job
 
-    def release(self, lease_id: str) -> Optional[JobRow]:
-        """A runner handed a job back: requeue it without spending an attempt."""
+    def release(self, lease_id: str, reason: str = "") -> Optional[JobRow]:
+        """A runner handed a job back: requeue it without spending an attempt. After
+        MAX_HANDBACKS, the job ends as error instead: something on the runners' side keeps
+        it from running, and queueing it again would only loop."""
         with self._lock:
             with self.db.tx() as db:
                 job = _job_by(db, "j.lease_id = ? AND j.state = 'leased'", lease_id)
                 if job is None:
                     return None
-                db.execute("UPDATE jobs SET state = ?, lease_id = NULL, attempt = attempt - 1 WHERE id = ?",
-                           (JobState.QUEUED.value, job.id))
+                count = db.execute("SELECT handbacks FROM jobs WHERE id = ?", (job.id,)).fetchone()[0] + 1
+                if count >= MAX_HANDBACKS:
+                    why = (f"handed back {count} times without a result (last: {reason[:200] or 'stopping'}); "
+                           "given up (status error)")
+                    db.execute("UPDATE jobs SET state = ?, status = ?, reason = ?, started_at = leased_at, "
+                               "finished_at = ?, log = ?, handbacks = ? WHERE id = ?",
+                               (JobState.RECORDED.value, Status.ERROR.value, why, time.time(), (why + "\n").encode(),
+                                count, job.id))
+                else:
+                    db.execute("UPDATE jobs SET state = ?, lease_id = NULL, attempt = attempt - 1, handbacks = ? "
+                               "WHERE id = ?", (JobState.QUEUED.value, count, job.id))
+                job = _job_by(db, "j.id = ?", job.id)
             self._deadlines.pop(lease_id, None)
             return job
 
