@@ -185,6 +185,10 @@ class Observer:
             self._backoff(repo.name, MAX_REPO_BACKOFF, f"{repo.name}: dispatcher refused: {exc}")
         except OSError as exc:  # our own disk (mirror, cursor file): full or failing
             self._backoff(repo.name, MAX_DISPATCHER_BACKOFF, f"{repo.name}: local I/O failed: {exc}")
+        except Exception as exc:  # anything else a commit can provoke: back off, never spin on it
+            if not self.failures.get(repo.name):
+                log.exception("%s: polling failed unexpectedly", repo.name)
+            self._backoff(repo.name, MAX_REPO_BACKOFF, f"{repo.name}: polling failed: {type(exc).__name__}: {exc}")
         return False
 
     def _start_poll(self, repo: RepoConfig) -> None:

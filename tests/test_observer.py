@@ -126,3 +126,25 @@ def test_a_push_after_the_dispatcher_closed_the_idle_connection_is_no_outage(pol
     polyarch.wait_results([second])
     log = observer.log()
     assert "unreachable" not in log and "retry in" not in log, log
+
+
+def test_a_repository_that_fails_unexpectedly_backs_off_and_never_spins(polyarch: Polyarch, caplog) -> None:
+    # Whatever a commit provokes in a poll (here a stand-in mirror raising ValueError), the
+    # repository backs off like an unreachable one, with one traceback, not one per loop.
+    import time
+
+    from dispatcher.common.config import load_config
+    from observer.service import Observer
+
+    polyarch.dispatcher()  # makes the shared secret the observer loads
+    observer = Observer(load_config(polyarch.config))
+    repo = observer.config.repos[0]
+
+    class Broken:
+        def up_to_date(self) -> bool:
+            raise ValueError("a commit nobody can parse")
+
+    observer.mirrors[repo.name] = Broken()
+    assert observer._poll_one(repo) is False and observer._poll_one(repo) is False
+    assert observer.failures[repo.name] == 2 and observer.next_poll[repo.name] > time.monotonic() + 0.3
+    assert caplog.text.count("Traceback") <= 1 and caplog.text.count("polling failed unexpectedly") == 1
