@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dispatcher.common.files import atomic_write
 from dispatcher.common.states import Reported
-from dispatcher.wire.protocol import Result
+from dispatcher.wire.protocol import CommitInfo, Result
 
 log = logging.getLogger("polyarch.runner")
 
@@ -36,6 +36,8 @@ class Spool:
             try:
                 data = json.loads(path.read_text())
                 data["status"] = Reported(data["status"])
+                if isinstance(data.get("commit_info"), dict):
+                    data["commit_info"] = CommitInfo(**data["commit_info"])
                 out.append(Result(**data))
             except (ValueError, TypeError, KeyError) as exc:
                 # Left by a power cut mid-write (the file is not fsynced): its lease expires

@@ -73,3 +73,16 @@ def test_text_that_was_not_utf8_travels_as_replacement_characters() -> None:
     frame = encode(Dispatch("demo", "main", [CommitInfo("a" * 40, author, "caf\udcc3 \ud800")]))
     [commit] = decode(frame[4:]).commits
     assert commit.author == "Jos\ufffd \ufffd" and "\ufffd" in commit.subject
+
+
+def test_a_spooled_result_comes_back_typed_with_text_that_was_not_utf8(tmp_path) -> None:
+    from runner.spool import Spool
+
+    bad = b"src/caf\xe9.py".decode("utf-8", "surrogateescape")  # a file name in git's error output
+    result = Result("l1", Reported.ERROR, None, 1.0, 2.0, f"cannot check out {bad}\n", reason=f"checkout: {bad}",
+                    commit_info=CommitInfo(SHA, "Jos\udce9", "s", 1))
+    spool = Spool(tmp_path)
+    spool.put(result)
+    [back] = spool.pending()
+    assert back == result and isinstance(back.commit_info, CommitInfo)
+    assert "\ufffd" in decode(encode(back)[4:]).reason  # and it still travels
