@@ -1,8 +1,9 @@
 """The state database: one SQLite connection, its lock, transactions and migrations.
 
-The store (store.py, the rules' writes) and the queries (queries.py, the views' reads)
-are components over one Database; neither opens a connection of its own. Rows come back
-as sqlite3.Row and are mapped by column name (rows.py).
+The components (jobs.py, commits.py, attempts.py, runners.py, hook_runs.py: the rules'
+writes; queries.py: the views' reads) all work over one Database, composed in
+__init__.py; none opens a connection of its own. Rows come back as sqlite3.Row and are
+mapped by column name (rows.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The state's read side: the queries behind status, the dashboard, the gate and the API.
 
-A component over the Database (database.py), as the store's writes are; writes stay in
-store.py.
+A component over the Database (database.py), as the tables' writers are (jobs.py and
+the others); no query here writes.
 """
 
 from __future__ import annotations
