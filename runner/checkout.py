@@ -27,7 +27,8 @@ import git
 
 from dispatcher.common.names import check_repo
 from dispatcher.wire.protocol import CommitInfo
-from dispatcher.common.git import GitError, borrow, error_text, fetch, local_git_dir, open_mirror
+from dispatcher.common.git import (FetchStopped, FetchTimedOut, GitError, borrow, error_text, fetch, local_git_dir,
+                                   open_mirror)
 
 log = logging.getLogger("polyarch.runner")
 
@@ -123,8 +124,10 @@ class Mirrors:
             try:
                 fetch(mirror, url, FETCH_REFSPECS, self.fetch_timeout, "--no-tags", "--prune", stop=self.stop)
                 return
+            except FetchStopped:
+                raise
             except GitError as exc:
-                if attempt == FETCH_TRIES - 1 or "fetch_timeout" in str(exc) or "stopping" in str(exc):
+                if attempt == FETCH_TRIES - 1 or isinstance(exc, FetchTimedOut):
                     raise CheckoutError(str(exc)) from None
                 log.warning("%s; trying again", exc)
                 time.sleep(0.5 * 2 ** attempt)
@@ -135,6 +138,8 @@ class Mirrors:
         refs/pull/* included, when asked by id."""
         try:
             fetch(mirror, url, (commit,), self.fetch_timeout, "--no-tags", stop=self.stop)
+        except FetchStopped:
+            raise
         except GitError as exc:
             log.warning("%s (commit %s)", exc, commit[:12])
 

@@ -27,6 +27,7 @@ from dispatcher.wire.client import Connection
 from dispatcher.common.config import Config, dispatcher_address
 from dispatcher.common.errors import ConfigError, MessageTooLarge, ProtocolError, RemoteError
 from dispatcher.common.files import atomic_write, read_regular
+from dispatcher.common.git import FetchStopped
 from dispatcher.common.names import Arch
 from dispatcher.common.sdnotify import Watchdog, notify
 from dispatcher.wire.tls import for_client
@@ -290,9 +291,9 @@ class _JobWork:
             self.steps["checkout"] = time.time() - started
             chosen = settings_for(self.src, job.arch, JobSettings(job.test_command, job.timeout,
                                                                   job.timeout_factor))
+        except FetchStopped:
+            return  # the runner's own stop cut the fetch short: no result, the job is handed back
         except (CheckoutError, ConfigError) as exc:
-            if self.runner.stop.is_set() and "stopping" in str(exc):
-                return  # the runner's own stop cut the fetch short: no result, the job is handed back
             self.result = _error(job, started, str(exc))
             return
         junit_path = self.folder / "junit.xml"

@@ -43,6 +43,14 @@ class GitError(PolyarchError):
     """A git command failed; the message is one line naming the command and git's words."""
 
 
+class FetchTimedOut(GitError):
+    """The remote gave no answer within fetch_timeout: it hangs, trying again will not help."""
+
+
+class FetchStopped(GitError):
+    """The daemon is stopping: the fetch was abandoned, nothing is wrong with the remote."""
+
+
 def open_mirror(path: Path) -> git.Repo:
     """The bare mirror at `path` (made if missing), its git commands in GIT_ENV."""
     repo = git.Repo(path) if (path / "HEAD").exists() else git.Repo.init(path, bare=True, mkdir=True)
@@ -72,9 +80,9 @@ def fetch(repo: git.Repo, url: str, refspecs: tuple[str, ...], timeout: float, *
                 break
             except subprocess.TimeoutExpired:
                 if stop is not None and stop():
-                    raise GitError(f"git fetch {url}: stopped (the daemon is stopping)") from None
+                    raise FetchStopped(f"git fetch {url}: stopped (the daemon is stopping)") from None
                 if time.monotonic() >= deadline:
-                    raise GitError(f"git fetch {url}: no answer within {timeout:g} s (fetch_timeout)") from None
+                    raise FetchTimedOut(f"git fetch {url}: no answer within {timeout:g} s (fetch_timeout)") from None
     finally:
         if proc.poll() is None:
             stop_group(proc.pid, popen_exited(proc), term_wait=1.0)

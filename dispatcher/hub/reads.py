@@ -76,18 +76,16 @@ def commit_status(store: Store, repo: str, sha: str) -> CommitStatus:
     jobs = [j for j in store.queries.jobs(repo, sha, 1) if j.sha == sha]
     if not jobs:
         return CommitStatus(repo=repo, commit=sha, known=False)
-    now = time.time()
+    [line] = commit_lines(jobs, time.time())
     archs = []
-    for job in jobs:
-        c = cell(job, now)
-        tests = job.tests if c.final else None
+    for job, c in zip(jobs, line.cells):
+        r = c.result  # the final result's record, None while queued or running
+        tests = r.tests if r else None
         archs.append(ArchState(arch=c.arch, state=c.state, runner=c.runner,
                                duration=round(c.duration or 0.0, 3), attempt=c.attempt, emulated=c.emulated,
                                tests_total=tests.total if tests else -1,
                                tests_failed=tests.failed + tests.errors if tests else 0,
-                               failed_tests=list(job.failed_tests[:MAX_NAMED_TESTS]) if c.final else [],
-                               reason=job.reason if c.final else "",
-                               published=job.state.settled))
-    line = commit_lines(jobs, now)[0]
+                               failed_tests=list(r.failed_tests[:MAX_NAMED_TESTS]) if r else [],
+                               reason=r.reason if r else "", published=job.state.settled))
     return CommitStatus(repo=repo, commit=sha, known=True, status=line.overall, branch=line.branch,
                         subject=line.subject, archs=archs)
