@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -13,7 +14,7 @@ from dispatcher.common.progress import git_progress
 from dispatcher.common.progress import run as progress_run
 from dispatcher.wire.protocol import CommitInfo
 
-from dispatcher.common.git import GitError, RefsUnclear, borrow, fetch, local_git_dir, open_mirror, read_heads
+from dispatcher.common.git import GIT_ENV, GitError, RefsUnclear, borrow, fetch, local_git_dir, open_mirror, read_heads
 
 SUBJECT_LIMIT = 200
 
@@ -63,7 +64,7 @@ class Mirror:
         if progress is not None:
             code, tail = progress_run(["git", "-C", str(self.path), "fetch", "--progress", "--prune", "--no-tags",
                                        self.url, "+refs/heads/*:refs/heads/*"], git_progress, progress,
-                                      timeout=self.fetch_timeout)
+                                      timeout=self.fetch_timeout, env={**os.environ, **GIT_ENV})
             if code == -9:
                 raise FetchError(f"git fetch {self.url}: no answer within {self.fetch_timeout:g} s (fetch_timeout)")
             if code != 0:

@@ -17,6 +17,7 @@ job still starts from exactly the commit's files.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import time
@@ -27,7 +28,7 @@ import git
 
 from dispatcher.common.names import check_repo
 from dispatcher.wire.protocol import CommitInfo
-from dispatcher.common.git import (FetchStopped, FetchTimedOut, GitError, borrow, error_text, fetch, local_git_dir,
+from dispatcher.common.git import (GIT_ENV, FetchStopped, FetchTimedOut, GitError, borrow, error_text, fetch, local_git_dir,
                                    open_mirror)
 
 log = logging.getLogger("polyarch.runner")
@@ -74,7 +75,9 @@ class Mirrors:
         dest = self._dest(repo)
         if (dest / ".git").is_file():
             try:
-                git.Git(dest).checkout("--detach", "--force", "--quiet", commit)
+                worktree = git.Git(dest)
+                worktree.update_environment(**GIT_ENV)
+                worktree.checkout("--detach", "--force", "--quiet", commit)
                 return dest
             except git.GitCommandError as exc:
                 log.warning("reusing the worktree %s failed (%s); making it afresh", dest, error_text(exc))
@@ -113,7 +116,8 @@ class Mirrors:
         dest = self._dest(repo)
         if not dest.exists():
             return Cleaning(self, repo, None)
-        proc = subprocess.Popen(["git", "clean", "-ffdqx"], cwd=dest, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(["git", "clean", "-ffdqx"], cwd=dest, env={**os.environ, **GIT_ENV},
+                                stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return Cleaning(self, repo, proc)
 
@@ -186,7 +190,7 @@ class Mirrors:
             return
         for path in self.root.glob("*.git"):
             try:
-                git.Repo(path).git.worktree("prune")
+                open_mirror(path).git.worktree("prune")
             except (git.GitCommandError, git.InvalidGitRepositoryError) as exc:
                 log.warning("cannot prune worktrees of %s: %s", path, exc)
 

@@ -8,6 +8,7 @@ dispatcher acknowledged it, so a dispatcher that is down when a job ends loses n
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from dispatcher import __version__
 from dispatcher.wire.auth import load_secret
 from dispatcher.wire.client import Connection
 from dispatcher.common.config import Config, dispatcher_address
-from dispatcher.common.errors import ConfigError, MessageTooLarge, ProtocolError, RemoteError
+from dispatcher.common.errors import ConfigError, MessageTooLarge, SetupError, ProtocolError, RemoteError
 from dispatcher.common.files import atomic_write, read_regular
 from dispatcher.common.git import FetchStopped
 from dispatcher.common.names import Arch
@@ -82,7 +83,26 @@ class Runner:
         """The first request stops leasing, the second (or stop_grace later) the job too."""
         self.stop.install()
 
+    def lock_work(self) -> None:
+        """Take the work folder for this process: a second runner under the same name on
+        this host would share its worktrees and kill its jobs as a crash's leftovers."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.work / ".lock", "a+")  # noqa: SIM115 - held until the process exits
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            pid = self._lock_file.read().strip()
+            self._lock_file.close()
+            holder = f"pid {pid}" if pid.isdigit() else "another process"
+            raise SetupError(f"runner {self.name} is already running on this host ({holder} holds "
+                             f"{self.work / '.lock'}); give this one another name (--name)") from None
+        self._lock_file.truncate(0)
+        self._lock_file.write(str(os.getpid()))
+        self._lock_file.flush()
+
     def run(self) -> None:
+        self.lock_work()
         self.clean_after_crash()
         log.info("runner %s (%s, %s) starting; work dir %s", self.name, self.arch.value, platform.machine(),
                  self.work)

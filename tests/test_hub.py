@@ -36,8 +36,10 @@ class FakeRunner:
     jobs: list[Job] = dataclasses.field(default_factory=list)
     answers: list[tuple[int, str]] = dataclasses.field(default_factory=list)
 
+    host: str = "host"
+
     def register(self) -> "FakeRunner":
-        self.row = self.hub.register(self.name, Register(self.arch, "0", "host", "x86_64"), None, "fake")
+        self.row = self.hub.register(self.name, Register(self.arch, "0", self.host, "x86_64"), None, "fake")
         return self
 
     def lease(self) -> Optional[Job]:
@@ -77,7 +79,12 @@ def hub(tmp_path: Path):
 def test_each_arch_leases_its_own_jobs_oldest_first(hub: Hub) -> None:
     assert hub.dispatch("demo", "main", [CommitInfo(A), CommitInfo(B)]) == 4
     amd, arm = FakeRunner(hub, "amd").register(), FakeRunner(hub, "arm", "arm64").register()
-    assert [amd.lease().commit, amd.lease().commit, amd.lease()] == [A, B, None]
+    commits = []
+    for _ in range(2):
+        job = amd.lease()
+        commits.append(job.commit)
+        amd.report(job, Reported.PASSED)
+    assert commits == [A, B] and amd.lease() is None
     assert arm.lease().arch == "arm64"
 
 
@@ -199,3 +206,41 @@ def test_a_job_handed_back_again_and_again_ends_error(hub: Hub) -> None:
     assert row.state == JobState.RECORDED and row.status == Status.ERROR
     assert f"handed back {MAX_HANDBACKS} times" in row.reason and "cannot make the job folder" in row.reason
     assert runner.lease() is None  # never leased again
+
+
+def test_a_lease_answers_only_to_the_runner_holding_it(hub: Hub) -> None:
+    """Any runner can name a lease id it has seen (a job can read its own); only the
+    holder's heartbeat, result or release counts."""
+    hub.submit("demo", A, "", ["amd64"], "test")
+    honest, forger = FakeRunner(hub, "honest").register(), FakeRunner(hub, "forger").register()
+    job = honest.lease()
+    with pytest.raises(LeaseLost):
+        hub.heartbeat(forger.row, job.lease_id)
+    assert forger.report(job, Reported.PASSED) == (0, "that lease belongs to another runner: discarded")
+    hub.release(forger.row, job.lease_id, "taken")
+    [row] = hub.store.queries.jobs("demo", A)
+    assert row.state == JobState.LEASED and row.runner == "honest"
+    hub.heartbeat(honest.row, job.lease_id)
+    assert honest.report(job, Reported.FAILED)[0] == 1
+    again = hub.store.queries.jobs("demo", A)[0]
+    assert again.runner == "honest" and again.attempt == 1  # the retry is queued, not the forgery recorded
+
+
+def test_a_runner_holds_one_lease_at_a_time(hub: Hub) -> None:
+    """One connection cannot take the whole queue: a new lease takes back the last one."""
+    hub.dispatch("demo", "main", [CommitInfo(A), CommitInfo(B)])
+    greedy, other = FakeRunner(hub, "greedy").register(), FakeRunner(hub, "other").register()
+    first = greedy.lease()
+    second = greedy.lease()
+    assert (first.commit, second.commit) == (A, A) and first.lease_id != second.lease_id
+    with pytest.raises(LeaseLost):
+        hub.heartbeat(greedy.row, first.lease_id)
+    assert other.lease().commit == B
+    assert hub.store.jobs.held_by("greedy") == [second.lease_id]
+
+
+def test_a_runner_name_connected_from_another_host_is_refused(hub: Hub) -> None:
+    FakeRunner(hub, "r1", host="lab-a").register()
+    with pytest.raises(NotAllowed, match="already connected from host 'lab-a'; give each runner its own name"):
+        FakeRunner(hub, "r1", host="lab-b").register()
+    FakeRunner(hub, "r1", host="lab-a").register()  # the same runner reconnecting

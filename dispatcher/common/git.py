@@ -33,9 +33,15 @@ from dispatcher.common.process import popen_exited, stop_group
 log = logging.getLogger("polyarch.refs")
 
 # Never wait for a password prompt or an unknown host key: a daemon has no terminal.
+# And never run code a repository (or a job that wrote into a mirror) chose: no hooks,
+# no fsmonitor command. Settings given this way outrank every config file git reads.
+_FORCED_CONFIG = (("core.hooksPath", "/dev/null"), ("core.fsmonitor", "false"))
 GIT_ENV = {
     "GIT_TERMINAL_PROMPT": "0",
     "GIT_SSH_COMMAND": os.environ.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=15"),
+    "GIT_CONFIG_COUNT": str(len(_FORCED_CONFIG)),
+    **{f"GIT_CONFIG_KEY_{i}": key for i, (key, _) in enumerate(_FORCED_CONFIG)},
+    **{f"GIT_CONFIG_VALUE_{i}": value for i, (_, value) in enumerate(_FORCED_CONFIG)},
 }
 
 
@@ -177,7 +183,7 @@ def borrow(mirror: Path, source: Path, prefixes: tuple[str, ...]) -> bool:
     commands = [f"update {ref} {sha}" for ref, sha in wanted.items() if have.get(ref) != sha]
     commands += [f"delete {ref}" for ref in have if ref not in wanted]
     if commands:
-        done = subprocess.run(["git", "--git-dir", str(mirror), "update-ref", "--stdin"],
+        done = subprocess.run(["git", "--git-dir", str(mirror), "update-ref", "--stdin"], env={**os.environ, **GIT_ENV},
                               input="\n".join(commands) + "\n", capture_output=True, text=True)
         if done.returncode != 0:
             log.warning("git update-ref in %s failed (%s); fetching instead", mirror,

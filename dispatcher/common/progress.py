@@ -49,13 +49,14 @@ def lines(stream: IO[bytes]) -> Iterator[str]:
 
 
 def run(cmd: list[str], parse: Callable[[str], Optional[tuple[str, int, int]]], report: Callable[[str, int, int], None],
-        timeout: Optional[float] = None, cwd: Optional[str] = None) -> tuple[int, list[str]]:
+        timeout: Optional[float] = None, cwd: Optional[str] = None,
+        env: Optional[dict[str, str]] = None) -> tuple[int, list[str]]:
     """Run `cmd` (stdout and stderr merged), reporting parsed progress; returns its exit
     code (-9 when killed at `timeout`) and its last 20 lines."""
     # Its own group, so that a timeout or a failure stops what it started too (mmdebstrap
     # runs apt, dpkg and qemu under it).
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            cwd=cwd, start_new_session=True)
+                            cwd=cwd, env=env, start_new_session=True)
     timer = threading.Timer(timeout, stop_group, (proc.pid, popen_exited(proc))) if timeout else None
     if timer:
         timer.start()

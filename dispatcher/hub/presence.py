@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Optional
 
 from dispatcher.hub.store import RunnerRow
 
@@ -28,6 +29,15 @@ class Presence:
             self._connections[runner.name] = self._connections.get(runner.name, 0) + 1
             self._rows[runner.name] = runner
             self._seen[runner.name] = time.time()
+
+    def connected_elsewhere(self, name: str, host: str) -> Optional[str]:
+        """The host of a connection registered as `name` from another host, if one is
+        open. From the same host, a new connection is the same runner reconnecting (its
+        old one may not have closed yet); two processes on one host under one name are
+        kept apart by the runner's own lock on its work folder."""
+        with self._lock:
+            row = self._rows.get(name)
+            return row.host if row is not None and row.host != host else None
 
     def heard(self, name: str) -> None:
         now = time.time()

@@ -111,9 +111,15 @@ class Hub:
         now = time.time()
         runner = RunnerRow(name, arch, msg.host[:200], msg.machine[:50], msg.version[:50], msg.emulated,
                            msg.kernel[:100], now, now)
-        self.store.runners.register(runner)
+        elsewhere = None if previous is not None and previous.name == name else \
+            self.presence.connected_elsewhere(name, runner.host)
+        if elsewhere is not None:
+            # Two runners under one name would take each other's leases and results.
+            raise NotAllowed(f"runner name {name!r} is already connected from host {elsewhere!r}; give each "
+                             "runner its own name (--name or runner.name)")
         if previous is not None:
             self.presence.left(previous.name)
+        self.store.runners.register(runner)
         self.presence.arrived(runner)
         log.info("runner %s registered from %s: %s (%s%s), polyarch %s", name, peer, arch, msg.machine,
                  ", emulated" if msg.emulated else "", msg.version)
@@ -136,6 +142,13 @@ class Hub:
         """The oldest queued job of the runner's arch, waiting up to `wait` s for one."""
         arch = runner.arch
         deadline = time.monotonic() + min(max(wait, 0.0), MAX_LEASE_WAIT)
+        # A runner runs one job at a time: asking for another means it no longer runs the
+        # one it holds (it restarted), and one connection can never hoard the queue.
+        for gone in self.store.jobs.take_back(runner.name):
+            log.warning("runner %s asked for new work while holding %s %s %s; that lease is taken back (%s)",
+                        runner.name, gone.job.repo, gone.job.sha[:12], gone.job.arch,
+                        "queued again" if gone.requeued else "no attempts left: error")
+            self.publisher.wake()
         while not self.stopping.is_set():
             with self._work:
                 generation = self._generation
@@ -168,7 +181,7 @@ class Hub:
         self.publisher.wake()
 
     def heartbeat(self, runner: RunnerRow, lease_id: str) -> None:
-        if not self.store.jobs.heartbeat(lease_id):
+        if not self.store.jobs.heartbeat(lease_id, runner.name):
             raise LeaseLost("lease is no longer yours")
 
     def record_result(self, runner: RunnerRow, msg: Result) -> tuple[int, str]:
@@ -177,7 +190,8 @@ class Hub:
         junit = msg.junit.encode("utf-8", "replace")
         job = self.store.jobs.record_result(msg.lease_id, JobResult(
             Status.of(msg.status), msg.exit_code, msg.started_at, msg.finished_at, msg.log.encode("utf-8", "replace"),
-            msg.log_truncated, junit, parse_junit(junit) if junit else None, msg.reason, msg.commit_info))
+            msg.log_truncated, junit, parse_junit(junit) if junit else None, msg.reason, msg.commit_info),
+            runner=runner.name)
         if job is not None and job.state == JobState.QUEUED:
             log.info("%s %s %s %s on %s (attempt %d); retry %d of %d, on another runner if one is connected",
                      job.repo, job.sha[:12], job.arch, msg.status.value, runner.name, job.attempt, job.retries,
@@ -187,13 +201,16 @@ class Hub:
         if job is None:
             late = self.store.jobs.by_lease(msg.lease_id)
             what = f"{late.repo} {late.sha[:12]} {late.arch}" if late else "an unknown lease"
+            if late is not None and late.runner and late.runner != runner.name:
+                log.warning("refused a result from %s for %s: that lease is %s's", runner.name, what, late.runner)
+                return 0, "that lease belongs to another runner: discarded"
             log.warning("dropped late or duplicate result from %s for %s", runner.name, what)
             return 0, "late or duplicate result: discarded"
         self.publisher.wake()  # files follow; the result is already durable
         return 1, "recorded"
 
     def release(self, runner: RunnerRow, lease_id: str, reason: str) -> None:
-        job = self.store.jobs.release(lease_id, reason)
+        job = self.store.jobs.release(lease_id, reason, runner=runner.name)
         if job is None:
             return
         if job.state == JobState.RECORDED:

@@ -66,12 +66,17 @@ class Jobs:
         self.db, self.policy, self.commits, self.attempts, self.hook_runs = db, policy, commits, attempts, hook_runs
         self._lock = db.lock
         self._deadlines: dict[str, float] = {}
+        # lease id -> the runner holding it: a heartbeat, result or release for a lease
+        # counts only from its holder (any runner can name any lease id it has seen).
+        self._holders: dict[str, str] = {}
         if not readonly:
             now = time.monotonic()
             # Leases survive a restart; their runners get a full heartbeat period to come back.
             with db.read() as conn:
-                for row in conn.execute("SELECT lease_id FROM jobs WHERE state = ?", (JobState.LEASED.value,)):
+                for row in conn.execute("SELECT lease_id, runner FROM jobs WHERE state = ?",
+                                        (JobState.LEASED.value,)):
                     self._deadlines[row["lease_id"]] = now + policy.heartbeat_timeout
+                    self._holders[row["lease_id"]] = row["runner"] or ""
 
 
     def enqueue(self, repo: str, branch: str, commits: Iterable[CommitInfo], archs: Iterable[str]) -> int:
@@ -107,12 +112,41 @@ class Jobs:
                        (JobState.LEASED.value, lease_id, runner.name, now, runner.host, runner.machine,
                         int(runner.emulated), runner.kernel, row["id"]))
             self._deadlines[lease_id] = time.monotonic() + self.policy.heartbeat_timeout
+            self._holders[lease_id] = runner.name
             return _job_by(db, "j.id = ?", row["id"])
 
-    def heartbeat(self, lease_id: str) -> bool:
-        """Extend a lease; False when it is no longer current (expired or finished)."""
+    def _current(self, lease_id: str, runner: Optional[str]) -> bool:
+        """Whether `lease_id` is a live lease held by `runner` (None: by anyone, for the
+        hub's own calls)."""
+        return lease_id in self._deadlines and (runner is None or self._holders.get(lease_id) == runner)
+
+    def _forget(self, lease_id: str) -> None:
+        self._deadlines.pop(lease_id, None)
+        self._holders.pop(lease_id, None)
+
+    def held_by(self, runner: str) -> list[str]:
         with self._lock:
-            if lease_id not in self._deadlines:
+            return [lease for lease, name in self._holders.items() if name == runner]
+
+    def take_back(self, runner: str) -> list[Expired]:
+        """End every lease `runner` holds, as if it had expired: the runner asks for new
+        work, so it no longer runs that job (it restarted, or lost track). This is what
+        keeps a runner to one lease at a time."""
+        with self._lock:
+            held = [lease for lease, name in self._holders.items() if name == runner]
+            if not held:
+                return []
+            with self.db.tx() as db:
+                out = self._expire(db, held, time.time())
+            for lease_id in held:
+                self._forget(lease_id)
+        return out
+
+    def heartbeat(self, lease_id: str, runner: Optional[str] = None) -> bool:
+        """Extend a lease; False when it is no longer current (expired or finished) or
+        not `runner`'s."""
+        with self._lock:
+            if not self._current(lease_id, runner):
                 return False
             self._deadlines[lease_id] = time.monotonic() + self.policy.heartbeat_timeout
             return True
@@ -137,7 +171,7 @@ class Jobs:
                 out = self._expire(db, late, time.time())
             # Only after the commit: a failed write leaves the leases to expire next time.
             for lease_id in late:
-                del self._deadlines[lease_id]
+                self._forget(lease_id)
         return out
 
     def _expire(self, db: sqlite3.Connection, late: list[str], now: float) -> list[Expired]:
@@ -162,14 +196,14 @@ class Jobs:
                 out.append(Expired(job, requeued=True))
         return out
 
-    def record_result(self, lease_id: str, result: JobResult) -> Optional[JobRow]:
+    def record_result(self, lease_id: str, result: JobResult, runner: Optional[str] = None) -> Optional[JobRow]:
         """Record the result of a current lease; None for a late or duplicate result.
 
         A failure (or timeout) with retries left under the policy's retry_failed is kept
         as an attempt and the job queued again: the returned row is then in state QUEUED.
         A pass after such a retry is recorded as FLAKY."""
         with self._lock:
-            if lease_id not in self._deadlines:
+            if not self._current(lease_id, runner):
                 return None
             with self.db.tx() as db:
                 job = _job_by(db, "j.lease_id = ? AND j.state = 'leased'", lease_id)
@@ -184,7 +218,7 @@ class Jobs:
                     db.execute("UPDATE jobs SET state = ?, lease_id = NULL, retries = retries + 1, avoid_runner = ? "
                                "WHERE id = ?", (JobState.QUEUED.value, job.runner, job.id))
                     job = _job_by(db, "j.id = ?", job.id)
-                    del self._deadlines[lease_id]
+                    self._forget(lease_id)
                     return job
                 if status == Status.PASSED and job.retries:
                     status = Status.FLAKY
@@ -199,14 +233,16 @@ class Jobs:
                             (result.junit or None) if report else None, result.reason, tests, failed,
                             report.to_bytes() if report else None, job.id))
                 job = _job_by(db, "j.id = ?", job.id)
-            del self._deadlines[lease_id]
+            self._forget(lease_id)
             return job
 
-    def release(self, lease_id: str, reason: str = "") -> Optional[JobRow]:
+    def release(self, lease_id: str, reason: str = "", runner: Optional[str] = None) -> Optional[JobRow]:
         """A runner handed a job back: requeue it without spending an attempt. After
         MAX_HANDBACKS, the job ends as error instead: something on the runners' side keeps
         it from running, and queueing it again would only loop."""
         with self._lock:
+            if runner is not None and not self._current(lease_id, runner):
+                return None
             with self.db.tx() as db:
                 job = _job_by(db, "j.lease_id = ? AND j.state = 'leased'", lease_id)
                 if job is None:
@@ -223,7 +259,7 @@ class Jobs:
                     db.execute("UPDATE jobs SET state = ?, lease_id = NULL, attempt = attempt - 1, handbacks = ? "
                                "WHERE id = ?", (JobState.QUEUED.value, count, job.id))
                 job = _job_by(db, "j.id = ?", job.id)
-            self._deadlines.pop(lease_id, None)
+            self._forget(lease_id)
             return job
 
     # --- publishing ------------------------------------------------------------------
