@@ -27,14 +27,18 @@ def main() -> None:
 @click.option("--arch", help="Architecture to serve (default: runner.arch, else this machine's).")
 @click.option("--name", help="Runner name (default: runner.name, else HOST-ARCH).")
 @click.option("--rootfs", type=click.Path(file_okay=False, path_type=Path),
-              help="Run inside this root file system of --arch, under qemu-user (needs root).")
+              help="Run inside this root file system, under qemu-user (needs root); the root's "
+                   "architecture is served.")
 @verbose_option
 @one_line_errors
 def serve(config_path: str, arch: Optional[str], name: Optional[str], rootfs: Optional[Path], verbose: bool) -> None:
     """Lease and run jobs until SIGTERM (a second SIGTERM stops the current job too)."""
     config = load_config(config_path)
     own = host_arch()
-    chosen = parse_arch(arch) if arch else (config.runner.arch or own)
+    if rootfs is not None:
+        chosen = _root_arch(config, rootfs, arch)
+    else:
+        chosen = parse_arch(arch) if arch else (config.runner.arch or own)
     runner_name = check_runner(name) if name else (config.runner.name or default_runner_name(chosen))
     if rootfs is not None:
         from .chroot import exec_in_root, prepare
@@ -52,6 +56,21 @@ def serve(config_path: str, arch: Optional[str], name: Optional[str], rootfs: Op
 
     setup_logging(verbose)
     run(config, chosen, runner_name)
+
+
+def _root_arch(config, rootfs: Path, arch: Optional[str]) -> Arch:
+    """The root knows its architecture; --arch (or runner.arch) may only agree with it."""
+    from .rootfs import RootfsError, read_info
+
+    theirs = read_info(rootfs).arch
+    if arch and parse_arch(arch) != theirs:
+        raise RootfsError(f"--arch {parse_arch(arch).value} conflicts with the root {rootfs}, whose architecture is "
+                          f"{theirs.value}; "
+                          "leave --arch out (the root decides) or choose another root")
+    if not arch and config.runner.arch not in (None, theirs):
+        raise ConfigError(config.path, "runner.arch", f"{config.runner.arch.value} conflicts with --rootfs {rootfs}, "
+                          f"whose architecture is {theirs.value}; set runner.arch = \"auto\" or leave --rootfs out")
+    return theirs
 
 
 @main.command()
@@ -83,10 +102,12 @@ def rootfs() -> None:
 
 @rootfs.command("build")
 @click.option("--arch", "arch_name", required=True, help="Architecture of the root (arm64, riscv64, s390x, ...).")
+@click.option("--suite", help="Debian release to build from (default: bookworm; trixie for riscv64, which "
+                             "bookworm lacks).")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @verbose_option
 @one_line_errors
-def rootfs_build(arch_name: str, directory: Path, verbose: bool) -> None:
+def rootfs_build(arch_name: str, suite: Optional[str], directory: Path, verbose: bool) -> None:
     """Build DIRECTORY with mmdebstrap and install polyarch in it; refresh it when it exists."""
     from dispatcher.common.progress import Bars
 
@@ -94,7 +115,7 @@ def rootfs_build(arch_name: str, directory: Path, verbose: bool) -> None:
 
     setup_logging(verbose)
     with Bars() as bars:
-        info = build(parse_arch(arch_name), directory, progress=bars)
+        info = build(parse_arch(arch_name), directory, progress=bars, suite=suite)
     click.echo(f"{directory}: {info.arch.value} root with polyarch {info.polyarch} ({info.python})")
 
 

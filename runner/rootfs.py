@@ -37,6 +37,12 @@ VENV = Path("opt/polyarch/venv")
 WHEELS = Path("opt/polyarch/wheels")
 PACKAGES = ("python3", "python3-venv", "git", "ca-certificates")
 SUITE = "bookworm"
+# Debian releases an architecture first appeared in, where the default one lacks it.
+SUITE_FOR = {Arch.RISCV64: "trixie"}
+
+
+def default_suite(arch: Arch) -> str:
+    return SUITE_FOR.get(arch, SUITE)
 # What the runner imports inside the root (the observer's watchfiles is not needed there).
 RUNNER_DEPS = ("gitpython", "gitdb", "smmap", "click", "rich", "markdown-it-py", "mdurl", "pygments")
 PIP_PLATFORM = {Arch.AMD64: "x86_64", Arch.ARM64: "aarch64", Arch.ARMHF: "armv7l", Arch.RISCV64: "riscv64",
@@ -107,7 +113,18 @@ def mmdebstrap_phase(line: str) -> Optional[tuple[str, int, int]]:
     return None
 
 
-def build(arch: Arch, root: Path, progress: Optional[Sink] = None) -> RootInfo:
+def mmdebstrap_cause(lines: list[str]) -> str:
+    """The lines that say why mmdebstrap failed: apt's and its own `E:` and `W:` lines
+    (the first `E:` is the cause), not the last lines, which after a failure are
+    mmdebstrap's teardown (`... received signal PIPE`)."""
+    errors = [line.strip() for line in lines if line.startswith("E: ")]
+    if errors:
+        warnings = [line.strip() for line in lines if line.startswith("W: ")][-1:]
+        return " | ".join(errors[:2] + warnings)
+    return " | ".join(line.strip() for line in lines[-3:])
+
+
+def build(arch: Arch, root: Path, progress: Optional[Sink] = None, suite: Optional[str] = None) -> RootInfo:
     """Make (or refresh) the root at `root`. Needs root privileges, mmdebstrap and binfmt.
     `progress` gets each step (a progress bar in the CLI)."""
     if os.geteuid() != 0:
@@ -120,7 +137,7 @@ def build(arch: Arch, root: Path, progress: Optional[Sink] = None) -> RootInfo:
             progress(f"{arch.value} root", step, done, total)
 
     if not _is_debian_root(root, arch):
-        _debootstrap(arch, root, report)
+        _debootstrap(arch, root, report, suite or default_suite(arch))
     deps = _pinned_deps()
     previous = read_info(root) if (root / MARKER).exists() else None
     report(STEPS[-2], len(STEPS) - 2, len(STEPS))
@@ -153,7 +170,7 @@ def _is_debian_root(root: Path, arch: Arch) -> bool:
     return True
 
 
-def _debootstrap(arch: Arch, root: Path, report: Callable[[str, int, int], None]) -> None:
+def _debootstrap(arch: Arch, root: Path, report: Callable[[str, int, int], None], suite: str) -> None:
     if shutil.which("mmdebstrap") is None:
         raise RootfsError("mmdebstrap is not installed; run: apt-get install mmdebstrap")
     if root.exists() and any(root.iterdir()):
@@ -167,10 +184,12 @@ def _debootstrap(arch: Arch, root: Path, report: Callable[[str, int, int], None]
     partial.parent.mkdir(parents=True, exist_ok=True)
     log.info("building a %s root file system with mmdebstrap in %s (a few minutes)", arch.value, root)
     cmd = ["mmdebstrap", f"--arch={arch.value}", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-           SUITE, str(partial)]
-    code, output = progress_run(cmd, mmdebstrap_phase, report)
+           suite, str(partial)]
+    code, output = progress_run(cmd, mmdebstrap_phase, report, keep=lambda line: line.startswith(("E: ", "W: ")))
     if code != 0:
-        raise RootfsError(f"mmdebstrap failed (exit {code}): {' | '.join(output[-3:])}")
+        # Nothing half-built is left for a later run (or a person) to take for a root.
+        shutil.rmtree(partial, ignore_errors=True)
+        raise RootfsError(f"mmdebstrap failed (exit {code}): {mmdebstrap_cause(output)}")
     if root.exists():
         root.rmdir()
     partial.rename(root)

@@ -40,6 +40,7 @@ from dispatcher.wire.protocol import Ack, Heartbeat, Job, Lease, Register, Relea
 from .checkout import CheckoutError, Cleaning, Mirrors
 from .execute import Guard, Outcome, Process
 from .repoconf import JobSettings, settings_for
+from .jobenv import job_environment
 from .junit import with_junit
 from .spool import Spool
 
@@ -317,9 +318,9 @@ class _JobWork:
             self.result = _error(job, started, str(exc))
             return
         junit_path = self.folder / "junit.xml"
-        env = dict(os.environ, POLYARCH_REPO=job.repo, POLYARCH_COMMIT=job.commit, POLYARCH_ARCH=job.arch,
-                   POLYARCH_BRANCH=job.branch, POLYARCH_JUNIT=str(junit_path), POLYARCH_LEASE=job.lease_id,
-                   POLYARCH_ATTEMPT=str(job.attempt))
+        env = job_environment(os.environ, settings.pass_env, dict(
+            POLYARCH_REPO=job.repo, POLYARCH_COMMIT=job.commit, POLYARCH_ARCH=job.arch, POLYARCH_BRANCH=job.branch,
+            POLYARCH_JUNIT=str(junit_path), POLYARCH_LEASE=job.lease_id, POLYARCH_ATTEMPT=str(job.attempt)))
         with self._lock:
             if self._aborted.is_set():
                 return

@@ -116,9 +116,9 @@ class Polyarch:
     def write_config(self, heartbeat_timeout: float = 2, max_attempts: int = 3, poll_interval: float = 0.5,
                      test_command: str = "sh test.sh", timeout: float = 30, archs: tuple[str, ...] = ("amd64",),
                      watch: bool = True, stop_grace: float = 20, extra_repos: str = "", repo_settings: str = "",
-                     dispatcher_settings: str = "") -> None:
-        """The config; `repo_settings` and `dispatcher_settings` are TOML lines added to the
-        demo repo's table and to [dispatcher]."""
+                     dispatcher_settings: str = "", runner_settings: str = "") -> None:
+        """The config; `repo_settings`, `dispatcher_settings` and `runner_settings` are TOML
+        lines added to the demo repo's table, to [dispatcher] and to [runner]."""
         arch_list = ", ".join(f'"{a}"' for a in archs)
         self.config.write_text(textwrap.dedent(f"""\
             [dispatcher]
@@ -136,6 +136,7 @@ class Polyarch:
             dispatcher = "127.0.0.1:0"
             kill_grace = 1
             stop_grace = {stop_grace}
+            {runner_settings}
 
             [[repos]]
             name = "demo"

@@ -64,6 +64,8 @@ def test_the_shipped_example_config_is_valid() -> None:
     (('name = "demo"', 'name = "../etc"'), "repos[0].name", "invalid repo name '../etc'"),
     (('"main", "release/1.x"', '"main", "x;rm -rf"'), "repos[0].branches", "invalid branch name 'x;rm -rf'"),
     (('arch = "auto"', 'arch = "pdp11"'), "runner.arch", "unknown architecture 'pdp11'"),
+    (('arch = "auto"', 'arch = "auto"\npass_env = ["OK", "1BAD"]'), "runner.pass_env",
+     "'1BAD' is not an environment variable name"),
     (('timeout = 600', 'timeout = true'), "repos[0].timeout", "got True"),
     (('timeout = 600', 'timeout = 600\nretry_failed = -1'), "repos[0].retry_failed", "must be 0 or more"),
     (('timeout = 600', 'timeout = 600\non_failure = " "'), "repos[0].on_failure", "must not be empty"),

@@ -44,7 +44,7 @@ def test_x86_only_code_passes_natively_and_fails_on_emulated_arm64(polyarch: Pol
     sha = polyarch.repo.commit(X86_ONLY)
     polyarch.dispatcher()
     polyarch.runner("native")
-    polyarch.runner("emulated", "--arch", "arm64", "--rootfs", str(ROOTFS))
+    polyarch.runner("emulated", "--rootfs", str(ROOTFS))  # the root says arm64
     polyarch.observer()
     native = polyarch.wait_results([sha], "amd64", timeout=60)[sha]
     emulated = polyarch.wait_results([sha], "arm64", timeout=240)[sha]
@@ -71,3 +71,11 @@ def test_rootfs_errors_name_the_fixing_command(polyarch: Polyarch, tmp_path: Pat
                        "--rootfs", str(tmp_path / "nothing"))
     assert out.returncode == 2
     assert "polyarch-runner rootfs build --arch ARCH" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_a_root_serves_its_own_architecture_and_a_conflicting_arch_is_one_line(polyarch: Polyarch) -> None:
+    require_emulated_arm64()
+    out = polyarch.cli("runner", "serve", "--config", str(polyarch.config), "--arch", "s390x", "--rootfs", str(ROOTFS))
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == (f"polyarch-runner: error: --arch s390x conflicts with the root {ROOTFS}, whose "
+                                  "architecture is arm64; leave --arch out (the root decides) or choose another root")

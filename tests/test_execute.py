@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from dispatcher.common.errors import ConfigError
+from runner.jobenv import job_environment
 from runner.execute import GUARD, CappedLog, Guard, Outcome, Process
 from runner.repoconf import JobSettings, settings_for
 
@@ -164,3 +165,13 @@ def test_a_bad_repo_file_is_refused_naming_file_and_key(tmp_path: Path, text: st
     with pytest.raises(ConfigError) as err:
         settings_for(tmp_path, "arm64", JobSettings("make check", 600))
     assert str(err.value).startswith(".polyarch.toml: ") and culprit in str(err.value)
+
+
+def test_a_job_environment_keeps_the_shell_basics_and_named_variables_only() -> None:
+    runner_env = {"PATH": "/usr/bin", "LANG": "C.UTF-8", "LC_ALL": "C", "HOME": "/root", "https_proxy": "http://p:3128",
+                  "AWS_SECRET_ACCESS_KEY": "k", "NOTIFY_SOCKET": "@n", "GIT_SSH_COMMAND": "ssh -i key", "CCACHE_DIR": "/c",
+                  "POLYARCH_COMMIT": "forged"}
+    env = job_environment(runner_env, ("CCACHE_DIR",), {"POLYARCH_COMMIT": "abc"})
+    assert env == {"PATH": "/usr/bin", "LANG": "C.UTF-8", "LC_ALL": "C", "HOME": "/root",
+                   "https_proxy": "http://p:3128", "CCACHE_DIR": "/c", "POLYARCH_COMMIT": "abc"}
+    assert job_environment({}, (), {})["PATH"] == "/usr/local/bin:/usr/bin:/bin"

@@ -34,3 +34,26 @@ def test_a_real_git_fetch_reports_its_progress(tmp_path: Path) -> None:
     received = [s for s in seen if s[0] == "Receiving objects"]
     assert received and received[-1][1] == received[-1][2] > 60  # ends at total: 30 commits, trees, blobs
     assert subprocess.run(["git", "-C", str(tmp_path / "m"), "rev-parse", "main"], capture_output=True).returncode == 0
+
+
+def test_a_failed_mmdebstrap_is_told_by_its_error_line_not_its_teardown() -> None:
+    from runner.rootfs import mmdebstrap_cause
+
+    seen = ["I: running apt-get update...",
+            "W: Failed to fetch http://deb.debian.org/debian-security/dists/bookworm-security/InRelease  File has "
+            "unexpected size (1024 != 2048). Mirror sync in progress?",
+            "E: apt-get update -oAPT::Status-Fd=<$fd> -oDpkg::Use-Pty=false failed",
+            "E: mmdebstrap failed to run", "I: removing tempdir /tmp/x...",
+            "mmdebstrap: main process received signal PIPE", "tee: received signal PIPE", "sh: received signal PIPE"]
+    cause = mmdebstrap_cause(seen)
+    assert cause.startswith("E: apt-get update") and "File has unexpected size" in cause
+    assert "PIPE" not in cause
+    assert mmdebstrap_cause(["a", "b", "c", "d"]) == "b | c | d"
+
+
+def test_lines_picked_by_keep_survive_a_long_tail(tmp_path) -> None:
+    from dispatcher.common.progress import run
+
+    script = "echo 'E: the cause'; i=0; while [ $i -lt 50 ]; do echo noise $i; i=$((i+1)); done; exit 3"
+    code, out = run(["sh", "-c", script], lambda line: None, lambda *a: None, keep=lambda line: line.startswith("E: "))
+    assert code == 3 and out[0] == "E: the cause" and out[-1] == "noise 49" and len(out) == 21

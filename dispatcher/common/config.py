@@ -8,6 +8,7 @@ does not change what a config means.
 from __future__ import annotations
 
 import dataclasses
+import re
 import socket
 from pathlib import Path
 from typing import Any, Optional
@@ -97,6 +98,7 @@ class RunnerConfig:
     kill_grace: float = 5.0
     stop_grace: float = 20.0
     fetch_timeout: float = 120.0  # each git fetch of a job's repository, before it is abandoned
+    pass_env: tuple[str, ...] = ()  # the runner's environment variables a job also gets
     token_file: Path | None = None
     tls_ca: Optional[Path] = None
     tls_cert: Optional[Path] = None
@@ -242,6 +244,12 @@ def _client_tls(s: Section) -> dict[str, Optional[Path]]:
     return tls
 
 
+def _env_name(name: object) -> str:
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise InvalidName(f"{name!r} is not an environment variable name")
+    return name
+
+
 def _runner(path: Path, table: Any) -> RunnerConfig:
     s = Section(path, "runner", table)
     d = RunnerConfig()
@@ -257,6 +265,7 @@ def _runner(path: Path, table: Any) -> RunnerConfig:
         kill_grace=s.positive("kill_grace", d.kill_grace),
         stop_grace=s.positive("stop_grace", d.stop_grace),
         fetch_timeout=s.positive("fetch_timeout", d.fetch_timeout),
+        pass_env=tuple(s.checked("pass_env", n, _env_name) for n in s.get("pass_env", list, [])),
         token_file=s.path_("token_file", None),
         **_client_tls(s),
     )

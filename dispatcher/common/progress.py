@@ -50,9 +50,11 @@ def lines(stream: IO[bytes]) -> Iterator[str]:
 
 def run(cmd: list[str], parse: Callable[[str], Optional[tuple[str, int, int]]], report: Callable[[str, int, int], None],
         timeout: Optional[float] = None, cwd: Optional[str] = None,
-        env: Optional[dict[str, str]] = None) -> tuple[int, list[str]]:
+        env: Optional[dict[str, str]] = None,
+        keep: Callable[[str], bool] = lambda line: False) -> tuple[int, list[str]]:
     """Run `cmd` (stdout and stderr merged), reporting parsed progress; returns its exit
-    code (-9 when killed at `timeout`) and its last 20 lines."""
+    code (-9 when killed at `timeout`) and its last 20 lines, after the first 10 lines
+    `keep` picks (a tool's error lines, which a long teardown would push out)."""
     # Its own group, so that a timeout or a failure stops what it started too (mmdebstrap
     # runs apt, dpkg and qemu under it).
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -61,14 +63,18 @@ def run(cmd: list[str], parse: Callable[[str], Optional[tuple[str, int, int]]], 
     if timer:
         timer.start()
     tail: list[str] = []
+    kept: list[str] = []
     try:
         assert proc.stdout is not None  # noqa: S101 - PIPE above
         for line in lines(proc.stdout):
-            tail = (tail + [line])[-20:]
+            if keep(line) and len(kept) < 10:
+                kept.append(line)
+            else:
+                tail = (tail + [line])[-20:]
             parsed = parse(line)
             if parsed is not None:
                 report(*parsed)
-        return proc.wait(), tail
+        return proc.wait(), kept + tail
     finally:
         if timer:
             timer.cancel()

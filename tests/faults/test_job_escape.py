@@ -2,8 +2,8 @@
 posing as a runner, tries in order to change other commits' results.
 
 Covered so far: git hooks and config planted through the mirror, a second runner under
-a taken name, and (in tests/test_hub.py) results, heartbeats and releases for another
-runner's lease. Jobs still run as the runner's own user: reading the secret is not yet
+a taken name, the runner's environment (credentials a unit gave it), and (in
+tests/test_hub.py) results, heartbeats and releases for another runner's lease. Jobs still run as the runner's own user: reading the secret is not yet
 refused (see the README's "Isolation" section).
 """
 
@@ -58,3 +58,21 @@ def test_a_second_runner_under_a_taken_name_is_refused(polyarch: Polyarch) -> No
     polyarch.observer()
     assert polyarch.wait_results([sha])[sha]["status"] == "passed" and first.alive
     record("hostile", "a second runner under a name already running", refused=True)
+
+
+def test_a_job_gets_a_clean_environment_not_the_runners(polyarch: Polyarch) -> None:
+    """Whatever the runner's unit put in its environment (a cloud key, systemd's notify
+    socket) stays the runner's; a lab's own variable reaches jobs when pass_env names it."""
+    polyarch.write_config(runner_settings='pass_env = ["LAB_TOOLCHAIN"]')
+    polyarch.repo.commit("exit 0")
+    polyarch.dispatcher()
+    polyarch.runner("r1", prefix=("env", "AWS_SECRET_ACCESS_KEY=hunter2", "LAB_TOOLCHAIN=/opt/tc",
+                                  "INVOCATION_ID=0123abcd"))
+    polyarch.observer()
+    sha = polyarch.repo.commit("env | sort; exit 0")
+    polyarch.wait_results([sha])
+    log = (polyarch.results / "demo" / sha / "amd64.log").read_text()
+    assert "LAB_TOOLCHAIN=/opt/tc" in log and f"POLYARCH_COMMIT={sha}" in log and "PATH=" in log
+    for leaked in ("hunter2", "INVOCATION_ID", "NOTIFY_SOCKET", "PYTHONPATH"):
+        assert leaked not in log, log
+    record("hostile", "the runner's environment (credentials, notify socket) read by a job", refused=True)
