@@ -41,6 +41,7 @@ class Support(str, enum.Enum):
     NATIVE = "native"
     EMULATED = "emulated (qemu-user, registered)"
     NOT_REGISTERED = "qemu installed, binfmt entry not registered"
+    UNUSABLE = "registered, but unusable inside a root"
     NO_QEMU = "qemu-user-static not installed"
 
 
@@ -48,6 +49,7 @@ class Support(str, enum.Enum):
 class ArchSupport:
     arch: Arch
     support: Support
+    problem: str = ""  # for UNUSABLE: what is wrong and the command that fixes it
 
     @property
     def runnable(self) -> bool:
@@ -71,11 +73,47 @@ def support(arch: Arch) -> ArchSupport:
     if is_native(arch):
         return ArchSupport(arch, Support.NATIVE)
     entry = entry_file(arch)
-    if entry.exists() and entry.read_text().startswith("enabled"):
-        return ArchSupport(arch, Support.EMULATED)
+    if entry.exists():
+        text = entry.read_text()
+        if text.startswith("enabled"):
+            problem = entry_problem(text, entry)
+            return ArchSupport(arch, Support.UNUSABLE, problem) if problem else ArchSupport(arch, Support.EMULATED)
     if not conf_file(arch).exists():
         return ArchSupport(arch, Support.NO_QEMU)
     return ArchSupport(arch, Support.NOT_REGISTERED)
+
+
+def entry_problem(text: str, entry: Path) -> str:
+    """What keeps a registered entry from running a root's binaries, or "".
+
+    Without the F flag the kernel looks the interpreter up inside the root at each exec,
+    where there is none; a dynamically linked interpreter would need the host's
+    libraries there too."""
+    fields = dict(line.split(" ", 1) if " " in line else (line, "") for line in text.splitlines())
+    flags = fields.get("flags:", "")
+    interpreter = Path(fields.get("interpreter", "").strip())
+    if "F" not in flags:
+        return (f"{entry} has flags {flags.strip() or '(none)'}, without F (fix-binary), so a root would need qemu "
+                f"inside; as root: echo -1 > {entry} && polyarch-runner binfmt")
+    if interpreter and interpreter.exists() and not is_static(interpreter):
+        return (f"{entry}: its interpreter {interpreter} is dynamically linked and cannot run inside a root; "
+                "apt-get install qemu-user-static (not qemu-user-binfmt), then re-register")
+    return ""
+
+
+def is_static(path: Path) -> bool:
+    """Whether an ELF file has no program interpreter (PT_INTERP): it runs anywhere."""
+    with open(path, "rb") as f:
+        header = f.read(64)
+        if header[:4] != b"\x7fELF":
+            return False
+        wide, order = header[4] == 2, "little" if header[5] == 1 else "big"
+        phoff = int.from_bytes(header[32:40] if wide else header[28:32], order)
+        size = int.from_bytes(header[54:56] if wide else header[42:44], order)
+        count = int.from_bytes(header[56:58] if wide else header[44:46], order)
+        f.seek(phoff)
+        table = f.read(size * count)
+    return all(int.from_bytes(table[i * size:i * size + 4], order) != 3 for i in range(count))  # 3: PT_INTERP
 
 
 def ensure_mounted() -> None:
@@ -114,3 +152,5 @@ def require(arch: Arch) -> None:
                           "run: apt-get install qemu-user-static, then polyarch-runner binfmt")
     if state.support == Support.NOT_REGISTERED:
         raise BinfmtError(f"{arch.value} cannot run here: {state.support.value}; run (as root): polyarch-runner binfmt")
+    if state.support == Support.UNUSABLE:
+        raise BinfmtError(f"{arch.value} cannot run in a root: {state.problem}")

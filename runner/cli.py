@@ -89,7 +89,7 @@ def binfmt(register: bool) -> None:
         if register and state.support == bf.Support.NOT_REGISTERED and os.geteuid() == 0:
             state = bf.register(arch)
         missing |= not state.runnable
-        click.echo(f"{arch.value:8} {state.support.value}")
+        click.echo(f"{arch.value:8} {state.support.value}" + (f": {state.problem}" if state.problem else ""))
     if missing:
         click.echo("missing: apt-get install qemu-user-static, then (as root) polyarch-runner binfmt", err=True)
         raise click.exceptions.Exit(1)

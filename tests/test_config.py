@@ -49,6 +49,23 @@ def test_the_shipped_example_config_is_valid() -> None:
     assert config.repos
 
 
+def test_the_example_units_may_write_every_path_the_example_config_writes() -> None:
+    """Under the units' ProtectSystem=, only ReadWritePaths are writable: a state or
+    secret beside the config in /etc would stop the dispatcher at its first start."""
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    config = load_config(examples / "polyarch.toml")
+    written = {"dispatcher": [config.dispatcher.state_dir, config.dispatcher.results_dir,
+                              config.dispatcher.token_file],
+               "observer": [config.observer.state_dir], "runner": [config.runner.work_dir]}
+    for daemon, paths in written.items():
+        unit = (examples / "systemd" / f"polyarch-{daemon}.service").read_text()
+        writable = [Path(p) for line in unit.splitlines() if line.startswith("ReadWritePaths=")
+                    for p in line.split("=", 1)[1].split()]
+        assert writable, f"polyarch-{daemon}.service has no ReadWritePaths"
+        for path in paths:
+            assert any(path.is_relative_to(w) for w in writable), f"{daemon} writes {path}, outside {writable}"
+
+
 @pytest.mark.parametrize("change, key, words", [
     (("[dispatcher]", "[dispatcher]\ncolour = 1"), "dispatcher.colour", "unknown key"),
     (('timeout = 600', 'timout = 600'), "repos[0].timout", "unknown key (did you mean `timeout`?)"),

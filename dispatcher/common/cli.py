@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 from typing import Any, Callable, TypeVar
 
@@ -40,6 +41,13 @@ def one_line_errors(fn: F) -> F:
             _die(exc, EXIT_FAILED)
         except ConnectionError as exc:
             _die(f"cannot reach the dispatcher: {exc}", EXIT_FAILED)
+        except OSError as exc:
+            # A folder a daemon must write but may not (a read-only /etc under a unit's
+            # ProtectSystem=): setup, not a crash, so exit 2 and systemd does not loop.
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not exc.filename:
+                raise
+            _die(f"cannot write {exc.filename}: {exc.strerror}; make it writable, or point its setting in the config "
+                 "at a writable place", EXIT_USAGE)
 
     return wrapper  # type: ignore[return-value]
 

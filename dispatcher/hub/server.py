@@ -9,6 +9,8 @@ the serve_forever thread.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -19,7 +21,7 @@ import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from dispatcher import __version__
 from dispatcher.common.config import Config, write_address_file
@@ -262,10 +264,12 @@ def serve(config: Config) -> None:
     """Run the dispatcher until SIGTERM/SIGINT. Raises PolyarchError on bad state or secret."""
     # On loopback a missing secret is made on the spot; anywhere else it must be made
     # and handed to the runners on purpose.
-    secret = load_secret(config.dispatcher.token_file, create=config.dispatcher.listen.is_loopback)
+    with _writable(config, "dispatcher.token_file"):
+        secret = load_secret(config.dispatcher.token_file, create=config.dispatcher.listen.is_loopback)
     _raise_fd_limit(config.dispatcher.max_connections)
-    lock = _own_state(config)  # held (open) until the process exits
-    store = Store(db_path(config), policy_of(config))
+    with _writable(config, "dispatcher.state_dir"):
+        lock = _own_state(config)  # held (open) until the process exits
+        store = Store(db_path(config), policy_of(config))
     results = config.dispatcher.results_dir
     try:
         removed = remove_stale_temporaries(results)
@@ -323,6 +327,21 @@ def serve(config: Config) -> None:
         # The store is not closed: handler threads may still be finishing a request, and
         # every acknowledged change is already committed.
         os.close(lock)
+
+
+@contextlib.contextmanager
+def _writable(config: Config, key: str) -> Iterator[None]:
+    """A path the dispatcher must create or write but cannot (a read-only /etc under the
+    unit's ProtectSystem=strict, a missing permission) is a setup mistake: one line
+    naming the path and its setting, exit 2, so that systemd does not restart it forever."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR):
+            raise
+        where = exc.filename or "?"
+        raise ConfigError(config.path, key, f"cannot write {where}: {exc.strerror}; point {key} at a writable "
+                          "place (under systemd: the unit's StateDirectory, /var/lib/polyarch)") from None
 
 
 def _own_state(config: Config) -> int:

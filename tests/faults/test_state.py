@@ -90,3 +90,32 @@ def test_unreadable_results_folder_is_named(polyarch: Polyarch) -> None:
     proc = polyarch.cli("dispatcher", "serve", "--config", str(polyarch.config))
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and str(polyarch.results) in proc.stderr
+
+
+def test_a_config_folder_the_dispatcher_cannot_write_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """The example units see /etc read-only: a secret or state beside the config there
+    must stop the dispatcher with the path and its setting, not a traceback that
+    Restart=on-failure repeats forever."""
+    import subprocess
+    import sys
+
+    from faults.conftest import needs_root
+
+    needs_root("a read-only bind mount")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "polyarch.toml").write_text('[dispatcher]\nlisten = "127.0.0.1:0"\ntoken_file = "var/secret"\n'
+                                       '[[repos]]\nname = "demo"\nurl = "/nonexistent"\n')
+    subprocess.run(["mount", "--bind", str(etc), str(etc)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(etc)], check=True)
+        out = subprocess.run([sys.executable, "-m", "dispatcher", "serve", "--config", str(etc / "polyarch.toml")],
+                             capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                             env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+    finally:
+        subprocess.run(["umount", str(etc)], check=True)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == (f"polyarch-dispatcher: error: {etc / 'polyarch.toml'}: dispatcher.token_file: "
+                                  f"cannot write {etc / 'var'}: Read-only file system; point dispatcher.token_file "
+                                  "at a writable place (under systemd: the unit's StateDirectory, /var/lib/polyarch)")
+    record("state", "a config folder the dispatcher cannot write (read-only /etc)", exit_code=2)
