@@ -26,6 +26,8 @@ from . import binfmt
 from .rootfs import RootfsError, check
 
 CLONE_NEWNS = 0x00020000
+PER_LINUX32 = 0x0008
+LINUX32 = frozenset({Arch.I386, Arch.ARMHF})
 
 
 def _mount(*args: str) -> None:
@@ -86,6 +88,12 @@ def exec_in_root(config: Config, arch: Arch, name: str, root: Path, python: str)
             env[key] = os.environ[key]
     if "NOTIFY_SOCKET" in env and env["NOTIFY_SOCKET"].startswith("/"):
         _bind(Path(env["NOTIFY_SOCKET"]), root, readonly=False)
+    if arch in LINUX32 and binfmt.is_native(arch):
+        # A 32-bit root run natively by a 64-bit kernel would say x86_64 (or aarch64) to
+        # uname: the 32-bit personality makes it say i686 (armv8l), as Debian's sbuild does.
+        # Under qemu-user, qemu answers uname itself (armv7l).
+        if libc.personality(PER_LINUX32) == -1:
+            raise RootfsError(f"personality(PER_LINUX32) failed: {os.strerror(ctypes.get_errno())}")
     os.execve(shutil.which("chroot") or "/usr/sbin/chroot",  # noqa: S606 - argument list, no shell
               ["chroot", str(root), python, "-m", "runner", "serve", "--config", str(config.path),
                "--arch", arch.value, "--name", name], env)

@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.."
 emulation=1
 if [ "$(id -u)" != 0 ] || [ -n "${POLYARCH_SKIP_EMULATION:-}" ]; then emulation=0; fi
 ROOTFS_ARM64=${POLYARCH_ROOTFS_ARM64:-/var/cache/polyarch/rootfs-arm64}
+# scripts/test.sh also asks for a 32-bit root (i386, run natively in the 32-bit
+# personality) and a big-endian one (s390x, under qemu): the architecture tests use them.
+ROOTFS_I386=${POLYARCH_ROOTFS_I386:-/var/cache/polyarch/rootfs-i386}
+ROOTFS_S390X=${POLYARCH_ROOTFS_S390X:-/var/cache/polyarch/rootfs-s390x}
 
 need_apt=()
 command -v git >/dev/null || need_apt+=(git)
@@ -52,4 +56,8 @@ if [ "$emulation" = 1 ]; then
   # Registers qemu-aarch64 in binfmt_misc (mounting it if needed), builds the arm64 root
   # the first time (mmdebstrap, about 5-10 minutes), later only refreshes polyarch in it.
   .venv/bin/polyarch-runner rootfs build --arch arm64 "$ROOTFS_ARM64"
+  if [ -n "${POLYARCH_TEST_ROOTS:-}" ]; then
+    .venv/bin/polyarch-runner rootfs build --arch i386 "$ROOTFS_I386"    # under a minute: no emulation
+    .venv/bin/polyarch-runner rootfs build --arch s390x "$ROOTFS_S390X"  # 3-5 minutes the first time
+  fi
 fi

@@ -31,6 +31,24 @@ def skip_unless_ci(reason: str) -> None:
     pytest.skip(reason)
 
 
+ROOTFS_I386 = Path(os.environ.get("POLYARCH_ROOTFS_I386", "/var/cache/polyarch/rootfs-i386"))
+ROOTFS_S390X = Path(os.environ.get("POLYARCH_ROOTFS_S390X", "/var/cache/polyarch/rootfs-s390x"))
+
+
+def require_root_of(arch_name: str, root: Path) -> None:
+    """Skip (fail under CI) unless a runner can run in `root`, of `arch_name`, here."""
+    from dispatcher.common.names import Arch
+    from runner import binfmt
+
+    if os.geteuid() != 0:
+        skip_unless_ci("needs root for chroot and mounts: run bash scripts/test.sh as root")
+    state = binfmt.support(Arch(arch_name))
+    if not state.runnable:
+        skip_unless_ci(f"{arch_name} {state.support.value}: apt-get install qemu-user-static && polyarch-runner binfmt")
+    if not (root / "etc/polyarch-rootfs.json").exists():
+        skip_unless_ci(f"no {arch_name} root at {root}: run bash scripts/test.sh as root (its setup builds one)")
+
+
 def require_emulated_arm64() -> None:
     """Skip (fail under CI) unless an arm64 runner can run here under qemu-user."""
     from dispatcher.common.names import Arch

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOTFS_ARM64, Polyarch, require_emulated_arm64
+from conftest import ROOTFS_ARM64, ROOTFS_I386, ROOTFS_S390X, Polyarch, require_emulated_arm64, require_root_of
 
 ROOTFS = ROOTFS_ARM64
 
@@ -79,3 +79,44 @@ def test_a_root_serves_its_own_architecture_and_a_conflicting_arch_is_one_line(p
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip() == (f"polyarch-runner: error: --arch s390x conflicts with the root {ROOTFS}, whose "
                                   "architecture is arm64; leave --arch out (the root decides) or choose another root")
+
+
+
+# What a job sees of its machine, and a little-endian assumption (a byte-order bug) that
+# only a big-endian architecture catches.
+WHAT_AM_I = """python3 - <<'EOF'
+import platform, struct, sys
+print('machine', platform.machine(), sys.byteorder, struct.calcsize('P') * 8)
+sys.exit(0 if struct.pack('=I', 1) == b'\\x01\\x00\\x00\\x00' else 1)
+EOF"""
+
+
+@pytest.mark.timeout(300)
+def test_each_architecture_sees_its_machine_byte_order_and_pointer_size(polyarch: Polyarch) -> None:
+    """amd64 natively, i386 natively in the 32-bit personality, arm64 and s390x under
+    qemu-user: each job sees what a real host of its architecture shows, and only s390x,
+    big-endian, fails the little-endian assumption."""
+    require_root_of("i386", ROOTFS_I386)
+    require_root_of("s390x", ROOTFS_S390X)
+    archs = ("amd64", "i386", "arm64", "s390x")
+    polyarch.write_config(archs=archs, heartbeat_timeout=20, timeout=120)
+    sha = polyarch.repo.commit(WHAT_AM_I)
+    polyarch.dispatcher()
+    polyarch.runner("native")
+    for root in (ROOTFS_I386, ROOTFS_ARM64, ROOTFS_S390X):
+        polyarch.runner(root.name, "--rootfs", str(root))
+    polyarch.observer()
+    seen = {}
+    for arch in archs:
+        result = polyarch.wait_results([sha], arch, timeout=240)[sha]
+        log = (polyarch.results / "demo" / sha / f"{arch}.log").read_text()
+        seen[arch] = (result["status"], result["runner_machine"], result["emulated"],
+                      next(line for line in log.splitlines() if line.startswith("machine ")))
+    assert seen == {
+        "amd64": ("passed", "x86_64", False, "machine x86_64 little 64"),
+        "i386": ("passed", "i686", False, "machine i686 little 32"),
+        "arm64": ("passed", "aarch64", True, "machine aarch64 little 64"),
+        "s390x": ("failed", "s390x", True, "machine s390x big 64"),
+    }
+    summary = json.loads((polyarch.results / "demo" / sha / "summary.json").read_text())
+    assert summary["failing_architectures"] == ["s390x"] and summary["arch_specific_failure"] is True
