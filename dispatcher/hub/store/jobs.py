@@ -126,14 +126,19 @@ class Jobs:
 
     def held_by(self, runner: str) -> list[str]:
         with self._lock:
-            return [lease for lease, name in self._holders.items() if name == runner]
+            return self._held_by(runner)
+
+    def _held_by(self, runner: str) -> list[str]:
+        # A scan of the live leases (one per busy runner): cheap at hundreds of runners;
+        # a name -> lease index is issue 18's to add when 10,000 make it count.
+        return [lease for lease, name in self._holders.items() if name == runner]
 
     def take_back(self, runner: str) -> list[Expired]:
         """End every lease `runner` holds, as if it had expired: the runner asks for new
         work, so it no longer runs that job (it restarted, or lost track). This is what
         keeps a runner to one lease at a time."""
         with self._lock:
-            held = [lease for lease, name in self._holders.items() if name == runner]
+            held = self._held_by(runner)
             if not held:
                 return []
             with self.db.tx() as db:
