@@ -12,6 +12,11 @@ add` wrote them all and cost two to three times as much), and after each job `gi
 -ffdx` removes everything the test left, ignored files included. Any doubt about a
 worktree's state (a failed clean, a crash) and it is deleted and made afresh, so every
 job still starts from exactly the commit's files.
+
+The worktree belongs to the job user while a job runs, so nothing in it is trusted: its
+`.git` file (which a job may point at a git folder of its own, with a config that runs
+commands) is rewritten before each use, and the runner's git is always told its git
+folder and work tree (GIT_DIR, GIT_WORK_TREE) instead of finding them from there.
 """
 
 from __future__ import annotations
@@ -51,12 +56,30 @@ class Mirrors:
         self.stop = stop  # the runner's stop: a fetch in progress is abandoned
         self.quarantine = checkouts.parent / "quarantine"  # what could not be deleted
         self._fresh: dict[str, Path] = {}  # repo -> a worktree path beside one stuck for good
+        self._admin: dict[str, Path] = {}  # repo -> its worktree's folder in the mirror, as git made it
 
     def _dest(self, repo: str) -> Path:
         return self._fresh.get(repo) or self.checkouts / check_repo(repo)
 
+    def mirror_path(self, repo: str) -> Path:
+        return self.root / f"{check_repo(repo)}.git"
+
     def _mirror(self, repo: str) -> git.Repo:
-        return open_mirror(self.root / f"{check_repo(repo)}.git")
+        return open_mirror(self.mirror_path(repo))
+
+    def _git_env(self, repo: str) -> Optional[dict[str, str]]:
+        """The environment for git in the repository's worktree, with its `.git` file
+        restored; None when there is no worktree this process made."""
+        dest, admin = self._dest(repo), self._admin.get(repo)
+        if admin is None or not admin.is_dir() or not dest.is_dir():
+            return None
+        dot_git = dest / ".git"
+        if dot_git.is_dir() and not dot_git.is_symlink():
+            shutil.rmtree(dot_git)
+        else:
+            dot_git.unlink(missing_ok=True)
+        dot_git.write_text(f"gitdir: {admin}\n")
+        return {**os.environ, **GIT_ENV, "GIT_DIR": str(admin), "GIT_WORK_TREE": str(dest)}
 
     def checkout(self, repo: str, url: str, commit: str) -> Path:
         """The repository's worktree, holding exactly `commit`; fetches it first if missing."""
@@ -73,14 +96,14 @@ class Mirrors:
                 raise CheckoutError(f"commit {commit} is not on any branch or tag of {url}, nor fetchable by "
                                     "its id (force-pushed away?)")
         dest = self._dest(repo)
-        if (dest / ".git").is_file():
-            try:
-                worktree = git.Git(dest)
-                worktree.update_environment(**GIT_ENV)
-                worktree.checkout("--detach", "--force", "--quiet", commit)
+        env = self._git_env(repo)
+        if env is not None:
+            done = subprocess.run(["git", "checkout", "--detach", "--force", "--quiet", commit], cwd=dest, env=env,
+                                  stdin=subprocess.DEVNULL, capture_output=True)
+            if done.returncode == 0:
                 return dest
-            except git.GitCommandError as exc:
-                log.warning("reusing the worktree %s failed (%s); making it afresh", dest, error_text(exc))
+            log.warning("reusing the worktree %s failed (%s); making it afresh", dest,
+                        done.stderr.decode(errors="replace").strip()[-300:])
         if dest.exists():  # not reusable (a test may have deleted its .git): start over
             self.discard(repo)
             dest = self._dest(repo)
@@ -90,6 +113,9 @@ class Mirrors:
             if borrowed and not self._has(mirror, commit):
                 raise CheckoutError(f"commit {commit} is not in {url} (force-pushed away and pruned?)") from None
             raise CheckoutError(f"git worktree add {commit} failed: {error_text(exc)}") from None
+        admin = _worktree_admin(dest, self.mirror_path(repo))  # just made by git: trusted
+        if admin is not None:
+            self._admin[repo] = admin
         return dest
 
     def describe(self, repo: str, commit: str) -> Optional[CommitInfo]:
@@ -114,9 +140,12 @@ class Mirrors:
         """`clean`, started in the background: the runner delivers the result and asks for
         its next job meanwhile, and finishes it before the next checkout."""
         dest = self._dest(repo)
-        if not dest.exists():
+        env = self._git_env(repo) if dest.exists() else None
+        if env is None:
+            if dest.exists():
+                self.discard(repo)
             return Cleaning(self, repo, None)
-        proc = subprocess.Popen(["git", "clean", "-ffdqx"], cwd=dest, env={**os.environ, **GIT_ENV},
+        proc = subprocess.Popen(["git", "clean", "-ffdqx"], cwd=dest, env=env,
                                 stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return Cleaning(self, repo, proc)
@@ -153,7 +182,7 @@ class Mirrors:
         This is what `git worktree prune` would do for it, without a git process;
         prune_all at start catches anything this misses."""
         dest = self._dest(repo)
-        admin = _worktree_admin(dest, self.root / f"{check_repo(repo)}.git")
+        admin = self._admin.pop(repo, None)
         if not self._remove(dest):
             # Stuck even for root (chattr +i on the folder itself): the next job gets a
             # fresh worktree beside it, never this one.

@@ -27,8 +27,8 @@ def main() -> None:
 @click.option("--arch", help="Architecture to serve (default: runner.arch, else this machine's).")
 @click.option("--name", help="Runner name (default: runner.name, else HOST-ARCH).")
 @click.option("--rootfs", type=click.Path(file_okay=False, path_type=Path),
-              help="Run inside this root file system, under qemu-user (needs root); the root's "
-                   "architecture is served.")
+              help="Run the jobs inside this root file system of another architecture, under "
+                   "qemu-user (needs root); the root's architecture is served.")
 @verbose_option
 @one_line_errors
 def serve(config_path: str, arch: Optional[str], name: Optional[str], rootfs: Optional[Path], verbose: bool) -> None:
@@ -40,22 +40,21 @@ def serve(config_path: str, arch: Optional[str], name: Optional[str], rootfs: Op
     else:
         chosen = parse_arch(arch) if arch else (config.runner.arch or own)
     runner_name = check_runner(name) if name else (config.runner.name or default_runner_name(chosen))
+    root = None
     if rootfs is not None:
-        from .chroot import exec_in_root, prepare
+        from .sandbox import open_root
 
-        python = prepare(config, chosen, rootfs)
-        setup_logging(verbose)
-        exec_in_root(config, chosen, runner_name, rootfs, python)
-    if chosen != own:
-        # A runner must run its tests on the architecture it claims; emulated ones run
-        # inside a root file system of that architecture, where this check passes.
+        root = open_root(rootfs, chosen)
+    elif chosen != own:
+        # A runner must run its tests on the architecture it claims; another architecture's
+        # jobs run inside a root file system of that architecture.
         raise ConfigError(config.path, "runner.arch" if not arch else "--arch",
                           f"{chosen.value} is not this machine's architecture ({own.value}); "
-                          f"an emulated runner needs --rootfs DIR")
+                          f"a runner of another architecture needs --rootfs DIR")
     from .service import serve as run
 
     setup_logging(verbose)
-    run(config, chosen, runner_name)
+    run(config, chosen, runner_name, root)
 
 
 def _root_arch(config, rootfs: Path, arch: Optional[str]) -> Arch:
@@ -108,7 +107,7 @@ def rootfs() -> None:
 @verbose_option
 @one_line_errors
 def rootfs_build(arch_name: str, suite: Optional[str], directory: Path, verbose: bool) -> None:
-    """Build DIRECTORY with mmdebstrap and install polyarch in it; refresh it when it exists."""
+    """Build DIRECTORY with mmdebstrap (an existing root is kept)."""
     from dispatcher.common.progress import Bars
 
     from .rootfs import build
@@ -116,7 +115,7 @@ def rootfs_build(arch_name: str, suite: Optional[str], directory: Path, verbose:
     setup_logging(verbose)
     with Bars() as bars:
         info = build(parse_arch(arch_name), directory, progress=bars, suite=suite)
-    click.echo(f"{directory}: {info.arch.value} root with polyarch {info.polyarch} ({info.python})")
+    click.echo(f"{directory}: {info.arch.value} root (Debian {info.suite})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 from dispatcher.common.process import signal_group, stop_group
 
@@ -33,6 +33,7 @@ class Execution:
     finished_at: float
     truncated: bool
     output: bytes = b""  # what the log file holds, read through the runner's own descriptor
+    refused: str = ""  # why the sandbox could not start the command (then it never ran)
 
 
 class CappedLog:
@@ -143,10 +144,13 @@ class Guard:
 
 
 class Process:
-    """A running test command; `stop` may be called from another thread."""
+    """A running test command; `stop` may be called from another thread.
+
+    `launch`, given a descriptor the launcher may write a refusal to, returns the command
+    line that runs `command` (runner/sandbox.py's jail); without it, `/bin/sh -c`."""
 
     def __init__(self, command: str, cwd: Path, env: Mapping[str, str], log_path: Path, log_limit: int,
-                 guard: Guard) -> None:
+                 guard: Guard, launch: Optional[Callable[[int], list[str]]] = None) -> None:
         self.started_at = time.time()  # for the result, which people read
         self._began = time.monotonic()  # for the timeout, which a clock step must not move
         self._stop_requested = threading.Event()
@@ -154,10 +158,20 @@ class Process:
         self.log = CappedLog(log_path, log_limit)
         full_env = dict(env)
         full_env["POLYARCH_RUNNER_PID"] = str(os.getpid())  # the guard's mark, see guard.py
-        self.proc = subprocess.Popen(
-            ["/bin/sh", "-c", command], cwd=cwd, env=full_env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True)
+        self._report = -1
+        argv, fds = ["/bin/sh", "-c", command], ()
+        if launch is not None:
+            self._report, report_w = os.pipe()
+            os.set_blocking(self._report, False)
+            argv, fds = launch(report_w), (report_w,)
+        try:
+            self.proc = subprocess.Popen(
+                argv, cwd=cwd, env=full_env, pass_fds=fds,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        finally:
+            for fd in fds:
+                os.close(fd)
         self.pgid = self.proc.pid
         self._guard = guard
         guard.watch(self.pgid)
@@ -213,11 +227,23 @@ class Process:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         truncated = self.log.close()
+        refused = self._refusal()
         code = None
         if outcome == Outcome.EXITED:
             # A shell killed by a signal reads as 128 + signal number, as in a shell.
             code = self.proc.returncode if self.proc.returncode >= 0 else 128 - self.proc.returncode
-        return Execution(outcome, code, self.started_at, finished, truncated, self.log.output)
+        return Execution(outcome, code, self.started_at, finished, truncated, self.log.output, refused)
+
+    def _refusal(self) -> str:
+        if self._report < 0:
+            return ""
+        try:
+            return os.read(self._report, 4096).decode("utf-8", "replace").strip()
+        except BlockingIOError:
+            return ""
+        finally:
+            os.close(self._report)
+            self._report = -1
 
     def kill_group(self) -> None:
         """Kill everything the command started, now (the runner gave up on the job)."""

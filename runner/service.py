@@ -42,6 +42,7 @@ from .execute import Guard, Outcome, Process
 from .repoconf import JobSettings, settings_for
 from .jobenv import job_environment
 from .junit import with_junit
+from .sandbox import JobPaths, Root, Sandbox
 from .spool import Spool
 
 log = logging.getLogger("polyarch.runner")
@@ -52,8 +53,9 @@ JUNIT_LIMIT = 4 * 1024 * 1024
 
 
 class Runner:
-    def __init__(self, config: Config, arch: Arch, name: str) -> None:
+    def __init__(self, config: Config, arch: Arch, name: str, root: Optional[Root] = None) -> None:
         self.config = config
+        self.root = root
         self.settings = config.runner
         self.arch = arch
         self.name = name
@@ -74,9 +76,11 @@ class Runner:
         self.watchdog = Watchdog()
         self.guard = Guard()
         self.cleaning: Optional[Cleaning] = None  # the last job's `git clean`, finished before the next checkout
-        # Set by the --rootfs launcher; inside the root, platform.machine() is already
-        # the emulated CPU's, exactly as on a real host of that architecture.
-        self.emulated = os.environ.get("POLYARCH_EMULATED") == "1"
+        self.sandbox: Optional[Sandbox] = None  # made at start: its checks are the runner's to fail
+        # Where the jobs run: this machine, or a root of another architecture (what its
+        # jobs see of uname is the root's, as on a real host of that architecture).
+        self.emulated = root is not None and root.emulated
+        self.machine = root.machine if root is not None else platform.machine()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -104,9 +108,11 @@ class Runner:
 
     def run(self) -> None:
         self.lock_work()
+        self.sandbox = Sandbox(self.config, self.name, self.root)
+        self.sandbox.prepare_root()
         self.clean_after_crash()
-        log.info("runner %s (%s, %s) starting; work dir %s", self.name, self.arch.value, platform.machine(),
-                 self.work)
+        log.info("runner %s (%s, %s%s) starting; work dir %s", self.name, self.arch.value, self.machine,
+                 f" in {self.root.path}" if self.root else "", self.work)
         self.guard.start()
         backoff = 0.1
         notify("READY=1")
@@ -164,7 +170,7 @@ class Runner:
             conn = Connection(address, Role.RUNNER, self.name, self.secret, tls=self.tls)
             try:
                 conn.request(Register(arch=self.arch.value, version=__version__, host=socket.gethostname(),
-                                      machine=platform.machine(), emulated=self.emulated,
+                                      machine=self.machine, emulated=self.emulated,
                                       kernel=platform.release()))
             except BaseException:
                 conn.close()
@@ -317,19 +323,28 @@ class _JobWork:
         except (CheckoutError, ConfigError) as exc:
             self.result = _error(job, started, str(exc))
             return
-        junit_path = self.folder / "junit.xml"
-        env = job_environment(os.environ, settings.pass_env, dict(
+        sandbox = self.runner.sandbox
+        assert sandbox is not None  # noqa: S101 - made by Runner.run before any job
+        paths = JobPaths(checkout=self.src, out=self.folder / "out", stage=self.folder / "stage",
+                         mirror=self.runner.mirrors.mirror_path(job.repo), url=job.url)
+        sandbox.hand_over(paths)
+        junit_path = paths.out / "junit.xml"
+        env = sandbox.environment(job_environment(os.environ, settings.pass_env, dict(
             POLYARCH_REPO=job.repo, POLYARCH_COMMIT=job.commit, POLYARCH_ARCH=job.arch, POLYARCH_BRANCH=job.branch,
-            POLYARCH_JUNIT=str(junit_path), POLYARCH_LEASE=job.lease_id, POLYARCH_ATTEMPT=str(job.attempt)))
+            POLYARCH_JUNIT=str(junit_path), POLYARCH_LEASE=job.lease_id, POLYARCH_ATTEMPT=str(job.attempt))))
+        command = with_junit(chosen.test_command)
         with self._lock:
             if self._aborted.is_set():
                 return
+            cgroups = sandbox.cgroups_for(job.lease_id)
+            launch = (lambda fd: sandbox.argv(command, paths, fd, cgroups)) if sandbox.isolated else None
             spawned = time.time()
             self.steps["prepare"] = spawned - started - self.steps["checkout"]
             try:
-                self._process = Process(with_junit(chosen.test_command), self.src, env, self.folder / "output.log",
-                                        settings.log_limit, self.runner.guard)
+                self._process = Process(command, self.src, env, self.folder / "output.log",
+                                        settings.log_limit, self.runner.guard, launch)
             except OSError as exc:
+                sandbox.verdict(cgroups)
                 self.result = _error(job, started, f"cannot start the test command: {exc}")
                 return
         # Not fsynced: it only has to outlive the runner process, not the machine (after a
@@ -338,9 +353,13 @@ class _JobWork:
                      durable=False)
         timeout = chosen.limit
         ex = self._process.wait(timeout, settings.kill_grace)
+        limit = sandbox.verdict(cgroups)
         # From the spawn: the command, the crash marker, the command's exit seen.
         self.steps["run"] = time.time() - spawned
         if ex.outcome == Outcome.KILLED:
+            return
+        if ex.refused or limit:
+            self.result = _error(job, started, ex.refused or limit, ex.output.decode("utf-8", "replace"))
             return
         if ex.outcome == Outcome.TIMED_OUT:
             status, reason = Reported.TIMEOUT, (f"timed out after {timeout:g} s ({chosen.limit_reason(job.arch)}); "
@@ -367,10 +386,11 @@ class _JobWork:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _error(job: Job, started: float, reason: str) -> Result:
+def _error(job: Job, started: float, reason: str, output: str = "") -> Result:
     log.error("%s %s on %s: %s", job.repo, job.commit[:12], job.arch, reason)
     return Result(lease_id=job.lease_id, status=Reported.ERROR, exit_code=None, started_at=started,
-                  finished_at=time.time(), log=reason + "\n", reason=reason)
+                  finished_at=time.time(), log=output + f"\n[polyarch: {reason}]\n" if output else reason + "\n",
+                  reason=reason)
 
 
 def _fit(result: Result) -> Result:
@@ -399,8 +419,8 @@ def _kill_leftover(pgid: int, lease_id: str) -> None:
             pass
 
 
-def serve(config: Config, arch: Arch, name: str) -> None:
-    runner = Runner(config, arch, name)
+def serve(config: Config, arch: Arch, name: str, root: Optional[Root] = None) -> None:
+    runner = Runner(config, arch, name, root)
     runner.install_signal_handlers()
     runner.run()
 

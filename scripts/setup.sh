@@ -24,7 +24,8 @@ command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v ip >/dev/null || need_apt+=(iproute2)  # the lab-host test's network namespaces
 command -v mount >/dev/null || need_apt+=(mount)  # the full-disk tests' tmpfs
 command -v chattr >/dev/null || need_apt+=(e2fsprogs)  # a poison test leaves a file even root cannot delete
-python3 -c "import venv, ensurepip" 2>/dev/null || need_apt+=(python3-venv)
+{ [ -x /usr/bin/python3 ] && py=/usr/bin/python3 || py=python3; "$py" -c "import venv, ensurepip" 2>/dev/null; } \
+  || need_apt+=(python3-venv)
 # The dashboard tests load the pages in headless Chromium; scripts/test.sh asks for it.
 if [ -n "${POLYARCH_WITH_BROWSER:-}" ]; then
   command -v chromium >/dev/null || need_apt+=(chromium fonts-dejavu-core)
@@ -38,8 +39,18 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 
+# A runner started as root runs each job as this unprivileged user (runner.job_user),
+# so a test cannot read the CI's secret, state or other jobs' files.
+if [ "$(id -u)" = 0 ] && ! id -u polyarch-job >/dev/null 2>&1; then
+  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin polyarch-job
+fi
+
+# Debian's own Python where there is one: the test suite's jobs run the venv's
+# interpreter as the job user, who cannot reach one kept under /root (pyenv's, say).
+python=python3
+[ -x /usr/bin/python3 ] && python=/usr/bin/python3
 if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
+  "$python" -m venv .venv
 fi
 # Reinstall only when pyproject.toml changed since the last install.
 stamp=.venv/.polyarch-installed
@@ -53,8 +64,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ requirements.lock -
 fi
 
 if [ "$emulation" = 1 ]; then
-  # Registers qemu-aarch64 in binfmt_misc (mounting it if needed), builds the arm64 root
-  # the first time (mmdebstrap, about 5-10 minutes), later only refreshes polyarch in it.
+  # Registers qemu-aarch64 in binfmt_misc (mounting it if needed) and builds the arm64
+  # root the first time (mmdebstrap, 3-5 minutes); later runs keep it.
   .venv/bin/polyarch-runner rootfs build --arch arm64 "$ROOTFS_ARM64"
   if [ -n "${POLYARCH_TEST_ROOTS:-}" ]; then
     .venv/bin/polyarch-runner rootfs build --arch i386 "$ROOTFS_I386"    # under a minute: no emulation

@@ -63,6 +63,23 @@ def require_emulated_arm64() -> None:
         skip_unless_ci(f"no arm64 root at {ROOTFS_ARM64}: run bash scripts/setup.sh as root (it builds one)")
 
 
+def processes_running(*argv: str) -> list[int]:
+    """Host pids of processes whose command line is exactly `argv`. A job's own `$$` and
+    `$!` are pids in its PID namespace, meaningless outside it: a test that must see a job's
+    process from here gives it a command line of its own (`sleep 300.17`) and looks for that."""
+    wanted = "\0".join(argv).encode() + b"\0"
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if f.read() == wanted:
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
 def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> object:
     """Poll `condition` until it returns something truthy; fail with `what` after `timeout`."""
     deadline = time.monotonic() + timeout
@@ -129,6 +146,11 @@ class Polyarch:
         self.repo = repo
         self.daemons: list[Daemon] = []
         self.config = root / "polyarch.toml"
+        # Jobs run as the job user, with a private /tmp: the folder where a test's commands
+        # leave the markers this side waits for is shared with them (runner.share).
+        self.shared = root / "shared"
+        self.shared.mkdir(exist_ok=True)
+        self.shared.chmod(0o777)
         self.write_config(**settings)
 
     def write_config(self, heartbeat_timeout: float = 2, max_attempts: int = 3, poll_interval: float = 0.5,
@@ -154,6 +176,7 @@ class Polyarch:
             dispatcher = "127.0.0.1:0"
             kill_grace = 1
             stop_grace = {stop_grace}
+            share = ["{self.shared}"]
             {runner_settings}
 
             [[repos]]

@@ -42,7 +42,7 @@ def calls(monkeypatch) -> list:
     monkeypatch.setattr(dispatcher.hub.server, "serve", lambda cfg: got.append(("dispatcher", cfg)))
     monkeypatch.setattr(observer.service, "serve", lambda cfg: got.append(("observer", cfg)))
     monkeypatch.setattr(observer.service, "once", lambda cfg, progress=None: got.append(("once", cfg)) and False)
-    monkeypatch.setattr(runner.service, "serve", lambda cfg, arch, name: got.append(("runner", cfg, arch, name)))
+    monkeypatch.setattr(runner.service, "serve", lambda cfg, arch, name, root=None: got.append(("runner", cfg, arch, name, root)))
     for module in (dispatcher.cli, observer.cli, runner.cli):
         monkeypatch.setattr(module, "setup_logging", lambda verbose=False: got.append(("logging", verbose)))
     return got
@@ -72,7 +72,7 @@ def test_runner_serve_names_and_arch(config: Path, calls: list) -> None:
 def test_runner_serve_refuses_another_arch_without_a_root(config: Path, calls: list) -> None:
     other = Arch.S390X if host_arch() != Arch.S390X else Arch.AMD64
     result = CliRunner().invoke(runner.cli.main, ["serve", "--config", str(config), "--arch", other.value])
-    assert result.exit_code == 2 and "an emulated runner needs --rootfs DIR" in result.output
+    assert result.exit_code == 2 and "a runner of another architecture needs --rootfs DIR" in result.output
     assert not [c for c in calls if c[0] == "runner"]
 
 

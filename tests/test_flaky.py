@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,9 +12,9 @@ from conftest import Polyarch, wait_for
 pytestmark = pytest.mark.daemons
 
 
-def test_a_failure_retried_on_another_runner_that_passes_is_flaky(polyarch: Polyarch, tmp_path: Path) -> None:
+def test_a_failure_retried_on_another_runner_that_passes_is_flaky(polyarch: Polyarch) -> None:
     polyarch.write_config(repo_settings="retry_failed = 1")
-    marker = tmp_path / "failed-once"
+    marker = polyarch.shared / "failed-once"
     sha = polyarch.repo.commit(f"if [ -e {marker} ]; then echo second try; exit 0; fi; "
                                f"touch {marker}; echo first try; exit 1")
     polyarch.dispatcher()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Polyarch, wait_for
+from conftest import Polyarch, processes_running, wait_for
 
 pytestmark = pytest.mark.daemons
 
@@ -52,24 +52,22 @@ def test_commits_one_at_a_time_and_in_a_burst_get_the_right_status(polyarch: Pol
     assert {c["commit"]: c["status"] for c in data["commits"]}[one_by_one[1]] == "failed"
 
 
-def test_runner_killed_mid_job_loses_the_lease_and_another_runner_finishes(polyarch: Polyarch,
-                                                                           tmp_path: Path) -> None:
-    pids = tmp_path / "pids"
-    pids.mkdir()
+def test_runner_killed_mid_job_loses_the_lease_and_another_runner_finishes(polyarch: Polyarch) -> None:
+    pids = polyarch.shared
     polyarch.repo.commit("exit 0")
     polyarch.dispatcher()
     polyarch.observer()
     doomed = polyarch.runner("doomed")
     wait_for(lambda: polyarch.result(polyarch.repo.git("rev-parse", "HEAD")), what="first result")
     # The test spawns a background child, records both pids, and sleeps: kill -9 the runner then.
-    slow = polyarch.repo.commit(f"sleep 300 & echo $! > {pids}/child-$POLYARCH_ATTEMPT; "
-                                f"echo $$ > {pids}/shell-$POLYARCH_ATTEMPT; "
-                                f"if [ $POLYARCH_ATTEMPT = 1 ]; then sleep 300; fi; exit 0")
-    wait_for(lambda: (pids / "shell-1").exists(), what="the job to start on the doomed runner")
+    slow = polyarch.repo.commit(f"sleep 300.1 & touch {pids}/started-$POLYARCH_ATTEMPT; "
+                                f"if [ $POLYARCH_ATTEMPT = 1 ]; then sleep 300.2; fi; exit 0")
+    wait_for(lambda: (pids / "started-1").exists(), what="the job to start on the doomed runner")
+    assert processes_running("sleep", "300.1") and processes_running("sleep", "300.2")
     doomed.kill()
     # No orphan: the job's whole process group dies with the runner.
-    child, shell = int((pids / "child-1").read_text()), int((pids / "shell-1").read_text())
-    wait_for(lambda: not _alive(child) and not _alive(shell), timeout=10, what="the orphaned test processes to die")
+    wait_for(lambda: not processes_running("sleep", "300.1") and not processes_running("sleep", "300.2"),
+             timeout=10, what="the orphaned test processes to die")
 
     polyarch.runner("rescuer")
     result = polyarch.wait_results([slow], timeout=30)[slow]
@@ -82,13 +80,6 @@ def test_runner_killed_mid_job_loses_the_lease_and_another_runner_finishes(polya
     polyarch.runner("doomed")
     wait_for(lambda: not leftovers.exists() or not list(leftovers.iterdir()), what="the crash leftovers to go")
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_dispatcher_killed_mid_burst_loses_nothing_and_duplicates_nothing(polyarch: Polyarch) -> None:
@@ -128,8 +119,8 @@ def test_commits_pushed_while_the_observer_is_down_are_tested_after_it_restarts(
     assert [r["status"] for r in (results[s] for s in missed)] == ["passed", "passed", "failed", "passed"]
 
 
-def test_result_is_kept_by_the_runner_while_the_dispatcher_is_down(polyarch: Polyarch, tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
+def test_result_is_kept_by_the_runner_while_the_dispatcher_is_down(polyarch: Polyarch) -> None:
+    gate = polyarch.shared / "gate"
     polyarch.repo.commit("exit 0")
     dispatcher = polyarch.dispatcher()
     polyarch.observer()
@@ -145,11 +136,10 @@ def test_result_is_kept_by_the_runner_while_the_dispatcher_is_down(polyarch: Pol
     assert result["status"] == "passed" and result["attempt"] == 1
 
 
-def test_timeout_kills_the_whole_process_group(polyarch: Polyarch, tmp_path: Path) -> None:
+def test_timeout_kills_the_whole_process_group(polyarch: Polyarch) -> None:
     # timeout x timeout_factor is what counts: 4 s x 0.25 = 1 s.
     polyarch.write_config(timeout=4, extra_repos="\n[arch.amd64]\ntimeout_factor = 0.25\n")
-    marker = tmp_path / "child.pid"
-    sha = polyarch.repo.commit(f"sleep 60 & echo $! > {marker}; sleep 60")
+    sha = polyarch.repo.commit("sleep 60.3 & sleep 60")
     polyarch.dispatcher()
     polyarch.runner("r1")
     polyarch.observer()
@@ -157,7 +147,7 @@ def test_timeout_kills_the_whole_process_group(polyarch: Polyarch, tmp_path: Pat
     assert result["status"] == "timeout" and result["exit_code"] is None
     assert "timed out after 1 s (timeout 4 s x timeout_factor 0.25)" in result["reason"]
     assert result["emulated"] is False and result["kernel"]
-    wait_for(lambda: not _alive(int(marker.read_text())), timeout=5, what="the background child to be killed")
+    wait_for(lambda: not processes_running("sleep", "60.3"), timeout=5, what="the background child to be killed")
 
 
 def test_an_architectures_own_timeout_is_its_limit_not_multiplied(polyarch: Polyarch) -> None:
@@ -173,9 +163,9 @@ def test_an_architectures_own_timeout_is_its_limit_not_multiplied(polyarch: Poly
     assert "timed out after 1 s ([arch.amd64] timeout in .polyarch.toml)" in result["reason"]
 
 
-def test_job_ends_as_error_after_max_attempts_lost_runners(polyarch: Polyarch, tmp_path: Path) -> None:
+def test_job_ends_as_error_after_max_attempts_lost_runners(polyarch: Polyarch) -> None:
     polyarch.write_config(max_attempts=2, heartbeat_timeout=1)
-    started = tmp_path / "started"
+    started = polyarch.shared / "started"
     sha = polyarch.repo.commit(f"echo x >> {started}; sleep 300")
     polyarch.dispatcher()
     polyarch.observer()
@@ -189,9 +179,9 @@ def test_job_ends_as_error_after_max_attempts_lost_runners(polyarch: Polyarch, t
     assert "max_attempts = 2" in result["reason"]
 
 
-def test_sigterm_waits_stop_grace_then_hands_the_job_back(polyarch: Polyarch, tmp_path: Path) -> None:
+def test_sigterm_waits_stop_grace_then_hands_the_job_back(polyarch: Polyarch) -> None:
     polyarch.write_config(heartbeat_timeout=30, stop_grace=1)
-    started = tmp_path / "started"
+    started = polyarch.shared / "started"
     sha = polyarch.repo.commit(f"echo x >> {started}; if [ $(wc -l < {started}) = 1 ]; then sleep 300; fi")
     polyarch.dispatcher()
     polyarch.observer()

@@ -80,7 +80,7 @@ def test_remote_runner_over_mutual_tls_loses_its_job_when_cut_off_and_comes_back
     polyarch.config.write_text(text)
     load_secret(polyarch.root / "var/secret", create=True)  # off loopback it is never made on the fly
 
-    attempts, gate = tmp_path / "attempts", tmp_path / "gate"
+    attempts, gate = polyarch.shared / "attempts", polyarch.shared / "gate"
     sha = polyarch.repo.commit(f"echo $POLYARCH_ATTEMPT >> {attempts}; "
                                f"if [ $POLYARCH_ATTEMPT = 1 ]; then while [ ! -e {gate} ]; do sleep 0.1; done; fi")
     dispatcher = polyarch.dispatcher()

@@ -99,6 +99,10 @@ class RunnerConfig:
     stop_grace: float = 20.0
     fetch_timeout: float = 120.0  # each git fetch of a job's repository, before it is abandoned
     pass_env: tuple[str, ...] = ()  # the runner's environment variables a job also gets
+    job_user: str = "polyarch-job"  # who jobs run as, when the runner runs as root
+    share: tuple[Path, ...] = ()  # folders every job may read and write (a compiler cache)
+    job_memory: Optional[int] = None  # bytes a job's processes may use together; over it, killed
+    job_pids: Optional[int] = None  # processes a job may have at once
     token_file: Path | None = None
     tls_ca: Optional[Path] = None
     tls_cert: Optional[Path] = None
@@ -250,6 +254,34 @@ def _env_name(name: object) -> str:
     return name
 
 
+def _user_name(name: str) -> str:
+    if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", name):
+        raise InvalidName(f"{name!r} is not a user name (lower-case letters, digits, _ and -)")
+    return name
+
+
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(value: object) -> Optional[int]:
+    """Bytes from 1073741824, "1G", "512M" or "512MiB" (powers of 1024); None stays None."""
+    if value is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", str(value), re.I)
+    if isinstance(value, bool) or not match or int(match.group(1)) <= 0:
+        raise InvalidName(f"{value!r} is not a size: write bytes, or a number with K, M, G or T (\"2G\")")
+    return int(match.group(1)) * SIZE_UNITS[match.group(2).upper()]
+
+
+def _share_path(base: Path, value: object) -> Path:
+    if not isinstance(value, str) or not value:
+        raise InvalidName(f"{value!r} is not a folder path")
+    path = (base / Path(value).expanduser()).absolute()
+    if path == Path("/"):
+        raise InvalidName("sharing / would give jobs everything; name the folders they need")
+    return path
+
+
 def _runner(path: Path, table: Any) -> RunnerConfig:
     s = Section(path, "runner", table)
     d = RunnerConfig()
@@ -266,6 +298,10 @@ def _runner(path: Path, table: Any) -> RunnerConfig:
         stop_grace=s.positive("stop_grace", d.stop_grace),
         fetch_timeout=s.positive("fetch_timeout", d.fetch_timeout),
         pass_env=tuple(s.checked("pass_env", n, _env_name) for n in s.get("pass_env", list, [])),
+        job_user=s.checked("job_user", s.get("job_user", str, d.job_user), _user_name),
+        share=tuple(s.checked("share", p, lambda p: _share_path(s.base, p)) for p in s.get("share", list, [])),
+        job_memory=s.checked("job_memory", s.get("job_memory", (int, str), None), _size),
+        job_pids=s.positive("job_pids", 1, integer=True) if "job_pids" in s.table else None,
         token_file=s.path_("token_file", None),
         **_client_tls(s),
     )

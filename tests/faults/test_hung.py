@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,9 +16,9 @@ LATE_RESULT = "dropped late or duplicate result from hung"
 LATE_HEARTBEAT = "refused heartbeat from"
 
 
-def test_stopped_runner_loses_its_lease_and_its_late_work_is_dropped(polyarch: Polyarch, tmp_path: Path) -> None:
+def test_stopped_runner_loses_its_lease_and_its_late_work_is_dropped(polyarch: Polyarch) -> None:
     polyarch.write_config(heartbeat_timeout=1)
-    started = tmp_path / "started"
+    started = polyarch.shared / "started"
     polyarch.repo.commit("exit 0")
     dispatcher = polyarch.dispatcher()
     polyarch.observer()

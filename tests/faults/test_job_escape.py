@@ -1,45 +1,193 @@
-"""Hostile jobs and runners (issue 19): what a commit under test, or a second process
-posing as a runner, tries in order to change other commits' results.
+"""A hostile job (issue 19): a commit under test that tries to read the CI's secrets, see or
+change other jobs and runners, plant code the runner would run, pose as a runner, outlive
+its job or take the machine. Natively and in an emulated root, each attempt is refused or
+contained, the attempt is named in the job's log, and the daemons keep serving.
 
-Covered so far: git hooks and config planted through the mirror, a second runner under
-a taken name, the runner's environment (credentials a unit gave it), and (in
-tests/test_hub.py) results, heartbeats and releases for another runner's lease. Jobs still run as the runner's own user: reading the secret is not yet
-refused (see the README's "Isolation" section).
+(Results, heartbeats and releases for another runner's lease are in tests/test_hub.py.)
 """
 
 from __future__ import annotations
 
-from conftest import Polyarch, wait_for
-from faults.conftest import record
+import hashlib
+import re
+from pathlib import Path
 
-PLANT = """\
+import pytest
+
+from conftest import ROOT, ROOTFS_ARM64, Polyarch, processes_running, require_emulated_arm64, wait_for
+from dispatcher.wire.tls import make_certs
+from faults.conftest import needs_root, record
+
+pytestmark = pytest.mark.daemons
+
+# Each attempt prints one line: GOT (it worked: what it read, hashed) or REFUSED (git's,
+# the shell's or Python's own words).
+HOSTILE = r"""
+attempt() { name=$1; shift; if out=$("$@" 2>&1); then echo "GOT $name: $out" | head -c 300; echo;
+            else echo "REFUSED $name: $(echo "$out" | tail -n 1 | head -c 200)"; fi; }
+read_hash() { test -s "$1" || { echo "empty or missing: $1" >&2; return 1; }; sha256sum < "$1"; }
+for f in %(files)s; do attempt "read $f" read_hash "$f"; done
+for d in %(folders)s; do attempt "list $d" sh -c "ls -A '$d' | grep -v -x -e \"\$POLYARCH_LEASE\" | grep ."; done
+attempt "see other processes" sh -c "grep -l -a -e 'runne[r] serve' -e 'dispatche[r] serve' -e 'jai[l].py' /proc/[0-9]*/cmdline"
+echo "PROC $(ls -d /proc/[0-9]* | wc -l) processes, pid 1: $(tr '\0' ' ' < /proc/1/cmdline)"
+echo "UID $(id -u)"
 common=$(git rev-parse --git-common-dir)
-mkdir -p "$common/hooks"
-printf '#!/bin/sh\\ntouch "%s"\\nprintf "exit 0\\\\n" > test.sh\\n' "$PWD/../hook-ran" > "$common/hooks/post-checkout"
-chmod +x "$common/hooks/post-checkout"
-git config core.fsmonitor "touch $PWD/../fsmonitor-ran; false"
+attempt "plant a hook" sh -c "mkdir -p '$common/hooks' && printf '#!/bin/sh\nexit 0\n' > '$common/hooks/post-checkout'"
+attempt "rewrite a branch" git update-ref refs/heads/main HEAD
+attempt "become root" su -c true
+setsid sleep 300.7 < /dev/null > /dev/null 2>&1 &
+sh -c 'sleep 300.8 < /dev/null > /dev/null 2>&1 &' &
+touch %(shared)s/daemons-started
 exit 0
 """
 
+# Poses as runner r2 with a guessed secret through polyarch's own client, which any job
+# can import from the clone: the dispatcher refuses it.
+FORGE = r"""
+attempt "pose as runner r2" /usr/bin/python3 -c '
+import sys; sys.path.insert(0, "%(root)s")
+from dispatcher.wire.client import Connection
+from dispatcher.wire.protocol import Register, Role
+from dispatcher.common.config import Address
+c = Connection(Address("127.0.0.1", %(port)d), Role.RUNNER, "r2", b"guessed-secret")
+c.request(Register(arch="amd64", version="0", host="x", machine="x86_64", emulated=False, kernel="x"))
+print("registered")'
+"""
 
-def test_a_hook_planted_in_the_mirror_never_runs(polyarch: Polyarch) -> None:
-    """A commit plants a post-checkout hook that would turn every later test.sh into
-    `exit 0`, and an fsmonitor command: the runner's git runs neither, so the next
-    failing commit still fails."""
+
+def _shell_words(paths: list[Path]) -> str:
+    return " ".join(f"'{p}'" for p in paths)
+
+
+def _attempts(log: str) -> dict[str, str]:
+    out = {}
+    for line in log.splitlines():
+        match = re.match(r"(GOT|REFUSED) ([^:]+): ?(.*)", line)
+        if match:
+            out[match.group(2)] = f"{match.group(1)} {match.group(3)}"
+    return out
+
+
+def _with_tls(polyarch: Polyarch) -> Path:
+    """Mutual TLS on loopback, so there are TLS keys to steal; every key left world-readable
+    (as the config is), so only the job's isolation keeps them from it. (A readable secret
+    is refused by the daemons themselves.)"""
+    pki = polyarch.root / "pki"
+    make_certs(pki, ["127.0.0.1"], ["r1", "r2", "observer"])
+    text = polyarch.config.read_text()
+    server = f'tls_cert = "{pki}/dispatcher.crt"\ntls_key = "{pki}/dispatcher.key"\ntls_client_ca = "{pki}/ca.crt"\n'
+    text = text.replace('listen = "127.0.0.1:0"\n', 'listen = "127.0.0.1:0"\n' + server)
+    parts = text.split("[runner]\n")
+    observer = f'tls_ca = "{pki}/ca.crt"\ntls_cert = "{pki}/observer.crt"\ntls_key = "{pki}/observer.key"\n'
+    runner = f'tls_ca = "{pki}/ca.crt"\ntls_cert = "{pki}/r1.crt"\ntls_key = "{pki}/r1.key"\n'
+    parts[0] = parts[0].replace('dispatcher = "127.0.0.1:0"\n', 'dispatcher = "127.0.0.1:0"\n' + observer)
+    parts[1] = parts[1].replace('dispatcher = "127.0.0.1:0"\n', 'dispatcher = "127.0.0.1:0"\n' + runner, 1)
+    polyarch.config.write_text("[runner]\n".join(parts))
+    for key in pki.glob("*.key"):
+        key.chmod(0o644)
+    return pki
+
+
+def _run_hostile(polyarch: Polyarch, rootfs: Path | None, where: str, arch: str) -> None:
+    needs_root("running jobs as the job user")
+    pki = _with_tls(polyarch)
+    polyarch.repo.commit("exit 0")
+    dispatcher = polyarch.dispatcher()
+    runner = polyarch.runner("r1", *(("--rootfs", str(rootfs)) if rootfs else ()))
+    other = polyarch.runner("r2")  # another runner on this host: its folder is another job's business
+    polyarch.observer()
+    polyarch.wait_results([polyarch.repo.git("rev-parse", "HEAD")], arch, timeout=120)
+    secrets = [polyarch.root / "var/secret", polyarch.config, polyarch.root / "var/dispatcher/polyarch.sqlite3",
+               pki / "r1.key", pki / "r2.key", pki / "dispatcher.key"]
+    folders = [polyarch.root / "var/runner/r2", polyarch.root / "var/runner/r1/jobs",
+               polyarch.root / "var/runner/r1/outbox", polyarch.root / "var/dispatcher"]
+    port = int((polyarch.root / "var/dispatcher/address").read_text().rsplit(":", 1)[1])
+    script = HOSTILE % {"files": _shell_words(secrets), "folders": _shell_words(folders), "shared": polyarch.shared}
+    if rootfs is None:  # in a root there is no clone to import polyarch from
+        script = script.replace("exit 0\n", FORGE % {"root": ROOT, "port": port} + "exit 0\n")
+    sha = polyarch.repo.commit(script)
+    result = polyarch.wait_results([sha], arch, timeout=180)[sha]
+    log = (polyarch.results / "demo" / sha / f"{arch}.log").read_text()
+    tried = _attempts(log)
+    assert result["status"] == "passed", log
+    assert set(tried) >= {f"read {p}" for p in secrets} | {f"list {d}" for d in folders}, log
+    got = {name: outcome for name, outcome in tried.items() if outcome.startswith("GOT")}
+    assert not got, f"the job got through: {got}\n{log}"
+    for path in secrets:
+        content = path.read_bytes()
+        assert hashlib.sha256(content).hexdigest() not in log
+        if path.suffix != ".sqlite3":
+            assert content.decode(errors="replace").strip()[:40] not in log
+    # Its own processes only (under qemu-user, pid 1's command line starts with qemu's).
+    assert re.search(r"^PROC [1-9] processes, pid 1: (\S*qemu\S* /bin/sh )?sh -c ", log, re.M), log
+    assert re.search(r"^UID [1-9][0-9]*$", log, re.M), log  # not root
+    assert "pose as runner r2" in tried or rootfs is not None, log
+    # Nothing it started outlives it: setsid and a double fork included.
+    wait_for(lambda: not processes_running("sleep", "300.7") and not processes_running("sleep", "300.8"),
+             timeout=10, what="the job's daemons to be stopped with it")
+    # Nothing planted ran or stuck: the next failing commit fails, and everyone is still serving.
+    broken = polyarch.repo.commit("echo broken; exit 1")
+    assert polyarch.wait_results([broken], arch, timeout=120)[broken]["status"] == "failed"
+    assert runner.alive and other.alive and dispatcher.alive
+    for name, outcome in sorted(tried.items()):
+        record("job", name.replace(str(polyarch.root), "<test>"), where=where, outcome=outcome[:100])
+
+
+def test_a_hostile_job_reaches_nothing_of_the_ci_natively(polyarch: Polyarch) -> None:
+    _run_hostile(polyarch, None, "native", "amd64")
+
+
+@pytest.mark.timeout(400)
+def test_a_hostile_job_reaches_nothing_of_the_ci_in_an_emulated_root(polyarch: Polyarch) -> None:
+    require_emulated_arm64()
+    polyarch.write_config(archs=("arm64",), heartbeat_timeout=20, timeout=120)
+    _run_hostile(polyarch, ROOTFS_ARM64, "arm64 root", "arm64")
+
+
+def test_a_hook_already_in_the_mirror_never_runs(polyarch: Polyarch) -> None:
+    """A job cannot write the mirror any more; a hook already there (from an older
+    polyarch, or put there by hand) and an fsmonitor command in its config are still
+    never run by the runner's git, so the next failing commit still fails."""
     polyarch.repo.commit("exit 0")
     polyarch.dispatcher()
     runner = polyarch.runner("r1")
     polyarch.observer()
-    first = polyarch.repo.commit(PLANT)
-    polyarch.wait_results([first])
-    assert polyarch.result(first)["status"] == "passed", (polyarch.results / "demo" / first / "amd64.log").read_text()
+    polyarch.wait_results([polyarch.repo.git("rev-parse", "HEAD")])
+    mirror = polyarch.root / "var/runner/r1/mirrors/demo.git"
+    hook = mirror / "hooks/post-checkout"
+    hook.parent.mkdir(exist_ok=True)
+    hook.write_text(f"#!/bin/sh\ntouch {polyarch.root}/hook-ran\nprintf 'exit 0\\n' > test.sh\n")
+    hook.chmod(0o755)
+    with (mirror / "config").open("a") as f:
+        f.write(f"[core]\n\tfsmonitor = \"touch {polyarch.root}/fsmonitor-ran; false\"\n")
     broken = polyarch.repo.commit("echo broken; exit 1")
     assert polyarch.wait_results([broken])[broken]["status"] == "failed"
-    planted = [p for p in polyarch.root.rglob("hooks/post-checkout")]
-    assert planted, "the hostile commit did not manage to plant its hook; the test proves nothing"
-    assert not list(polyarch.root.rglob("hook-ran")) and not list(polyarch.root.rglob("fsmonitor-ran"))
+    assert not (polyarch.root / "hook-ran").exists() and not (polyarch.root / "fsmonitor-ran").exists()
     assert runner.alive
-    record("hostile", "a git hook and fsmonitor planted in the mirror", commits=2, refused=True)
+    record("job", "a git hook and fsmonitor already in the mirror", where="native", outcome="never run")
+
+
+def test_a_job_over_its_limits_ends_error_naming_the_limit(polyarch: Polyarch) -> None:
+    """runner.job_pids stops a fork bomb, runner.job_memory a job eating memory: each
+    ends `error` saying which limit it reached, and the runner goes on."""
+    needs_root("cgroup limits")
+    polyarch.write_config(runner_settings='job_pids = 40\njob_memory = "96M"')
+    polyarch.repo.commit("exit 0")
+    polyarch.dispatcher()
+    runner = polyarch.runner("r1")
+    polyarch.observer()
+    polyarch.wait_results([polyarch.repo.git("rev-parse", "HEAD")])
+    forks = polyarch.repo.commit("for i in $(seq 200); do sleep 2 & done 2>/dev/null; wait; exit 0")
+    memory = polyarch.repo.commit("python3 -c \"b = b'x' * (400 << 20); print(len(b))\"")
+    fine = polyarch.repo.commit("exit 0")
+    results = polyarch.wait_results([forks, memory, fine], timeout=90)
+    assert results[forks]["status"] == "error", results[forks]
+    assert "reached runner.job_pids (40 processes; forks refused: " in results[forks]["reason"]
+    assert results[memory]["status"] == "error", results[memory]
+    assert "more memory than runner.job_memory (96 MiB)" in results[memory]["reason"]
+    assert results[fine]["status"] == "passed" and runner.alive
+    record("job", "fork 200 processes (job_pids = 40)", where="native", outcome="error: " + results[forks]["reason"])
+    record("job", "use 400 MiB (job_memory = 96M)", where="native", outcome="error: " + results[memory]["reason"])
 
 
 def test_a_second_runner_under_a_taken_name_is_refused(polyarch: Polyarch) -> None:

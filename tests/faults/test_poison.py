@@ -171,15 +171,26 @@ def test_a_job_that_deletes_its_job_folder_ends_error_and_never_loops(polyarch: 
 
 
 def test_a_file_the_runner_cannot_delete_does_not_poison_its_later_jobs(polyarch: Polyarch) -> None:
+    """A job cannot make a file immutable (it is not root: chattr is refused); a mode-000
+    folder it leaves is still removed. A worktree file even root cannot delete (made
+    immutable here, by this side, while the job waits) is set aside, and later jobs pass."""
     if os.geteuid() != 0 or shutil.which("chattr") is None:
         skip_unless_ci("needs root and chattr (e2fsprogs): run bash scripts/test.sh as root")
-    trap = "touch stuck && chattr +i stuck; mkdir -p locked && chmod 000 locked; exit 0"
+    gate = polyarch.shared / "gate"
+    trap = (f"touch stuck planted && chattr +i stuck; echo chattr exit $?; mkdir -p locked && chmod 000 locked; "
+            f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 0")
     bad = polyarch.repo.commit(trap)
     try:
         polyarch.dispatcher()
         runner = polyarch.runner("r1")
         polyarch.observer()
+        planted = wait_for(lambda: list(polyarch.root.glob("var/runner/r1/checkouts/*/planted")),
+                           what="the job to start")
+        subprocess.run(["chattr", "+i", str(planted[0])], check=True)
+        gate.touch()
         polyarch.wait_results([bad])
+        log = (polyarch.results / "demo" / bad / "amd64.log").read_text()
+        assert "Operation not permitted" in log and "chattr exit 1" in log, log
         later = [polyarch.repo.commit("exit 0") for _ in range(2)]
         results = polyarch.wait_results(later)
         assert all(r["status"] == "passed" for r in results.values()), results
@@ -192,4 +203,5 @@ def test_a_file_the_runner_cannot_delete_does_not_poison_its_later_jobs(polyarch
         assert restarted.alive
     finally:
         subprocess.run(["chattr", "-R", "-i", str(polyarch.root)], capture_output=True)
-    record("poison", "a job leaves a file even root cannot delete (chattr +i) and a mode-000 folder", commits=4)
+    record("poison", "a job tries chattr +i (refused) and leaves a mode-000 folder; a file even root cannot "
+                     "delete in its worktree", commits=4)
