@@ -20,11 +20,13 @@ SUMMED = {"trials", "commits", "results", "lost", "duplicated", "partial", "temp
           "crashes", "detected", "silent_resets"}
 
 
-def aggregate(lines: list[str]) -> dict[tuple[str, str], dict[str, float]]:
-    rows: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+def aggregate(lines: list[str]) -> dict[tuple[str, str], dict]:
+    rows: dict[tuple[str, str], dict] = defaultdict(dict)
     for line in lines:
         rec = json.loads(line)
-        row = rows[(rec.pop("kind"), rec.pop("name"))]
+        # A hostile job's attempt is one row per place it was tried (native, a root).
+        where = rec.pop("where", None)
+        row = rows[(rec.pop("kind"), rec.pop("name") + (f"\0{where}" if where else ""))]
         for key, value in rec.items():
             if key in SUMMED:
                 row[key] = row.get(key, 0) + value
@@ -37,7 +39,7 @@ def _other(row: dict[str, float], skip: set[str]) -> str:
     return ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in sorted(row.items()) if k not in skip) or ""
 
 
-def render(rows: dict[tuple[str, str], dict[str, float]], pytest_exit: int, seconds: int) -> str:
+def render(rows: dict[tuple[str, str], dict], pytest_exit: int, seconds: int) -> str:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     verdict = ("all tests passed" if pytest_exit == 0 else
                f"**pytest exited {pytest_exit}: some checks FAILED, the figures below are not a pass**")
@@ -79,6 +81,16 @@ def render(rows: dict[tuple[str, str], dict[str, float]], pytest_exit: int, seco
         if kind == "hostile":
             out.append(f"| {name} | {int(row.get('inputs', 0)):,} | {int(row.get('crashes', 0))} | "
                        f"{_other(row, {'inputs', 'crashes'})} |")
+    out += ["", "## A hostile job", "",
+            "A commit under test that attacks the CI running it (`tests/faults/test_job_escape.py`): each "
+            "attempt and what it got, in its own words. GOT would be a failure of the test; the daemons "
+            "serve on and the next commit's result is still its own.", "",
+            "| Attempt | Where | Outcome |", "|---|---|---|"]
+    for (kind, name), row in sorted(rows.items()):
+        if kind == "job":
+            attempt, _, where = name.partition("\0")
+            outcome = str(row.get("outcome", "")).replace("|", "\\|")
+            out.append(f"| {attempt} | {where} | {outcome} |")
     out += ["", "## Poison inputs and stuck states", "",
             "One input that anyone who can push a commit controls, or one stall: each case asserts its "
             "own outcome (named in the test) and that every later commit is still tested.", "",
