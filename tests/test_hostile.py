@@ -192,3 +192,39 @@ def test_world_readable_secret_is_refused(tmp_path: Path) -> None:
         load_secret(path)
     created = load_secret(tmp_path / "new" / "secret", create=True)
     assert len(created) == 64 and (tmp_path / "new" / "secret").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_runner_with_its_own_secret_is_bound_to_its_name_and_architectures(polyarch: Polyarch) -> None:
+    """[dispatcher.runners] lists the runners allowed: each proves its own secret, and
+    serves only its architectures; a leaked shared secret (or another runner's) poses as
+    nobody on that list, and the real runner still gets its work."""
+    polyarch.write_config(dispatcher_settings='[dispatcher.runners.r1]\ntoken_file = "var/r1.secret"\n'
+                                              'architectures = ["amd64"]\n[dispatcher.runners.r9]\n'
+                                              'token_file = "var/r9.secret"\narchitectures = ["s390x"]\n')
+    with dispatcher_in_thread(polyarch.config) as srv:
+        own = load_secret(polyarch.root / "var/r1.secret")  # made on the dispatcher's first start
+        assert own != srv.secret
+        with pytest.raises(AuthError, match="refused our secret"):
+            connect(srv, Role.RUNNER, "r1")  # the shared secret is not r1's
+        with pytest.raises(AuthError, match="refused our secret"):
+            connect(srv, Role.RUNNER, "intruder")  # not on the list, whatever the secret
+        with pytest.raises(AuthError, match="refused our secret"):
+            connect(srv, Role.RUNNER, "r9", own)  # r1's secret is not r9's
+        r9 = load_secret(polyarch.root / "var/r9.secret")
+        with connect(srv, Role.RUNNER, "r9", r9) as conn:
+            with pytest.raises(RemoteError, match=r"runner r9 may serve only s390x \(\[dispatcher.runners.r9\] "
+                                                  r"architectures\), not amd64"):
+                conn.request(Register(arch="amd64", version="0", host="h", machine="x86_64", emulated=False,
+                                      kernel="k"))
+        with connect(srv, Role.RUNNER, "r1", own) as conn:
+            assert isinstance(conn.request(Register(arch="amd64", version="0", host="h", machine="x86_64",
+                                                    emulated=False, kernel="k")), Ack)
+        assert_still_serving(srv)  # observers and clients keep the shared secret
+    # A real runner with runner.token_file pointing at its own secret gets its jobs.
+    text = polyarch.config.read_text().replace("[runner]\n", '[runner]\ntoken_file = "var/r1.secret"\n', 1)
+    polyarch.config.write_text(text)
+    sha = polyarch.repo.commit("exit 0")
+    polyarch.dispatcher()
+    polyarch.runner("r1")
+    polyarch.observer()
+    assert polyarch.wait_results([sha])[sha]["status"] == "passed"

@@ -58,6 +58,16 @@ def parse_address(text: str) -> Address:
 
 
 @dataclasses.dataclass(frozen=True)
+class RunnerIdentity:
+    """A runner the dispatcher knows by name ([dispatcher.runners.NAME]): its own secret,
+    the architectures it may serve. Listing any makes the list the only runners allowed."""
+
+    name: str
+    token_file: Optional[Path] = None  # None: the shared secret
+    architectures: tuple[Arch, ...] = ()  # empty: any
+
+
+@dataclasses.dataclass(frozen=True)
 class DispatcherConfig:
     listen: Address = Address("127.0.0.1", DEFAULT_PORT)
     state_dir: Path = Path("var/dispatcher")
@@ -72,6 +82,7 @@ class DispatcherConfig:
     tls_key: Optional[Path] = None
     tls_client_ca: Optional[Path] = None  # set: clients must show a certificate it signed
     http_listen: Optional[Address] = None  # the HTTP API; off unless set
+    runners: tuple[RunnerIdentity, ...] = ()  # set: only these runners, each bound as it says
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +223,7 @@ def _dispatcher(path: Path, table: Any) -> DispatcherConfig:
         tls_key=s.path_("tls_key", None),
         tls_client_ca=s.path_("tls_client_ca", None),
         http_listen=s.parsed("http_listen", parse_address, None),
+        runners=_runner_identities(path, s.get("runners", dict, {})),
     )
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         raise s.fail("tls_cert", "tls_cert and tls_key go together")
@@ -219,6 +231,23 @@ def _dispatcher(path: Path, table: Any) -> DispatcherConfig:
         raise s.fail("tls_client_ca", "needs tls_cert and tls_key")
     s.done()
     return cfg
+
+
+def _runner_identities(path: Path, table: dict) -> tuple[RunnerIdentity, ...]:
+    out = []
+    for name, entry in table.items():
+        key = f"dispatcher.runners.{name}"
+        try:
+            check_runner(name)
+        except InvalidName as exc:
+            raise ConfigError(path, key, str(exc)) from None
+        if not isinstance(entry, dict):
+            raise ConfigError(path, key, "expected a table (token_file, architectures)")
+        s = Section(path, key, entry)
+        archs = tuple(s.checked("architectures", a, parse_arch) for a in s.get("architectures", list, []))
+        out.append(RunnerIdentity(name, s.path_("token_file", None), archs))
+        s.done()
+    return tuple(out)
 
 
 def _observer(path: Path, table: Any) -> ObserverConfig:

@@ -68,6 +68,11 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
         self.tls = for_server(config)
         self.hub = Hub(config, store)
         self.secret = secret
+        # [dispatcher.runners]: each listed runner's own secret (made on first start, like
+        # the shared one, to be copied to that runner's host); unlisted runners are refused.
+        self.identities = {r.name: r for r in config.dispatcher.runners}
+        self.runner_secrets = {r.name: load_secret(r.token_file, create=True)
+                               for r in config.dispatcher.runners if r.token_file is not None}
         self.heartbeat_timeout = config.dispatcher.heartbeat_timeout
         self.admission = Admission(config.dispatcher.max_connections, config.dispatcher.max_unauthenticated)
         self.throttle = AuthThrottle()
@@ -79,6 +84,15 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
     @property
     def stopping(self) -> threading.Event:
         return self.hub.stopping
+
+    def secret_for(self, role: Role, name: str) -> Optional[bytes]:
+        """The secret a peer must prove: a listed runner's own, else the shared one; None
+        for a runner the list does not name."""
+        if role != Role.RUNNER or not self.identities:
+            return self.secret
+        if name not in self.identities:
+            return None
+        return self.runner_secrets.get(name, self.secret)
 
     def verify_request(self, request, client_address) -> bool:
         return self.admission.admit(request, client_address[0])
@@ -170,9 +184,12 @@ class _Handler(socketserver.BaseRequestHandler):
             check_runner(msg.name)  # every peer's name ends up in logs: no control characters
         except InvalidName as exc:
             raise ProtocolError(str(exc)) from None
-        expected = client_mac(self.server.secret, nonce, msg.nonce, msg.role.value, msg.name)
+        secret = self.server.secret_for(msg.role, msg.name)
         host = self.client_address[0]
-        if not verify(expected, msg.mac):
+        if secret is None:
+            log.warning("runner %r from %s is not in [dispatcher.runners]: refused", msg.name, self.peer)
+        expected = client_mac(secret or self.server.secret, nonce, msg.nonce, msg.role.value, msg.name)
+        if secret is None or not verify(expected, msg.mac):
             delay = self.server.throttle.failed(host)
             if delay:
                 # Repeated guesses from one address: each answer comes later than the last.
@@ -184,7 +201,7 @@ class _Handler(socketserver.BaseRequestHandler):
         self.server.throttle.succeeded(host)
         self.server.admission.authenticated(self.raw)
         self.role, self.name = msg.role, msg.name
-        self.channel.send(Welcome(proof=server_proof(self.server.secret, nonce, msg.nonce),
+        self.channel.send(Welcome(proof=server_proof(secret, nonce, msg.nonce),
                                   heartbeat_interval=max(0.2, self.server.heartbeat_timeout / 3)))
         log.debug("%s %s authenticated from %s", msg.role.value, msg.name, self.peer)
         return True

@@ -41,6 +41,7 @@ class Hub:
         self.config = config
         self.store = store
         self.presence = Presence()
+        self._identities = {r.name: r for r in config.dispatcher.runners}
         self.metrics = Metrics()
         self.publisher = Publisher(config, store, self.metrics)
         self.stopping = threading.Event()
@@ -108,6 +109,12 @@ class Hub:
     def register(self, name: str, msg: Register, previous: Optional[RunnerRow], peer: str) -> RunnerRow:
         check_runner(name)
         arch = parse_arch(msg.arch).value
+        identity = self._identities.get(name)
+        if identity is not None and identity.architectures and parse_arch(arch) not in identity.architectures:
+            # A runner's own secret vouches for the architectures listed with it, no others.
+            allowed = ", ".join(a.value for a in identity.architectures)
+            raise NotAllowed(f"runner {name} may serve only {allowed} ([dispatcher.runners.{name}] architectures), "
+                             f"not {arch}")
         now = time.time()
         runner = RunnerRow(name, arch, msg.host[:200], msg.machine[:50], msg.version[:50], msg.emulated,
                            msg.kernel[:100], now, now)
