@@ -9,7 +9,7 @@ import click
 
 from dispatcher import __version__
 from dispatcher.common.cli import config_option, one_line_errors, verbose_option
-from dispatcher.common.config import load_config
+from dispatcher.common.config import ArchConfig, load_config
 from dispatcher.common.config import default_runner_name
 from dispatcher.common.errors import ConfigError
 from dispatcher.common.logs import setup_logging
@@ -41,6 +41,8 @@ def serve(config_path: str, arch: Optional[str], name: Optional[str], rootfs: Op
         chosen = parse_arch(arch) if arch else (config.runner.arch or own)
     runner_name = check_runner(name) if name else (config.runner.name or default_runner_name(chosen))
     root = None
+    if rootfs is None and chosen != own:
+        rootfs = config.archs.get(chosen, ArchConfig()).rootfs  # [arch.A] rootfs in the config
     if rootfs is not None:
         from .sandbox import open_root
 
@@ -103,10 +105,15 @@ def rootfs() -> None:
 @click.option("--arch", "arch_name", required=True, help="Architecture of the root (arm64, riscv64, s390x, ...).")
 @click.option("--suite", help="Debian release to build from (default: bookworm; trixie for riscv64, which "
                              "bookworm lacks).")
+@click.option("--mirror", help="Debian mirror for the suite and its updates (default: this machine's apt sources).")
+@click.option("--security-mirror", help="Mirror for the security suite (default: this machine's apt sources).")
+@click.option("--include", "include", multiple=True, metavar="PKG",
+              help="An extra Debian package in the root (repeat the option for more).")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @verbose_option
 @one_line_errors
-def rootfs_build(arch_name: str, suite: Optional[str], directory: Path, verbose: bool) -> None:
+def rootfs_build(arch_name: str, suite: Optional[str], mirror: Optional[str], security_mirror: Optional[str],
+                 include: tuple[str, ...], directory: Path, verbose: bool) -> None:
     """Build DIRECTORY with mmdebstrap (an existing root is kept)."""
     from dispatcher.common.progress import Bars
 
@@ -114,8 +121,46 @@ def rootfs_build(arch_name: str, suite: Optional[str], directory: Path, verbose:
 
     setup_logging(verbose)
     with Bars() as bars:
-        info = build(parse_arch(arch_name), directory, progress=bars, suite=suite)
+        info = build(parse_arch(arch_name), directory, progress=bars, suite=suite, mirror=mirror,
+                     security=security_mirror, include=include)
     click.echo(f"{directory}: {info.arch.value} root (Debian {info.suite})")
+
+
+@rootfs.command("import")
+@click.option("--arch", "arch_name", required=True, help="Architecture the root must be of (checked).")
+@click.argument("tarball", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@one_line_errors
+def rootfs_import(arch_name: str, tarball: Path, directory: Path) -> None:
+    """Make DIRECTORY from TARBALL, any Linux root (a `docker export`, a distribution's image)."""
+    from .rootfs import import_tarball
+
+    info = import_tarball(parse_arch(arch_name), tarball, directory)
+    click.echo(f"{directory}: {info.arch.value} root ({info.suite})")
+
+
+@rootfs.command("list")
+@config_option
+@one_line_errors
+def rootfs_list(config_path: str) -> None:
+    """The roots the config names ([arch.A] rootfs), and whether each is usable here."""
+    from .rootfs import RootfsError, check
+
+    config = load_config(config_path)
+    roots = {arch: cfg.rootfs for arch, cfg in sorted(config.archs.items()) if cfg.rootfs is not None}
+    if not roots:
+        click.echo(f"{config.path}: no [arch.A] rootfs set")
+        return
+    bad = False
+    for arch, path in roots.items():
+        try:
+            info = check(path, arch)
+            state = f"ok, Debian {info.suite}" if not info.suite.startswith("imported") else f"ok, {info.suite}"
+        except RootfsError as exc:
+            bad, state = True, str(exc)
+        click.echo(f"{arch.value:8} {path}  {state}")
+    if bad:
+        raise click.exceptions.Exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

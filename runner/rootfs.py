@@ -12,7 +12,9 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -99,7 +101,55 @@ def mmdebstrap_cause(lines: list[str]) -> str:
     return " | ".join(line.strip() for line in lines[-3:])
 
 
-def build(arch: Arch, root: Path, progress: Optional[Sink] = None, suite: Optional[str] = None) -> RootInfo:
+@dataclasses.dataclass(frozen=True)
+class Sources:
+    """Where a root's packages come from: a suite, its updates and security suites."""
+
+    suite: str
+    mirror: str
+    security: str
+    components: str = "main"
+    left_out: tuple[str, ...] = ()  # secondary suites dropped after their index failed
+
+    def lines(self) -> list[str]:
+        """mmdebstrap's MIRROR arguments, one apt line each."""
+        out = [f"deb {self.mirror} {self.suite} {self.components}"]
+        for name, url in ((f"{self.suite}-updates", self.mirror), (f"{self.suite}-security", self.security)):
+            if name not in self.left_out:
+                out.append(f"deb {url} {name} {self.components}")
+        return out
+
+    @property
+    def secondary(self) -> tuple[str, str]:
+        return f"{self.suite}-updates", f"{self.suite}-security"
+
+
+def host_sources(suite: str, mirror: Optional[str] = None, security: Optional[str] = None) -> Sources:
+    """The machine's own Debian mirror and security mirror (its apt sources), so a lab
+    behind a proxy or with a local mirror builds from what it already trusts."""
+    found: dict[str, str] = {}
+    text = ""
+    for path in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*.sources")),
+                 *sorted(Path("/etc/apt/sources.list.d").glob("*.list"))]:
+        try:
+            text += path.read_text() + "\n"
+        except OSError:
+            continue
+    for url in re.findall(r"(?:URIs:|^deb)\s+(?:\[[^]]*\]\s+)?(\S+)", text, re.M):
+        key = "security" if url.rstrip("/").endswith("-security") else "main" if url.rstrip("/").endswith(
+            "/debian") else None
+        if key is not None:
+            found.setdefault(key, url)
+    return Sources(suite, mirror or found.get("main", DEFAULT_MIRROR), security or found.get("security", DEFAULT_SECURITY))
+
+
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_SECURITY = "http://deb.debian.org/debian-security"
+SECONDARY_TRIES = 2  # a mirror caught mid-sync ("File has unexpected size") often heals in seconds
+
+
+def build(arch: Arch, root: Path, progress: Optional[Sink] = None, suite: Optional[str] = None,
+          mirror: Optional[str] = None, security: Optional[str] = None, include: tuple[str, ...] = ()) -> RootInfo:
     """Make the root at `root` (an existing one is kept). Needs root privileges, mmdebstrap
     and binfmt. `progress` gets each step (a progress bar in the CLI)."""
     if os.geteuid() != 0:
@@ -114,7 +164,7 @@ def build(arch: Arch, root: Path, progress: Optional[Sink] = None, suite: Option
 
     chosen = suite or default_suite(arch)
     if not _is_debian_root(root, arch):
-        _debootstrap(arch, root, report, chosen)
+        _debootstrap(arch, root, report, host_sources(chosen, mirror, security), (*PACKAGES, *include))
     elif (root / MARKER).exists():
         chosen = read_info(root).suite
     report("done", len(STEPS), len(STEPS))
@@ -130,19 +180,17 @@ ELF_MACHINE = {Arch.AMD64: 62, Arch.ARM64: 183, Arch.ARMHF: 40, Arch.RISCV64: 24
 
 def _is_debian_root(root: Path, arch: Arch) -> bool:
     """A finished Debian root of `arch` (ours, or one made by hand with mmdebstrap)."""
-    python = root / "usr/bin/python3"
-    if not (root / "etc/debian_version").exists() or not python.exists():
+    if not (root / "etc/debian_version").exists() or not (root / "usr/bin/python3").exists():
         return False
-    header = (root / "usr/bin" / os.readlink(python) if python.is_symlink() else python).read_bytes()[:20]
-    order = "little" if header[5:6] == b"\x01" else "big"
-    machine = int.from_bytes(header[18:20], order)
-    if header[:4] != b"\x7fELF" or machine != ELF_MACHINE[arch]:
+    machine = _elf_machine(root, Path("usr/bin/python3"))
+    if machine != ELF_MACHINE[arch]:
         raise RootfsError(f"{root} holds a Debian root of another architecture (ELF machine {machine}), "
                           f"not {arch.value}; choose another folder")
     return True
 
 
-def _debootstrap(arch: Arch, root: Path, report: Callable[[str, int, int], None], suite: str) -> None:
+def _debootstrap(arch: Arch, root: Path, report: Callable[[str, int, int], None], sources: Sources,
+                 packages: tuple[str, ...]) -> None:
     if shutil.which("mmdebstrap") is None:
         raise RootfsError("mmdebstrap is not installed; run: apt-get install mmdebstrap")
     if root.exists() and any(root.iterdir()):
@@ -150,18 +198,85 @@ def _debootstrap(arch: Arch, root: Path, report: Callable[[str, int, int], None]
     # Build next to the target and rename at the end: an interrupted build leaves no
     # half root behind that a later run would take for a good one.
     partial = root.with_name(root.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
     # mmdebstrap needs the parent to exist (a fresh machine has no /var/cache/polyarch).
     partial.parent.mkdir(parents=True, exist_ok=True)
-    log.info("building a %s root file system with mmdebstrap in %s (a few minutes)", arch.value, root)
-    cmd = ["mmdebstrap", f"--arch={arch.value}", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-           suite, str(partial)]
-    code, output = progress_run(cmd, mmdebstrap_phase, report, keep=lambda line: line.startswith(("E: ", "W: ")))
-    if code != 0:
+    failures: dict[str, int] = {}
+    while True:
+        if partial.exists():
+            shutil.rmtree(partial)
+        log.info("building a %s root file system with mmdebstrap in %s from %s (a few minutes)", arch.value, root,
+                 ", ".join(line.split()[2] for line in sources.lines()))
+        cmd = ["mmdebstrap", f"--arch={arch.value}", "--variant=minbase", f"--include={','.join(packages)}",
+               sources.suite, str(partial), *sources.lines()]
+        code, output = progress_run(cmd, mmdebstrap_phase, report, keep=lambda line: line.startswith(("E: ", "W: ")))
+        if code == 0:
+            break
         # Nothing half-built is left for a later run (or a person) to take for a root.
         shutil.rmtree(partial, ignore_errors=True)
-        raise RootfsError(f"mmdebstrap failed (exit {code}): {mmdebstrap_cause(output)}")
+        cause = mmdebstrap_cause(output)
+        broken = next((name for name in sources.secondary if name not in sources.left_out and name in cause), None)
+        if broken is None:
+            raise RootfsError(f"mmdebstrap failed (exit {code}): {cause}")
+        failures[broken] = failures.get(broken, 0) + 1
+        if failures[broken] >= SECONDARY_TRIES:
+            # Updates and security fixes can come later; the root itself is what the job needs.
+            log.warning("leaving %s out of the %s root: its index failed %d times (%s); the root gets its fixes "
+                        "later with: chroot %s apt-get update && chroot %s apt-get upgrade",
+                        broken, arch.value, failures[broken], cause, root, root)
+            sources = dataclasses.replace(sources, left_out=(*sources.left_out, broken))
+        else:
+            log.warning("the index of %s failed (%s); trying again", broken, cause)
+            time.sleep(5)
     if root.exists():
         root.rmdir()
     partial.rename(root)
+
+
+def import_tarball(arch: Arch, tarball: Path, root: Path) -> RootInfo:
+    """Make `root` from any Linux root's tarball (a `docker export`, a distribution's
+    image), checking from its /bin/sh that it really is of `arch`."""
+    if os.geteuid() != 0:
+        raise RootfsError("importing a root file system needs root (its files keep their owners): run it with sudo")
+    if not tarball.is_file():
+        raise RootfsError(f"{tarball}: no such file; give the tarball of a root file system (tar, .tar.gz, .tar.xz)")
+    root = root.absolute()
+    if root.exists() and any(root.iterdir()):
+        raise RootfsError(f"{root} exists and is not empty; choose an empty folder")
+    partial = root.with_name(root.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    done = subprocess.run(["tar", "--numeric-owner", "-xpf", str(tarball.absolute()), "-C", str(partial)],
+                          capture_output=True, text=True)
+    try:
+        if done.returncode != 0:
+            raise RootfsError(f"tar could not unpack {tarball}: {done.stderr.strip().splitlines()[-1:]}")
+        machine = _elf_machine(partial, Path("bin/sh"))
+        if machine != ELF_MACHINE[arch]:
+            theirs = next((a.value for a, m in ELF_MACHINE.items() if m == machine), f"ELF machine {machine}")
+            raise RootfsError(f"{tarball} holds a root of {theirs}, not {arch.value} (judged by its /bin/sh)")
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if root.exists():
+        root.rmdir()
+    partial.rename(root)
+    info = RootInfo(arch, f"imported from {tarball.name}", time.time())
+    atomic_write(root / MARKER, json.dumps(dataclasses.asdict(info)).encode())
+    return info
+
+
+def _elf_machine(root: Path, inside: Path, hops: int = 10) -> int:
+    """The ELF machine of a file in `root`, following symlinks as the root would."""
+    path = root / inside
+    for _ in range(hops):
+        if not path.is_symlink():
+            break
+        target = Path(os.readlink(path))
+        path = root / target.relative_to("/") if target.is_absolute() else path.parent / target
+    try:
+        header = path.read_bytes()[:20]
+    except OSError as exc:
+        raise RootfsError(f"the root has no usable /{inside} ({exc.strerror}): is it a Linux root file system?") from None
+    if header[:4] != b"\x7fELF":
+        raise RootfsError(f"/{inside} in the root is not an ELF binary: is it a Linux root file system?")
+    return int.from_bytes(header[18:20], "little" if header[5:6] == b"\x01" else "big")

@@ -137,6 +137,7 @@ class RepoConfig:
 @dataclasses.dataclass(frozen=True)
 class ArchConfig:
     timeout_factor: Optional[float] = None  # None: 1 native, DEFAULT_EMULATED_FACTOR emulated
+    rootfs: Optional[Path] = None  # the root this architecture's runners use here (serve --arch A)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,8 +202,9 @@ def _archs(path: Path, table: dict) -> dict[Arch, ArchConfig]:
         factor = s.get("timeout_factor", (int, float), None)
         if factor is not None and factor <= 0:
             raise s.fail("timeout_factor", f"must be greater than 0, got {factor!r}")
+        rootfs = s.path_("rootfs", None)
         s.done()
-        out[arch] = ArchConfig(None if factor is None else float(factor))
+        out[arch] = ArchConfig(None if factor is None else float(factor), rootfs)
     return out
 
 
