@@ -26,23 +26,25 @@ from bench.rig import ROOT, daemons, git, new_repo, wait_file, write_config, wri
 
 def measure(commits: int, poll_interval: float, watch: bool, seed: int,
             inspect: Optional[Callable[[Path, list[str]], None]] = None, gap: Optional[float] = None,
-            idle_timeout: Optional[float] = None) -> list[float]:
+            idle_timeout: Optional[float] = None, arch: str = "amd64",
+            runner_args: tuple[str, ...] = ()) -> list[float]:
     """Latencies of `commits` commits; `inspect(root, shas)` sees the run's files before teardown."""
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="polyarch-bench-") as tmp:
         root = Path(tmp)
         repo = new_repo(root)
-        config = write_config(root, repo, poll_interval=poll_interval, watch=watch, idle_timeout=idle_timeout)
-        with daemons(root, config):
+        config = write_config(root, repo, poll_interval=poll_interval, watch=watch, idle_timeout=idle_timeout,
+                              arch=arch)
+        with daemons(root, config, runner_args=runner_args):
             results = root / "test_results" / "bench"
-            wait_file(results / git(repo, "rev-parse", "HEAD") / "amd64.json")  # warm-up
+            wait_file(results / git(repo, "rev-parse", "HEAD") / f"{arch}.json")  # warm-up
             latencies, shas = [], []
             for i in range(commits):
                 time.sleep(gap if gap is not None else rng.uniform(0.2, 0.6))
                 git(repo, "commit", "-q", "--allow-empty", "-m", f"bench {i}")
                 committed = time.monotonic()
                 sha = git(repo, "rev-parse", "HEAD")
-                latencies.append(wait_file(results / sha / "amd64.json", 60 + poll_interval * 4) - committed)
+                latencies.append(wait_file(results / sha / f"{arch}.json", 60 + poll_interval * 4) - committed)
                 shas.append(sha)
             if inspect is not None:
                 inspect(root, shas)

@@ -38,7 +38,8 @@ def new_repo(root: Path) -> Path:
 
 
 def write_config(root: Path, repo: Path, test_command: str = "true", poll_interval: float = 5.0,
-                 watch: bool = True, max_backfill: int = 100, idle_timeout: Optional[float] = None) -> Path:
+                 watch: bool = True, max_backfill: int = 100, idle_timeout: Optional[float] = None,
+                 arch: str = "amd64") -> Path:
     config = root / "polyarch.toml"
     idle = f"idle_timeout = {idle_timeout}" if idle_timeout is not None else ""
     config.write_text(textwrap.dedent(f"""\
@@ -55,7 +56,7 @@ def write_config(root: Path, repo: Path, test_command: str = "true", poll_interv
         [[repos]]
         name = "bench"
         url = "{repo}"
-        architectures = ["amd64"]
+        architectures = ["{arch}"]
         test_command = "{test_command}"
         """))
     return config
@@ -150,11 +151,13 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def daemons(root: Path, config: Path, runners: int = 1) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+def daemons(root: Path, config: Path, runners: int = 1,
+            runner_args: tuple[str, ...] = ()) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     """Dispatcher, runners r0.., observer as real processes logging to root/*.log; SIGTERM at the end.
 
     Yields the processes by log name (dispatcher, runner or runner r0.., observer)."""
-    plan = [("dispatcher", [])] + [("runner", ["--name", f"r{i}"]) for i in range(runners)] + [("observer", [])]
+    plan = ([("dispatcher", [])] + [("runner", [*runner_args, "--name", f"r{i}"]) for i in range(runners)]
+            + [("observer", [])])
     started: dict[str, Daemon] = {}
     try:
         for name, extra in plan:
@@ -195,12 +198,14 @@ def write_json(path: Path, figures: object) -> None:
     path.write_text(json.dumps(figures, indent=2) + "\n")
 
 
-def command_seconds(test: str = "true", runs: int = 20) -> float:
-    """A test command's own time through `sh -c`: the fastest of `runs`. (A median taken
-    on this noisy VM once read 0.26 s for `sleep 0.2` and gave utilisations over 100 %.)"""
+def command_seconds(test: str = "true", runs: int = 20, rootfs: Optional[Path] = None) -> float:
+    """A test command's own time through `sh -c` (in `rootfs`, the root's own sh, under
+    qemu-user for another architecture): the fastest of `runs`. (A median taken on this
+    noisy VM once read 0.26 s for `sleep 0.2` and gave utilisations over 100 %.)"""
     samples = []
+    prefix = ["chroot", str(rootfs)] if rootfs is not None else []
     for _ in range(runs):
         began = time.perf_counter()
-        subprocess.run(["sh", "-c", test], check=True)
+        subprocess.run([*prefix, "/bin/sh", "-c", test], check=True)
         samples.append(time.perf_counter() - began)
     return min(samples)

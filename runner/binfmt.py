@@ -154,3 +154,22 @@ def require(arch: Arch) -> None:
         raise BinfmtError(f"{arch.value} cannot run here: {state.support.value}; run (as root): polyarch-runner binfmt")
     if state.support == Support.UNUSABLE:
         raise BinfmtError(f"{arch.value} cannot run in a root: {state.problem}")
+
+
+def qemu_version(arch: Arch) -> str:
+    """"qemu-aarch64 7.2.13" for the interpreter binfmt runs `arch` with; "" when native
+    or when it cannot say. Asked once per runner start, for the results' `qemu` key."""
+    if is_native(arch):
+        return ""
+    try:
+        fields = dict(line.split(" ", 1) for line in entry_file(arch).read_text().splitlines() if " " in line)
+        # Debian's entry names a -binfmt-P link to qemu-*-static, which answers --version
+        # only when called by its own name.
+        interpreter = str(Path(fields.get("interpreter", "").strip()).resolve())
+        out = subprocess.run([interpreter, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    first = out.splitlines()[0] if out else ""
+    # "qemu-aarch64 version 7.2.13 (Debian 1:7.2+dfsg-7+deb12u7)"
+    parts = first.split()
+    return f"{Path(interpreter).name.removesuffix('-static')} {parts[2]}" if len(parts) > 2 else first[:100]

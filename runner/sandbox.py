@@ -179,6 +179,7 @@ class Root:
     path: Path
     arch: Arch
     emulated: bool  # through qemu-user; else natively (i386 on amd64, armhf on arm64)
+    qemu: str = ""  # the qemu-user version, for the results
 
     @property
     def linux32(self) -> bool:
@@ -195,7 +196,7 @@ def open_root(path: Path, arch: Arch) -> Root:
         raise RootfsError("--rootfs needs root (namespaces, mounts, chroot): run as root or from the systemd unit")
     check(path, arch)
     binfmt.require(arch)
-    return Root(path.absolute(), arch, emulated=not binfmt.is_native(arch))
+    return Root(path.absolute(), arch, emulated=not binfmt.is_native(arch), qemu=binfmt.qemu_version(arch))
 
 
 def _job_user(name: str) -> JobUser:

@@ -171,7 +171,7 @@ class Runner:
             try:
                 conn.request(Register(arch=self.arch.value, version=__version__, host=socket.gethostname(),
                                       machine=self.machine, emulated=self.emulated,
-                                      kernel=platform.release()))
+                                      kernel=platform.release(), qemu=self.root.qemu if self.root else ""))
             except BaseException:
                 conn.close()
                 raise

@@ -51,6 +51,7 @@ def test_x86_only_code_passes_natively_and_fails_on_emulated_arm64(polyarch: Pol
     assert native["status"] == "passed" and native["emulated"] is False
     assert emulated["status"] == "failed", emulated
     assert emulated["runner_machine"] == "aarch64" and emulated["emulated"] is True
+    assert emulated["qemu"].startswith("qemu-aarch64 7.") and native["qemu"] == ""
     assert "machine aarch64" in (polyarch.results / "demo" / sha / "arm64.log").read_text()
     # <arch>.json is the commit point: once both exist, summary.json counts both.
     summary = json.loads((polyarch.results / "demo" / sha / "summary.json").read_text())
@@ -61,7 +62,7 @@ def test_x86_only_code_passes_natively_and_fails_on_emulated_arm64(polyarch: Pol
     assert emulated["failed_tests"] == ["calc::test_x86"]
     assert summary["arch_specific_tests"] == [{"test": "calc::test_x86", "failed_on": ["arm64"],
                                                "passed_on": ["amd64"]}]
-    # The launcher's mounts lived in its own namespace: none is visible on the host.
+    # The jail's mounts lived in the job's own namespace: none is visible on the host.
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(ROOTFS) not in mounts
 

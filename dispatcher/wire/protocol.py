@@ -133,6 +133,7 @@ class Register:
     machine: str
     emulated: bool = False
     kernel: str = ""
+    qemu: str = ""  # the qemu-user version an emulated runner's jobs run under
 
 
 @dataclasses.dataclass(frozen=True)

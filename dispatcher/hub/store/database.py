@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dispatcher.common.errors import StateError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commits (
@@ -117,6 +117,11 @@ CREATE INDEX IF NOT EXISTS hook_runs_pending ON hook_runs (state, id);
     # Hand-backs are counted: a job handed back again and again ends as error.
     5: """
 ALTER TABLE jobs ADD COLUMN handbacks INTEGER NOT NULL DEFAULT 0;
+""",
+    # Where an emulated job ran includes the qemu-user that ran it.
+    6: """
+ALTER TABLE runners ADD COLUMN qemu TEXT NOT NULL DEFAULT '';
+ALTER TABLE jobs ADD COLUMN runner_qemu TEXT NOT NULL DEFAULT '';
 """,
 }
 

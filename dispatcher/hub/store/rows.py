@@ -55,6 +55,7 @@ class JobRow:
     runner_machine: str
     runner_emulated: bool
     runner_kernel: str
+    runner_qemu: str
     retries: int  # failed attempts run again under retry_failed
     tests: Optional[TestCounts]  # from the JUnit XML, parsed once when the result was recorded
     failed_tests: tuple[str, ...]
@@ -104,6 +105,7 @@ class RunnerRow:
     kernel: str
     first_seen: float
     last_seen: float
+    qemu: str = ""
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "RunnerRow":
