@@ -30,7 +30,7 @@ from . import binfmt
 log = logging.getLogger("polyarch.runner")
 
 MARKER = Path("etc/polyarch-rootfs.json")
-PACKAGES = ("python3", "git", "ca-certificates")
+PACKAGES = ("python3", "python3-venv", "git", "ca-certificates")
 SUITE = "bookworm"
 # Debian releases an architecture first appeared in, where the default one lacks it.
 SUITE_FOR = {Arch.RISCV64: "trixie"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -41,15 +42,17 @@ touch %(shared)s/daemons-started
 exit 0
 """
 
-# Poses as runner r2 with a guessed secret through polyarch's own client, which any job
-# can import from the clone: the dispatcher refuses it.
+# Poses as runner r2 with a guessed secret through polyarch's own client (a copy in the
+# shared folder: polyarch is open source, any job can bring it): the dispatcher refuses it.
 FORGE = r"""
 attempt "pose as runner r2" /usr/bin/python3 -c '
-import sys; sys.path.insert(0, "%(root)s")
+import sys; sys.path.insert(0, "%(kit)s")
 from dispatcher.wire.client import Connection
 from dispatcher.wire.protocol import Register, Role
 from dispatcher.common.config import Address
-c = Connection(Address("127.0.0.1", %(port)d), Role.RUNNER, "r2", b"guessed-secret")
+import ssl
+tls = ssl.create_default_context(cafile="%(ca)s")  # the CA is public; no client key to show
+c = Connection(Address("127.0.0.1", %(port)d), Role.RUNNER, "r2", b"guessed-secret", tls=tls)
 c.request(Register(arch="amd64", version="0", host="x", machine="x86_64", emulated=False, kernel="x"))
 print("registered")'
 """
@@ -106,8 +109,11 @@ def _run_hostile(polyarch: Polyarch, rootfs: Path | None, where: str, arch: str)
                polyarch.root / "var/runner/r1/outbox", polyarch.root / "var/dispatcher"]
     port = int((polyarch.root / "var/dispatcher/address").read_text().rsplit(":", 1)[1])
     script = HOSTILE % {"files": _shell_words(secrets), "folders": _shell_words(folders), "shared": polyarch.shared}
-    if rootfs is None:  # in a root there is no clone to import polyarch from
-        script = script.replace("exit 0\n", FORGE % {"root": ROOT, "port": port} + "exit 0\n")
+    if rootfs is None:  # the root's Python is another architecture's; the client is the same
+        kit = polyarch.shared / "kit"
+        shutil.copytree(ROOT / "dispatcher", kit / "dispatcher", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(pki / "ca.crt", kit / "ca.crt")  # public: what every runner host trusts
+        script = script.replace("exit 0\n", FORGE % {"kit": kit, "port": port, "ca": kit / "ca.crt"} + "exit 0\n")
     sha = polyarch.repo.commit(script)
     result = polyarch.wait_results([sha], arch, timeout=180)[sha]
     log = (polyarch.results / "demo" / sha / f"{arch}.log").read_text()
@@ -124,7 +130,8 @@ def _run_hostile(polyarch: Polyarch, rootfs: Path | None, where: str, arch: str)
     # Its own processes only (under qemu-user, pid 1's command line starts with qemu's).
     assert re.search(r"^PROC [1-9] processes, pid 1: (\S*qemu\S* /bin/sh )?sh -c ", log, re.M), log
     assert re.search(r"^UID [1-9][0-9]*$", log, re.M), log  # not root
-    assert "pose as runner r2" in tried or rootfs is not None, log
+    if rootfs is None:  # it reached the dispatcher, which refused it (TLS first, here)
+        assert re.search("CERTIFICATE_REQUIRED|refused our secret", tried.get("pose as runner r2", "")), log
     # Nothing it started outlives it: setsid and a double fork included.
     wait_for(lambda: not processes_running("sleep", "300.7") and not processes_running("sleep", "300.8"),
              timeout=10, what="the job's daemons to be stopped with it")
