@@ -1,8 +1,10 @@
-"""`.polyarch.toml` at a repository's root: its own test command and timeout.
+"""`.polyarch.toml` at a repository's root: its own test command, timeout and setup.
 
 ```toml
 test_command = "make check"
 timeout = 300
+setup = "./configure --prefix=$POLYARCH_ENV && make install"   # cached per key (runner/envcache.py)
+setup_key = ["configure.ac", "deps/*.txt"]
 
 [arch.arm64]
 test_command = "make check SLOW=1"
@@ -17,6 +19,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Optional
 
+from dispatcher.common.config import check_key_glob
 from dispatcher.common.errors import ConfigError, InvalidName
 from dispatcher.common.names import parse_arch
 from dispatcher.common.sections import Section, read_toml
@@ -30,6 +33,8 @@ class JobSettings:
     timeout: float  # the repository-wide timeout, in native seconds
     timeout_factor: float = 1.0  # applies to `timeout` only
     arch_timeout: Optional[float] = None  # [arch.<name>] timeout: the limit itself, never multiplied
+    setup: str = ""  # run once per key, its folder ($POLYARCH_ENV) cached; "" = none
+    setup_key: tuple[str, ...] = ()
 
     @property
     def limit(self) -> float:
@@ -65,15 +70,19 @@ def settings_for(checkout: Path, arch: str, default: JobSettings) -> JobSettings
             merged.update(values)
     return JobSettings(test_command=merged["test_command"], timeout=float(merged["timeout"]),
                        timeout_factor=float(merged["timeout_factor"]),
-                       arch_timeout=None if merged["arch_timeout"] is None else float(merged["arch_timeout"]))
+                       arch_timeout=None if merged["arch_timeout"] is None else float(merged["arch_timeout"]),
+                       setup=merged["setup"], setup_key=tuple(merged["setup_key"]))
 
 
 def _values(s: Section) -> dict[str, Any]:
     """The keys a repository may set, each checked; any other key is refused as unknown."""
     out: dict[str, Any] = {}
-    command = s.command("test_command")
-    if command is not None:
-        out["test_command"] = command
+    for key in ("test_command", "setup"):
+        command = s.command(key)
+        if command is not None:
+            out[key] = command
+    if "setup_key" in s.table:
+        out["setup_key"] = tuple(s.checked("setup_key", g, check_key_glob) for g in s.get("setup_key", list, []))
     for key in ("timeout", "timeout_factor"):
         if key in s.table:
             out[key] = s.positive(key, 0.0)

@@ -9,6 +9,7 @@ Python and git for the suites that need them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -62,6 +63,15 @@ def read_info(root: Path) -> RootInfo:
                           f"run: polyarch-runner rootfs build --arch ARCH {root}") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RootfsError(f"{path}: unreadable ({exc}); rebuild: polyarch-runner rootfs build --arch ARCH {root}") from None
+
+
+def packages_digest(root: Path) -> str:
+    """12 hex digits over the root's installed packages (dpkg's status file): it changes
+    with every package installed, removed or upgraded."""
+    try:
+        return hashlib.sha256((root / "var/lib/dpkg/status").read_bytes()).hexdigest()[:12]
+    except OSError:
+        return "no-dpkg"
 
 
 def check(root: Path, arch: Arch) -> RootInfo:

@@ -31,7 +31,7 @@ from dispatcher.common.names import Arch
 
 from . import binfmt
 from .cgroups import JobCgroups
-from .rootfs import RootfsError, check
+from .rootfs import RootfsError, check, packages_digest
 
 log = logging.getLogger("polyarch.runner")
 
@@ -62,6 +62,10 @@ class JobPaths:
     stage: Path  # an empty folder the jail builds the job's /tmp in
     mirror: Path
     url: str
+    env: Optional[tuple[Path, bool]] = None  # the cached setup's folder, and whether read-only
+
+    def with_env(self, folder: Path, readonly: bool) -> "JobPaths":
+        return dataclasses.replace(self, env=(folder, readonly))
 
 
 class Sandbox:
@@ -86,6 +90,11 @@ class Sandbox:
     @property
     def isolated(self) -> bool:
         return self.user is not None
+
+    @property
+    def owner(self) -> Optional[tuple[int, int]]:
+        """Who a job's own folders belong to (uid, gid); None: the runner's user."""
+        return (self.user.uid, self.user.gid) if self.user is not None else None
 
     def environment(self, env: dict[str, str]) -> dict[str, str]:
         """What the jail changes in the job's environment: who it is and where HOME is."""
@@ -140,6 +149,8 @@ class Sandbox:
 
     def _visible(self, paths: JobPaths) -> list[tuple[Path, bool]]:
         out = [(paths.checkout, False), (paths.out, False), (paths.mirror, True)]
+        if paths.env is not None:  # written by the setup, read-only to the tests after it
+            out.append(paths.env)
         source = local_git_dir(paths.url)
         if source is not None:  # the mirror borrows its objects (see common/git.py borrow)
             out.append((source.absolute(), True))
@@ -180,6 +191,7 @@ class Root:
     arch: Arch
     emulated: bool  # through qemu-user; else natively (i386 on amd64, armhf on arm64)
     qemu: str = ""  # the qemu-user version, for the results
+    digest: str = ""  # of its installed packages: a cached setup made in it is valid in it only
 
     @property
     def linux32(self) -> bool:
@@ -196,7 +208,8 @@ def open_root(path: Path, arch: Arch) -> Root:
         raise RootfsError("--rootfs needs root (namespaces, mounts, chroot): run as root or from the systemd unit")
     check(path, arch)
     binfmt.require(arch)
-    return Root(path.absolute(), arch, emulated=not binfmt.is_native(arch), qemu=binfmt.qemu_version(arch))
+    return Root(path.absolute(), arch, emulated=not binfmt.is_native(arch), qemu=binfmt.qemu_version(arch),
+                digest=packages_digest(path))
 
 
 def _job_user(name: str) -> JobUser:

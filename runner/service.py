@@ -27,29 +27,24 @@ from dispatcher.wire.auth import load_secret
 from dispatcher.wire.client import Connection
 from dispatcher.common.config import Config, dispatcher_address
 from dispatcher.common.errors import ConfigError, MessageTooLarge, SetupError, ProtocolError, RemoteError
-from dispatcher.common.files import atomic_write, read_regular
-from dispatcher.common.git import FetchStopped
 from dispatcher.common.names import Arch
 from dispatcher.common.sdnotify import Watchdog, notify
 from dispatcher.wire.tls import for_client
 from dispatcher.common.daemon import StopRequest
-from dispatcher.common.states import Reported
 from dispatcher.wire.errors import ErrorCode
 from dispatcher.wire.protocol import Ack, Heartbeat, Job, Lease, Register, Release, Result, Role, encode
 
-from .checkout import CheckoutError, Cleaning, Mirrors
-from .execute import Guard, Outcome, Process
-from .repoconf import JobSettings, settings_for
-from .jobenv import job_environment
-from .junit import with_junit
-from .sandbox import JobPaths, Root, Sandbox
+from .checkout import Cleaning, Mirrors
+from .execute import Guard
+from .envcache import EnvCache
+from .job import JobWork
+from .sandbox import Root, Sandbox
 from .spool import Spool
 
 log = logging.getLogger("polyarch.runner")
 
 LEASE_WAIT = 5.0  # bounds how long an idle runner takes to notice SIGTERM
 MAX_BACKOFF = 5.0
-JUNIT_LIMIT = 4 * 1024 * 1024
 
 
 class Runner:
@@ -71,6 +66,10 @@ class Runner:
         self.mirrors = Mirrors(work / "mirrors", work / "checkouts", self.settings.fetch_timeout,
                                stop=lambda: self.stop.now(self.settings.stop_grace))
         self.spool = Spool(work / "outbox")
+        self.envs = EnvCache(work / "envs", self.settings.cache_limit)
+        # What a cached setup depends on besides the repository: the root's packages, or
+        # (natively) this host's architecture.
+        self.root_digest = f"root-{root.digest}" if root is not None else f"native-{platform.machine()}"
         self.conn: Optional[Connection] = None
         self.heartbeat_interval = 1.0
         self.watchdog = Watchdog()
@@ -111,6 +110,7 @@ class Runner:
         self.sandbox = Sandbox(self.config, self.name, self.root)
         self.sandbox.prepare_root()
         self.clean_after_crash()
+        self.envs.clean_unfinished()
         log.info("runner %s (%s, %s%s) starting; work dir %s", self.name, self.arch.value, self.machine,
                  f" in {self.root.path}" if self.root else "", self.work)
         self.guard.start()
@@ -208,7 +208,7 @@ class Runner:
             self._release(job, "runner stopping")
             return
         log.info("running %s %s on %s (attempt %d)", job.repo, job.commit[:12], job.arch, job.attempt)
-        work = _JobWork(self, job)
+        work = JobWork(self, job)
         thread = threading.Thread(target=work.run, name=f"job-{job.lease_id}", daemon=True)
         thread.start()
         lost = False
@@ -273,124 +273,6 @@ class Runner:
             self._flush_spool()
         except (OSError, ProtocolError, RemoteError, ConfigError) as exc:
             log.warning("result kept in %s until the dispatcher is back: %s", self.spool.folder, exc)
-
-
-class _JobWork:
-    """Checkout, settings and execution of one job, in a worker thread."""
-
-    def __init__(self, runner: Runner, job: Job) -> None:
-        self.runner, self.job = runner, job
-        self.folder = runner.jobs_dir / job.lease_id
-        self.src: Optional[Path] = None  # the repository's worktree, once checked out
-        self.result: Optional[Result] = None
-        self._aborted = threading.Event()
-        self._process: Optional[Process] = None
-        self._lock = threading.Lock()
-        self.steps: dict[str, float] = {}  # step -> seconds, for the per-job timing log line
-
-    def abort(self) -> None:
-        with self._lock:
-            self._aborted.set()
-            if self._process is not None:
-                self._process.request_stop()
-
-    def run(self) -> None:
-        """The job, however its files fare: a job folder deleted or replaced, or a full disk,
-        ends the job `error` with the reason. (Handing it back would bring it straight
-        back to this runner, over and over.)"""
-        started = time.time()
-        try:
-            self._run(started)
-        except Exception as exc:  # whatever the job did to its files, the runner goes on
-            if self._process is not None:
-                self._process.kill_group()
-            if self.result is None and not self._aborted.is_set():
-                log.exception("job %s %s failed on the runner's side", self.job.repo, self.job.commit[:12])
-                self.result = _error(self.job, started, f"the runner could not run the job: "
-                                                        f"{type(exc).__name__}: {exc}")
-
-    def _run(self, started: float) -> None:
-        job, settings = self.job, self.runner.settings
-        self.folder.mkdir(parents=True, exist_ok=True)
-        try:
-            self.runner.finish_cleaning()
-            self.src = self.runner.mirrors.checkout(job.repo, job.url, job.commit)
-            self.steps["checkout"] = time.time() - started
-            chosen = settings_for(self.src, job.arch, JobSettings(job.test_command, job.timeout,
-                                                                  job.timeout_factor))
-        except FetchStopped:
-            return  # the runner's own stop cut the fetch short: no result, the job is handed back
-        except (CheckoutError, ConfigError) as exc:
-            self.result = _error(job, started, str(exc))
-            return
-        sandbox = self.runner.sandbox
-        assert sandbox is not None  # noqa: S101 - made by Runner.run before any job
-        paths = JobPaths(checkout=self.src, out=self.folder / "out", stage=self.folder / "stage",
-                         mirror=self.runner.mirrors.mirror_path(job.repo), url=job.url)
-        sandbox.hand_over(paths)
-        junit_path = paths.out / "junit.xml"
-        env = sandbox.environment(job_environment(os.environ, settings.pass_env, dict(
-            POLYARCH_REPO=job.repo, POLYARCH_COMMIT=job.commit, POLYARCH_ARCH=job.arch, POLYARCH_BRANCH=job.branch,
-            POLYARCH_JUNIT=str(junit_path), POLYARCH_LEASE=job.lease_id, POLYARCH_ATTEMPT=str(job.attempt))))
-        command = with_junit(chosen.test_command)
-        with self._lock:
-            if self._aborted.is_set():
-                return
-            cgroups = sandbox.cgroups_for(job.lease_id)
-            launch = (lambda fd: sandbox.argv(command, paths, fd, cgroups)) if sandbox.isolated else None
-            spawned = time.time()
-            self.steps["prepare"] = spawned - started - self.steps["checkout"]
-            try:
-                self._process = Process(command, self.src, env, self.folder / "output.log",
-                                        settings.log_limit, self.runner.guard, launch)
-            except OSError as exc:
-                sandbox.verdict(cgroups)
-                self.result = _error(job, started, f"cannot start the test command: {exc}")
-                return
-        # Not fsynced: it only has to outlive the runner process, not the machine (after a
-        # power cut no job is left running to kill).
-        atomic_write(self.runner.marker, json.dumps({"pgid": self._process.pgid, "lease_id": job.lease_id}).encode(),
-                     durable=False)
-        timeout = chosen.limit
-        ex = self._process.wait(timeout, settings.kill_grace)
-        limit = sandbox.verdict(cgroups)
-        # From the spawn: the command, the crash marker, the command's exit seen.
-        self.steps["run"] = time.time() - spawned
-        if ex.outcome == Outcome.KILLED:
-            return
-        if ex.refused or limit:
-            self.result = _error(job, started, ex.refused or limit, ex.output.decode("utf-8", "replace"))
-            return
-        if ex.outcome == Outcome.TIMED_OUT:
-            status, reason = Reported.TIMEOUT, (f"timed out after {timeout:g} s ({chosen.limit_reason(job.arch)}); "
-                                                "process group killed")
-        else:
-            status = Reported.PASSED if ex.exit_code == 0 else Reported.FAILED
-            reason = "" if ex.exit_code == 0 else f"test command exited with {ex.exit_code}"
-        junit = read_regular(junit_path, JUNIT_LIMIT).decode("utf-8", "replace")
-        output = ex.output.decode("utf-8", "replace")
-        info = self.runner.mirrors.describe(job.repo, job.commit) if job.describe else None
-        self.result = Result(lease_id=job.lease_id, status=status, exit_code=ex.exit_code,
-                             started_at=started, finished_at=ex.finished_at, log=output,
-                             log_truncated=ex.truncated, junit=junit, reason=reason, commit_info=info)
-
-    def start_cleanup(self) -> None:
-        """Start cleaning the worktree; it runs while the result is delivered and the next
-        job leased (about 5 ms off each job), and is finished before the next checkout."""
-        if self.src is not None and self.runner.cleaning is None:
-            self.runner.cleaning = self.runner.mirrors.start_clean(self.job.repo)
-
-    def cleanup(self) -> None:
-        self.runner.marker.unlink(missing_ok=True)
-        self.start_cleanup()
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _error(job: Job, started: float, reason: str, output: str = "") -> Result:
-    log.error("%s %s on %s: %s", job.repo, job.commit[:12], job.arch, reason)
-    return Result(lease_id=job.lease_id, status=Reported.ERROR, exit_code=None, started_at=started,
-                  finished_at=time.time(), log=output + f"\n[polyarch: {reason}]\n" if output else reason + "\n",
-                  reason=reason)
 
 
 def _fit(result: Result) -> Result:

@@ -114,6 +114,7 @@ class RunnerConfig:
     share: tuple[Path, ...] = ()  # folders every job may read and write (a compiler cache)
     job_memory: Optional[int] = None  # bytes a job's processes may use together; over it, killed
     job_pids: Optional[int] = None  # processes a job may have at once
+    cache_limit: int = 10 << 30  # bytes of cached setups kept; the least recently used go first
     token_file: Path | None = None
     tls_ca: Optional[Path] = None
     tls_cert: Optional[Path] = None
@@ -129,6 +130,8 @@ class RepoConfig:
     test_command: str = "python -m pytest -q"
     timeout: float = 600.0
     retry_failed: int = 0  # a failed job runs again up to this often; a later pass is "flaky"
+    setup: Optional[str] = None  # run once per (arch, root, setup_key contents); its folder is cached
+    setup_key: tuple[str, ...] = ()  # file globs, relative to the checkout, that key the setup
     on_result: Optional[str] = None  # shell command run after every final result
     on_failure: Optional[str] = None  # ... after every final result that is not a pass
     hook_timeout: float = 60.0
@@ -333,6 +336,7 @@ def _runner(path: Path, table: Any) -> RunnerConfig:
         share=tuple(s.checked("share", p, lambda p: _share_path(s.base, p)) for p in s.get("share", list, [])),
         job_memory=s.checked("job_memory", s.get("job_memory", (int, str), None), _size),
         job_pids=s.positive("job_pids", 1, integer=True) if "job_pids" in s.table else None,
+        cache_limit=s.checked("cache_limit", s.get("cache_limit", (int, str), d.cache_limit), _size),
         token_file=s.path_("token_file", None),
         **_client_tls(s),
     )
@@ -374,12 +378,23 @@ def _repo(path: Path, index: int, table: Any) -> RepoConfig:
         test_command=test_command,
         timeout=s.positive("timeout", d.timeout),
         retry_failed=_non_negative(s, "retry_failed", d.retry_failed),
+        setup=s.command("setup"),
+        setup_key=tuple(s.checked("setup_key", g, check_key_glob) for g in s.get("setup_key", list, [])),
         on_result=_command(s, "on_result"),
         on_failure=_command(s, "on_failure"),
         hook_timeout=s.positive("hook_timeout", d.hook_timeout),
     )
     s.done()
     return cfg
+
+
+def check_key_glob(value: object) -> str:
+    """A setup_key entry: a glob inside the checkout (`requirements*.txt`, `**/pyproject.toml`)."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidName(f"{value!r} is not a file glob")
+    if value.startswith("/") or ".." in Path(value).parts:
+        raise InvalidName(f"{value!r} leaves the checkout: give a glob relative to the repository's root")
+    return value
 
 
 def _non_negative(s: Section, name: str, default: int) -> int:

@@ -36,6 +36,12 @@ class Status(str, enum.Enum):
         return self in (Status.PASSED, Status.FLAKY)
 
     @property
+    def a_verdict(self) -> bool:
+        """The code's verdict on that arch: a pass, a failure or a timeout. An error (the job
+        could not run: a setup that failed, a missing program) says nothing about the code."""
+        return self is not Status.ERROR
+
+    @property
     def retryable(self) -> bool:
         """What retry_failed runs again: the test's verdict, not an error around it."""
         return self in (Status.FAILED, Status.TIMEOUT)
@@ -84,5 +90,5 @@ class Overall(str, enum.Enum):
 
 def arch_specific(statuses: Iterable[Optional[Status]]) -> bool:
     """Fails on some architectures and passes on others: a portability bug."""
-    finals = [s for s in statuses if s is not None]
+    finals = [s for s in statuses if s is not None and s.a_verdict]
     return any(s.passing for s in finals) and any(not s.passing for s in finals)

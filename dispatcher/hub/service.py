@@ -171,7 +171,8 @@ class Hub:
                            commit=row.sha, arch=arch, attempt=row.attempt, test_command=repo.test_command,
                            timeout=repo.timeout,
                            timeout_factor=self.config.timeout_factor(parse_arch(arch), runner.emulated),
-                           describe=not (row.author or row.subject))
+                           describe=not (row.author or row.subject), setup=repo.setup or "",
+                           setup_key=list(repo.setup_key))
             with self._work:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

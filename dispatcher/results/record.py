@@ -14,6 +14,7 @@ import time
 from typing import Any, Mapping, Optional
 
 from dispatcher.common.states import Overall, Status
+from dispatcher.common.states import arch_specific as arch_specific_failure
 from dispatcher.results.junit import MAX_NAMED_TESTS, JUnit, TestCounts, arch_specific
 from dispatcher.results.layout import File, name
 
@@ -152,7 +153,6 @@ def summary_dict(repo: str, commit: str, branch: str, statuses: Mapping[str, Opt
     verdict, and the tests that fail on some architectures only (from `junit`, by arch)."""
     finals = {arch: _status(s) for arch, s in sorted(statuses.items())}
     archs = {arch: (s.value if s else Overall.PENDING.value) for arch, s in finals.items()}
-    passing = sorted(a for a, s in finals.items() if s is not None and s.passing)
     failing = sorted(a for a, s in finals.items() if s is not None and not s.passing)
     return {
         "schema": SCHEMA_VERSION,
@@ -161,8 +161,9 @@ def summary_dict(repo: str, commit: str, branch: str, statuses: Mapping[str, Opt
         "branch": branch,
         "status": Overall.of(finals.values()).value,
         "architectures": archs,
-        # Fails on some architectures while passing on others: a portability bug.
-        "arch_specific_failure": bool(passing and failing),
+        # Fails on some architectures while passing on others: a portability bug. An error
+        # (it could not run there) is no such sign.
+        "arch_specific_failure": arch_specific_failure(finals.values()),
         "failing_architectures": failing,
         "flaky_architectures": sorted(a for a, s in finals.items() if s is Status.FLAKY),
         # Tests that fail on one arch and pass on another (from the JUnit reports).

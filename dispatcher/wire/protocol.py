@@ -158,6 +158,8 @@ class Job:
     timeout: float  # seconds, native; the runner multiplies by timeout_factor
     timeout_factor: float = 1.0
     describe: bool = False  # the dispatcher knows no author or subject yet: send them back
+    setup: str = ""  # the repository's setup command, run once per key and cached (empty: none)
+    setup_key: list[str] = dataclasses.field(default_factory=list)  # globs of files whose contents key it
 
 
 @dataclasses.dataclass(frozen=True)

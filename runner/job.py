@@ -1,0 +1,219 @@
+"""One job on the runner: checkout, the repository's settings, its cached setup, the
+test command, and the result; run in a worker thread while the main thread heartbeats."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from dispatcher.common.errors import ConfigError
+from dispatcher.common.files import atomic_write, read_regular
+from dispatcher.common.git import FetchStopped
+from dispatcher.common.states import Reported
+from dispatcher.wire.protocol import Job, Result
+
+from .checkout import CheckoutError
+from .envcache import setup_key
+from .execute import Execution, Outcome, Process
+from .jobenv import job_environment
+from .junit import with_junit
+from .repoconf import JobSettings, settings_for
+from .sandbox import JobPaths
+
+if TYPE_CHECKING:
+    from .service import Runner
+
+log = logging.getLogger("polyarch.runner")
+
+JUNIT_LIMIT = 4 * 1024 * 1024
+NOT_FOUND = 127  # the shell's exit code for a command it cannot find
+
+
+class JobWork:
+    """Checkout, settings and execution of one job, in a worker thread."""
+
+    def __init__(self, runner: Runner, job: Job) -> None:
+        self.runner, self.job = runner, job
+        self.folder = runner.jobs_dir / job.lease_id
+        self.src: Optional[Path] = None  # the repository's worktree, once checked out
+        self.result: Optional[Result] = None
+        self._aborted = threading.Event()
+        self._process: Optional[Process] = None
+        self._lock = threading.Lock()
+        self.chosen_limit = 0.0
+        self.steps: dict[str, float] = {}  # step -> seconds, for the per-job timing log line
+
+    def abort(self) -> None:
+        with self._lock:
+            self._aborted.set()
+            if self._process is not None:
+                self._process.request_stop()
+
+    def run(self) -> None:
+        """The job, however its files fare: a job folder deleted or replaced, or a full disk,
+        ends the job `error` with the reason. (Handing it back would bring it straight
+        back to this runner, over and over.)"""
+        started = time.time()
+        try:
+            self._run(started)
+        except Exception as exc:  # whatever the job did to its files, the runner goes on
+            if self._process is not None:
+                self._process.kill_group()
+            if self.result is None and not self._aborted.is_set():
+                log.exception("job %s %s failed on the runner's side", self.job.repo, self.job.commit[:12])
+                self.result = _error(self.job, started, f"the runner could not run the job: "
+                                                        f"{type(exc).__name__}: {exc}")
+
+    def _run(self, started: float) -> None:
+        job, settings = self.job, self.runner.settings
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.runner.finish_cleaning()
+            self.src = self.runner.mirrors.checkout(job.repo, job.url, job.commit)
+            self.steps["checkout"] = time.time() - started
+            chosen = settings_for(self.src, job.arch, JobSettings(job.test_command, job.timeout,
+                                                                  job.timeout_factor, setup=job.setup,
+                                                                  setup_key=tuple(job.setup_key)))
+            self.chosen_limit = chosen.limit  # the setup's limit and the test's, each
+        except FetchStopped:
+            return  # the runner's own stop cut the fetch short: no result, the job is handed back
+        except (CheckoutError, ConfigError) as exc:
+            self.result = _error(job, started, str(exc))
+            return
+        sandbox = self.runner.sandbox
+        assert sandbox is not None  # noqa: S101 - made by Runner.run before any job
+        paths = JobPaths(checkout=self.src, out=self.folder / "out", stage=self.folder / "stage",
+                         mirror=self.runner.mirrors.mirror_path(job.repo), url=job.url)
+        sandbox.hand_over(paths)
+        junit_path = paths.out / "junit.xml"
+        polyarch = dict(POLYARCH_REPO=job.repo, POLYARCH_COMMIT=job.commit, POLYARCH_ARCH=job.arch,
+                        POLYARCH_BRANCH=job.branch, POLYARCH_JUNIT=str(junit_path), POLYARCH_LEASE=job.lease_id,
+                        POLYARCH_ATTEMPT=str(job.attempt))
+        setup_log = ""
+        if chosen.setup:
+            prepared = self._setup(chosen, paths, polyarch, started)
+            if prepared is None:
+                return  # the setup failed (self.result says why) or the job was stopped
+            env_dir, setup_log = prepared
+            polyarch["POLYARCH_ENV"] = str(env_dir)
+            paths = paths.with_env(env_dir, readonly=True)
+        env = sandbox.environment(job_environment(os.environ, settings.pass_env, polyarch))
+        if "POLYARCH_ENV" in polyarch and Path(polyarch["POLYARCH_ENV"], "bin").is_dir():
+            env["PATH"] = f"{polyarch['POLYARCH_ENV']}/bin:{env['PATH']}"
+        self.steps["prepare"] = time.time() - started - self.steps["checkout"]
+        spawned = time.time()
+        ran = self._execute(with_junit(chosen.test_command), paths, env, "output.log", started)
+        # From the spawn: the command, the crash marker, the command's exit seen.
+        self.steps["run"] = time.time() - spawned
+        if ran is None:
+            return
+        ex, limit = ran
+        output = setup_log + ex.output.decode("utf-8", "replace")
+        if ex.refused or limit:
+            self.result = _error(job, started, ex.refused or limit, output)
+            return
+        if ex.outcome == Outcome.TIMED_OUT:
+            status, reason = Reported.TIMEOUT, (f"timed out after {chosen.limit:g} s "
+                                                f"({chosen.limit_reason(job.arch)}); process group killed")
+        elif ex.exit_code == NOT_FOUND:
+            # The shell's "not found": a program missing on this runner (or in this root),
+            # not the code failing there; no portability alarm.
+            status, reason = Reported.ERROR, f"command not found (exit 127): {_last_line(output)}"
+        else:
+            status = Reported.PASSED if ex.exit_code == 0 else Reported.FAILED
+            reason = "" if ex.exit_code == 0 else f"test command exited with {ex.exit_code}"
+        junit = read_regular(junit_path, JUNIT_LIMIT).decode("utf-8", "replace")
+        info = self.runner.mirrors.describe(job.repo, job.commit) if job.describe else None
+        self.result = Result(lease_id=job.lease_id, status=status, exit_code=ex.exit_code,
+                             started_at=started, finished_at=ex.finished_at, log=output,
+                             log_truncated=ex.truncated, junit=junit, reason=reason, commit_info=info)
+
+    def _setup(self, chosen: JobSettings, paths: JobPaths, polyarch: dict[str, str],
+               started: float) -> Optional[tuple[Path, str]]:
+        """The setup's folder, made now or by an earlier job, and what to log of it; None
+        when it failed (self.result is then `error`) or the job was stopped."""
+        runner, job = self.runner, self.job
+        sandbox, cache = runner.sandbox, runner.envs
+        assert sandbox is not None and self.src is not None  # noqa: S101 - narrowing
+        key = setup_key(job.repo, job.arch, runner.root_digest, chosen.setup, self.src, chosen.setup_key)
+        ready = cache.ready(key)
+        if ready is not None:
+            return ready, f"[polyarch: setup reused (key {key[:12]})]\n"
+        env_dir = cache.begin(key, sandbox.owner)
+        env = sandbox.environment(job_environment(os.environ, runner.settings.pass_env,
+                                                  {**polyarch, "POLYARCH_ENV": str(env_dir)}))
+        began = time.time()
+        ran = self._execute(chosen.setup, paths.with_env(env_dir, readonly=False), env, "setup.log", started)
+        self.steps["setup"] = time.time() - began
+        if ran is None:
+            cache.discard(key)
+            return None
+        ex, limit = ran
+        output = ex.output.decode("utf-8", "replace")
+        if ex.outcome != Outcome.EXITED or ex.exit_code != 0 or ex.refused or limit:
+            cache.discard(key)  # never kept: the next job tries again
+            why = ex.refused or limit or ("timed out" if ex.outcome == Outcome.TIMED_OUT else f"exit {ex.exit_code}")
+            self.result = _error(job, started, f"setup failed ({why}): {_last_line(output)}",
+                                 f"[polyarch: setup (key {key[:12]})]\n{output}")
+            return None
+        cache.done(key)
+        return env_dir, (f"[polyarch: setup ran (key {key[:12]}, {time.time() - began:.1f} s)]\n{output}"
+                         "[polyarch: setup done; the test command follows]\n")
+
+    def _execute(self, command: str, paths: JobPaths, env: dict[str, str], log_name: str,
+                 started: float) -> Optional[tuple[Execution, str]]:
+        """Run one command of the job (the setup or the test) to its end: its execution and
+        the limit it reached (or ""); None when stopped or it could not start (then
+        self.result says why)."""
+        sandbox, settings = self.runner.sandbox, self.runner.settings
+        assert sandbox is not None and self.src is not None  # noqa: S101 - narrowing
+        with self._lock:
+            if self._aborted.is_set():
+                return None
+            cgroups = sandbox.cgroups_for(self.job.lease_id)
+            launch = (lambda fd: sandbox.argv(command, paths, fd, cgroups)) if sandbox.isolated else None
+            try:
+                self._process = Process(command, self.src, env, self.folder / log_name, settings.log_limit,
+                                        self.runner.guard, launch)
+            except OSError as exc:
+                sandbox.verdict(cgroups)
+                self.result = _error(self.job, started, f"cannot start {command!r}: {exc}")
+                return None
+        # Not fsynced: it only has to outlive the runner process, not the machine (after a
+        # power cut no job is left running to kill).
+        atomic_write(self.runner.marker, json.dumps({"pgid": self._process.pgid,
+                                                     "lease_id": self.job.lease_id}).encode(), durable=False)
+        ex = self._process.wait(self.chosen_limit, settings.kill_grace)
+        limit = sandbox.verdict(cgroups)
+        return (ex, limit) if ex.outcome != Outcome.KILLED else None
+
+    def start_cleanup(self) -> None:
+        """Start cleaning the worktree; it runs while the result is delivered and the next
+        job leased (about 5 ms off each job), and is finished before the next checkout."""
+        if self.src is not None and self.runner.cleaning is None:
+            self.runner.cleaning = self.runner.mirrors.start_clean(self.job.repo)
+
+    def cleanup(self) -> None:
+        self.runner.marker.unlink(missing_ok=True)
+        self.start_cleanup()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _last_line(output: str) -> str:
+    lines = [line.strip() for line in output.splitlines() if line.strip() and not line.startswith("[polyarch:")]
+    return lines[-1][:300] if lines else "(no output)"
+
+
+def _error(job: Job, started: float, reason: str, output: str = "") -> Result:
+    log.error("%s %s on %s: %s", job.repo, job.commit[:12], job.arch, reason)
+    return Result(lease_id=job.lease_id, status=Reported.ERROR, exit_code=None, started_at=started,
+                  finished_at=time.time(), log=output + f"\n[polyarch: {reason}]\n" if output else reason + "\n",
+                  reason=reason)
+
+
