@@ -60,28 +60,28 @@ def test_a_setup_runs_once_per_key_and_its_folder_is_reused_natively_and_emulate
         return out
 
     made = run(first)
-    for arch, (result, log) in made.items():
+    for result, log in made.values():
         assert result["status"] == "passed", log
         assert "[polyarch: setup ran (key " in log and "setup installed demo_dep==1.0" in log, log
         assert "dep says 1.0" in log and "the cached setup is read-only to the test" in log, log
 
     again = polyarch.repo.commit(TEST + "echo second\n")  # the key file is unchanged
     reused = run(again)
-    for arch, (result, log) in reused.items():
+    for result, log in reused.values():
         assert result["status"] == "passed" and "[polyarch: setup reused (key " in log, log
         assert "setup installed" not in log and "dep says 1.0" in log, log
 
     bumped = polyarch.repo.commit(TEST, files={"requirements.txt": "demo_dep==2.0\n"})
-    for arch, (result, log) in run(bumped).items():
+    for result, log in run(bumped).values():
         assert result["status"] == "passed", log
         assert "[polyarch: setup ran (key " in log and "dep says 2.0" in log, log
 
     broken = polyarch.repo.commit(TEST, files={"requirements.txt": "demo_dep==3.0\n"})  # no such wheel
-    for arch, (result, log) in run(broken).items():
+    for result, log in run(broken).values():
         assert result["status"] == "error", log
         assert result["reason"].startswith("setup failed (exit 1): "), result["reason"]
     missing = polyarch.repo.commit("no-such-test-runner --all", files={"requirements.txt": "demo_dep==1.0\n"})
-    for arch, (result, log) in run(missing).items():
+    for result, _ in run(missing).values():
         assert result["status"] == "error" and result["reason"].startswith("command not found (exit 127): "), result
     summary = json.loads((polyarch.results / "demo" / broken / "summary.json").read_text())
     assert summary["arch_specific_failure"] is False
