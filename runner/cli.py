@@ -109,20 +109,26 @@ def rootfs() -> None:
 @click.option("--security-mirror", help="Mirror for the security suite (default: this machine's apt sources).")
 @click.option("--include", "include", multiple=True, metavar="PKG",
               help="An extra Debian package in the root (repeat the option for more).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Also install this config's [arch.A] packages.")
+@click.option("--upgrade", is_flag=True, help="On an existing root, upgrade its packages (apt-get upgrade).")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @verbose_option
 @one_line_errors
 def rootfs_build(arch_name: str, suite: Optional[str], mirror: Optional[str], security_mirror: Optional[str],
-                 include: tuple[str, ...], directory: Path, verbose: bool) -> None:
-    """Build DIRECTORY with mmdebstrap (an existing root is kept)."""
+                 include: tuple[str, ...], config_path: Optional[str], upgrade: bool, directory: Path,
+                 verbose: bool) -> None:
+    """Build DIRECTORY with mmdebstrap; on an existing root, install what is missing (and upgrade)."""
     from dispatcher.common.progress import Bars
 
     from .rootfs import build
 
     setup_logging(verbose)
+    if config_path is not None:
+        include = (*load_config(config_path).archs.get(parse_arch(arch_name), ArchConfig()).packages, *include)
     with Bars() as bars:
         info = build(parse_arch(arch_name), directory, progress=bars, suite=suite, mirror=mirror,
-                     security=security_mirror, include=include)
+                     security=security_mirror, include=include, upgrade=upgrade)
     click.echo(f"{directory}: {info.arch.value} root (Debian {info.suite})")
 
 

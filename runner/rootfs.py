@@ -14,13 +14,15 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from dispatcher.common.errors import SetupError
+from dispatcher.common.config import check_package
+from dispatcher.common.errors import InvalidName, SetupError
 from dispatcher.common.files import atomic_write
 from dispatcher.common.names import Arch
 from dispatcher.common.progress import Sink
@@ -50,6 +52,8 @@ class RootInfo:
     arch: Arch
     suite: str
     built_at: float
+    packages: tuple[str, ...] = ()  # asked for beyond PACKAGES ([arch.A] packages, --include)
+    digest: str = ""  # of what is installed (packages_digest), when it was built
 
 
 def read_info(root: Path) -> RootInfo:
@@ -57,7 +61,8 @@ def read_info(root: Path) -> RootInfo:
     try:
         data = json.loads(path.read_text())
         # Roots built before the runner left them held a copy of polyarch; its keys are ignored.
-        return RootInfo(Arch(data["arch"]), str(data.get("suite", SUITE)), float(data["built_at"]))
+        return RootInfo(Arch(data["arch"]), str(data.get("suite", SUITE)), float(data["built_at"]),
+                        tuple(str(p) for p in data.get("packages", ())), str(data.get("digest", "")))
     except FileNotFoundError:
         raise RootfsError(f"{root} is not a polyarch root file system (no {MARKER}); "
                           f"run: polyarch-runner rootfs build --arch ARCH {root}") from None
@@ -159,7 +164,8 @@ SECONDARY_TRIES = 2  # a mirror caught mid-sync ("File has unexpected size") oft
 
 
 def build(arch: Arch, root: Path, progress: Optional[Sink] = None, suite: Optional[str] = None,
-          mirror: Optional[str] = None, security: Optional[str] = None, include: tuple[str, ...] = ()) -> RootInfo:
+          mirror: Optional[str] = None, security: Optional[str] = None, include: tuple[str, ...] = (),
+          upgrade: bool = False) -> RootInfo:
     """Make the root at `root` (an existing one is kept). Needs root privileges, mmdebstrap
     and binfmt. `progress` gets each step (a progress bar in the CLI)."""
     if os.geteuid() != 0:
@@ -173,14 +179,62 @@ def build(arch: Arch, root: Path, progress: Optional[Sink] = None, suite: Option
             progress(f"{arch.value} root", step, done, total)
 
     chosen = suite or default_suite(arch)
+    try:
+        wanted = tuple(dict.fromkeys(check_package(p) for p in include))
+    except InvalidName as exc:
+        raise RootfsError(f"--include: {exc}") from None
     if not _is_debian_root(root, arch):
-        _debootstrap(arch, root, report, host_sources(chosen, mirror, security), (*PACKAGES, *include))
-    elif (root / MARKER).exists():
-        chosen = read_info(root).suite
+        _debootstrap(arch, root, report, host_sources(chosen, mirror, security), (*PACKAGES, *wanted))
+    else:
+        previous = read_info(root) if (root / MARKER).exists() else None
+        if previous is not None:
+            chosen = previous.suite
+            wanted = tuple(dict.fromkeys((*previous.packages, *wanted)))
+        missing = tuple(p for p in wanted if p not in installed(root))
+        if missing or upgrade:
+            _apt_in_root(arch, root, missing)
     report("done", len(STEPS), len(STEPS))
-    info = RootInfo(arch, chosen, time.time())
+    info = RootInfo(arch, chosen, time.time(), wanted, packages_digest(root))
     atomic_write(root / MARKER, json.dumps(dataclasses.asdict(info)).encode())
     return info
+
+
+def installed(root: Path) -> set[str]:
+    """The packages dpkg has installed in the root (read from its status file)."""
+    names, name = set(), ""
+    try:
+        text = (root / "var/lib/dpkg/status").read_text(errors="replace")
+    except OSError:
+        return names
+    for line in text.splitlines():
+        if line.startswith("Package: "):
+            name = line[9:].strip()
+        elif line.startswith("Status: ") and line.endswith(" installed") and name:
+            names.add(name)
+    return names
+
+
+def _apt_in_root(arch: Arch, root: Path, packages: tuple[str, ...]) -> None:
+    """On an existing root: install what is missing of `packages` and upgrade the rest,
+    with apt inside the root (emulated for another architecture), in a mount namespace
+    of its own so nothing stays mounted."""
+    resolv = root / "etc/resolv.conf"
+    if Path("/etc/resolv.conf").exists():
+        resolv.unlink(missing_ok=True)
+        shutil.copyfile("/etc/resolv.conf", resolv)
+    apt = "apt-get -q -y -o Dpkg::Options::=--force-confold"
+    inner = f"export DEBIAN_FRONTEND=noninteractive; apt-get -q update && {apt} upgrade"
+    if packages:  # names checked by check_package: nothing else reaches the shell
+        inner += f" && {apt} install {' '.join(packages)}"
+    where = shlex.quote(str(root))
+    script = (f"mount -t proc proc {where}/proc && mount --rbind /dev {where}/dev && "
+              f"chroot {where} sh -c {shlex.quote(inner)}")
+    log.info("updating the %s root %s%s", arch.value, root, f" with {', '.join(packages)}" if packages else "")
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "--fork", "sh", "-c", script],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if done.returncode != 0:
+        cause = mmdebstrap_cause(done.stdout.splitlines())
+        raise RootfsError(f"apt in the {arch.value} root {root} failed (exit {done.returncode}): {cause}")
 
 
 # ELF e_machine of each architecture's binaries, to check what a root really holds.

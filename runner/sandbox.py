@@ -192,6 +192,12 @@ class Root:
     emulated: bool  # through qemu-user; else natively (i386 on amd64, armhf on arm64)
     qemu: str = ""  # the qemu-user version, for the results
     digest: str = ""  # of its installed packages: a cached setup made in it is valid in it only
+    suite: str = ""
+
+    @property
+    def described(self) -> str:
+        """What the results say of it: "arm64 bookworm 1a2b3c4d5e6f"."""
+        return f"{self.arch.value} {self.suite} {self.digest}"
 
     @property
     def linux32(self) -> bool:
@@ -206,10 +212,10 @@ def open_root(path: Path, arch: Arch) -> Root:
     """Check everything a root needs; one-line errors that say what fixes it."""
     if os.geteuid() != 0:
         raise RootfsError("--rootfs needs root (namespaces, mounts, chroot): run as root or from the systemd unit")
-    check(path, arch)
+    info = check(path, arch)
     binfmt.require(arch)
     return Root(path.absolute(), arch, emulated=not binfmt.is_native(arch), qemu=binfmt.qemu_version(arch),
-                digest=packages_digest(path))
+                digest=packages_digest(path), suite=info.suite.split()[0] if info.suite else "")
 
 
 def _job_user(name: str) -> JobUser:

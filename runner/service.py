@@ -171,7 +171,8 @@ class Runner:
             try:
                 conn.request(Register(arch=self.arch.value, version=__version__, host=socket.gethostname(),
                                       machine=self.machine, emulated=self.emulated,
-                                      kernel=platform.release(), qemu=self.root.qemu if self.root else ""))
+                                      kernel=platform.release(), qemu=self.root.qemu if self.root else "",
+                                      root=self.root.described if self.root else ""))
             except BaseException:
                 conn.close()
                 raise

@@ -7,6 +7,7 @@ clone, in $POLYARCH_ROOTFS_ARM64 (default /var/cache/polyarch/rootfs-arm64).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,7 @@ def test_x86_only_code_passes_natively_and_fails_on_emulated_arm64(polyarch: Pol
     assert emulated["status"] == "failed", emulated
     assert emulated["runner_machine"] == "aarch64" and emulated["emulated"] is True
     assert emulated["qemu"].startswith("qemu-aarch64 7.") and native["qemu"] == ""
+    assert re.fullmatch(r"arm64 bookworm [0-9a-f]{12}", emulated["root"]) and native["root"] == ""
     assert "machine aarch64" in (polyarch.results / "demo" / sha / "arm64.log").read_text()
     # <arch>.json is the commit point: once both exist, summary.json counts both.
     summary = json.loads((polyarch.results / "demo" / sha / "summary.json").read_text())

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, ROOTFS_ARM64, require_emulated_arm64, skip_unless_ci
+from runner.rootfs import packages_digest, read_info
 
 pytestmark = pytest.mark.daemons
 
@@ -82,3 +83,16 @@ def test_a_secondary_suite_whose_index_fails_is_left_out_with_a_warning(tmp_path
     assert "leaving bookworm-security out of the i386 root: its index failed 2 times" in out.stderr
     assert "apt-get upgrade" in out.stderr
     assert (tmp_path / "i386/etc/debian_version").exists() and not (tmp_path / "i386.partial").exists()
+    # The lab's packages, on the root that exists: what is missing is installed, the root
+    # records what it was asked for and a new digest of what it holds.
+    before = read_info(tmp_path / "i386")
+    assert not (tmp_path / "i386/usr/bin/hello").exists()
+    config = tmp_path / "polyarch.toml"
+    config.write_text('[arch.i386]\npackages = ["hello"]\n')
+    added = runner_cli("rootfs", "build", "--arch", "i386", "--config", str(config), str(tmp_path / "i386"))
+    assert added.returncode == 0, added.stderr[-2000:]
+    after = read_info(tmp_path / "i386")
+    assert (tmp_path / "i386/usr/bin/hello").exists() and after.packages == ("hello",)
+    assert after.digest == packages_digest(tmp_path / "i386") != before.digest
+    bad = runner_cli("rootfs", "build", "--arch", "i386", "--include", "hello; reboot", str(tmp_path / "i386"))
+    assert bad.returncode == 2 and "--include: 'hello; reboot' is not a Debian package name" in bad.stderr

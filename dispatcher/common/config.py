@@ -141,6 +141,7 @@ class RepoConfig:
 class ArchConfig:
     timeout_factor: Optional[float] = None  # None: 1 native, DEFAULT_EMULATED_FACTOR emulated
     rootfs: Optional[Path] = None  # the root this architecture's runners use here (serve --arch A)
+    packages: tuple[str, ...] = ()  # Debian packages `rootfs build` puts in that root
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,9 +207,17 @@ def _archs(path: Path, table: dict) -> dict[Arch, ArchConfig]:
         if factor is not None and factor <= 0:
             raise s.fail("timeout_factor", f"must be greater than 0, got {factor!r}")
         rootfs = s.path_("rootfs", None)
+        packages = tuple(s.checked("packages", p, check_package) for p in s.get("packages", list, []))
         s.done()
-        out[arch] = ArchConfig(None if factor is None else float(factor), rootfs)
+        out[arch] = ArchConfig(None if factor is None else float(factor), rootfs, packages)
     return out
+
+
+def check_package(name: object) -> str:
+    # Debian policy's package names, so nothing else reaches apt's command line.
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", name):
+        raise InvalidName(f"{name!r} is not a Debian package name")
+    return name
 
 
 def _dispatcher(path: Path, table: Any) -> DispatcherConfig:

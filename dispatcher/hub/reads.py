@@ -23,7 +23,7 @@ def record_of(job: JobRow, earlier: tuple[Attempt, ...] = ()) -> ResultRecord:
         finished_at=job.finished_at or 0.0, attempt=job.attempt, reason=job.reason,
         log_truncated=job.log_truncated, tests=job.tests, runner_host=job.runner_host,
         runner_machine=job.runner_machine, runner_emulated=job.runner_emulated, runner_kernel=job.runner_kernel,
-        runner_qemu=job.runner_qemu, failed_tests=job.failed_tests, earlier=earlier)
+        runner_qemu=job.runner_qemu, runner_root=job.runner_root, failed_tests=job.failed_tests, earlier=earlier)
 
 
 def summary_of(store: Store, repo: str, sha: str, branch: str) -> dict:

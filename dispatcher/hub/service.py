@@ -117,7 +117,7 @@ class Hub:
                              f"not {arch}")
         now = time.time()
         runner = RunnerRow(name, arch, msg.host[:200], msg.machine[:50], msg.version[:50], msg.emulated,
-                           msg.kernel[:100], now, now, msg.qemu[:100])
+                           msg.kernel[:100], now, now, msg.qemu[:100], msg.root[:200])
         elsewhere = None if previous is not None and previous.name == name else \
             self.presence.connected_elsewhere(name, runner.host)
         if elsewhere is not None:

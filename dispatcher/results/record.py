@@ -57,6 +57,7 @@ class ResultRecord:
     runner_emulated: bool = False
     runner_kernel: str = ""
     runner_qemu: str = ""  # emulated jobs: the qemu-user version that ran them
+    runner_root: str = ""  # jobs in a root: "<arch> <suite> <packages digest>"
     failed_tests: tuple[str, ...] = ()
     earlier: tuple[Attempt, ...] = ()  # failed attempts run again under retry_failed, oldest first
 
@@ -77,6 +78,7 @@ class ResultRecord:
             "emulated": self.runner_emulated,
             "kernel": self.runner_kernel,
             "qemu": self.runner_qemu,
+            "root": self.runner_root,
             "status": self.status.value,
             "exit_code": self.exit_code,
             "started_at": iso(self.started_at),
@@ -114,7 +116,7 @@ class ResultRecord:
             if isinstance(tests, dict) else None,
             runner_host=str(data.get("runner_host", "")), runner_machine=str(data.get("runner_machine", "")),
             runner_emulated=bool(data.get("emulated", False)), runner_kernel=str(data.get("kernel", "")),
-            runner_qemu=str(data.get("qemu", "")),
+            runner_qemu=str(data.get("qemu", "")), runner_root=str(data.get("root", "")),
             failed_tests=tuple(str(t) for t in data.get("failed_tests") or ()),
             earlier=tuple(Attempt(int(a["attempt"]), str(a.get("runner", "")), Status(a["status"]),
                                   a.get("exit_code") if isinstance(a.get("exit_code"), int) else None,

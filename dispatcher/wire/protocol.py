@@ -134,6 +134,7 @@ class Register:
     emulated: bool = False
     kernel: str = ""
     qemu: str = ""  # the qemu-user version an emulated runner's jobs run under
+    root: str = ""  # the root its jobs run in: "<arch> <suite> <digest of its packages>"; "" natively
 
 
 @dataclasses.dataclass(frozen=True)

@@ -118,10 +118,12 @@ CREATE INDEX IF NOT EXISTS hook_runs_pending ON hook_runs (state, id);
     5: """
 ALTER TABLE jobs ADD COLUMN handbacks INTEGER NOT NULL DEFAULT 0;
 """,
-    # Where an emulated job ran includes the qemu-user that ran it.
+    # Where an emulated job ran includes the qemu-user and the root (its packages) that ran it.
     6: """
 ALTER TABLE runners ADD COLUMN qemu TEXT NOT NULL DEFAULT '';
+ALTER TABLE runners ADD COLUMN root TEXT NOT NULL DEFAULT '';
 ALTER TABLE jobs ADD COLUMN runner_qemu TEXT NOT NULL DEFAULT '';
+ALTER TABLE jobs ADD COLUMN runner_root TEXT NOT NULL DEFAULT '';
 """,
 }
 

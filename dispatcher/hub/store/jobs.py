@@ -108,10 +108,10 @@ class Jobs:
             if row is None:
                 return None
             db.execute("UPDATE jobs SET state = ?, attempt = attempt + 1, lease_id = ?, runner = ?, leased_at = ?, "
-                       "runner_host = ?, runner_machine = ?, runner_emulated = ?, runner_kernel = ?, runner_qemu = ? "
-                       "WHERE id = ?",
+                       "runner_host = ?, runner_machine = ?, runner_emulated = ?, runner_kernel = ?, runner_qemu = ?, "
+                       "runner_root = ? WHERE id = ?",
                        (JobState.LEASED.value, lease_id, runner.name, now, runner.host, runner.machine,
-                        int(runner.emulated), runner.kernel, runner.qemu, row["id"]))
+                        int(runner.emulated), runner.kernel, runner.qemu, runner.root, row["id"]))
             self._deadlines[lease_id] = time.monotonic() + self.policy.heartbeat_timeout
             self._holders[lease_id] = runner.name
             return _job_by(db, "j.id = ?", row["id"])

@@ -56,6 +56,7 @@ class JobRow:
     runner_emulated: bool
     runner_kernel: str
     runner_qemu: str
+    runner_root: str
     retries: int  # failed attempts run again under retry_failed
     tests: Optional[TestCounts]  # from the JUnit XML, parsed once when the result was recorded
     failed_tests: tuple[str, ...]
@@ -106,6 +107,7 @@ class RunnerRow:
     first_seen: float
     last_seen: float
     qemu: str = ""
+    root: str = ""
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "RunnerRow":
