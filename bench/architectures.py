@@ -68,6 +68,12 @@ def run_jobs(roots: dict[str, dict], jobs: int) -> dict[str, dict]:
                 daemons.append(Daemon("runner", config, root, root / f"runner-{arch}.log",
                                       ["--name", arch, "--rootfs", roots[arch]["root"]]).start())
             daemons.append(Daemon("observer", config, root, root / "observer.log").start())
+            results = root / "test_results" / "bench"
+            # A branch's first sighting queues only its head: let the observer see the
+            # starting commit (tested everywhere) before pushing the measured ones.
+            start = git(repo, "rev-parse", "HEAD")
+            for arch in archs:
+                wait_file(results / start / f"{arch}.json", 900)
             (repo / "test.sh").write_text(WHAT_AM_I)
             git(repo, "add", "test.sh")
             git(repo, "commit", "-q", "-m", "what am I")
@@ -77,7 +83,6 @@ def run_jobs(roots: dict[str, dict], jobs: int) -> dict[str, dict]:
                 (repo / "test.sh").write_text("true\n")
                 git(repo, "commit", "-q", "--allow-empty", "-am", f"true {i}")
                 shas.append(git(repo, "rev-parse", "HEAD"))
-            results = root / "test_results" / "bench"
             out = {}
             for arch in archs:
                 wait_file(results / first / f"{arch}.json", 900)
