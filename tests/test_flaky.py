@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
+import shutil
+from pathlib import Path
 
+import _pytest
+import iniconfig
+import packaging
+import pluggy
 import pytest
 
-from conftest import Polyarch, wait_for
+from conftest import ROOT, Polyarch, wait_for
 
 pytestmark = pytest.mark.daemons
 
@@ -51,17 +56,32 @@ def test_a_real_failure_is_retried_then_failed_with_both_logs(polyarch: Polyarch
     assert "attempt 2" in (folder / "amd64.log").read_text()
 
 
+def _pytest_for_jobs(polyarch: Polyarch) -> Path:
+    """A copy of pytest (pure Python) where jobs can import it: the job user may not reach
+    this venv (a clone under /root is out of its reach, as it should be)."""
+    site = polyarch.shared / "site"
+    for module in (pytest, _pytest, pluggy, iniconfig, packaging):
+        folder = Path(module.__file__).parent
+        shutil.copytree(folder, site / folder.name, ignore=shutil.ignore_patterns("__pycache__"))
+    py = Path(_pytest.__file__).parent.parent / "py.py"
+    if py.exists():
+        shutil.copy(py, site / "py.py")
+    return site
+
+
 def test_plain_pytest_gets_per_test_results_without_config(polyarch: Polyarch) -> None:
     # The command is exactly what users write; polyarch adds --junitxml itself.
-    polyarch.write_config(test_command=f"{sys.executable} -m pytest -q -p no:cacheprovider")
+    site = _pytest_for_jobs(polyarch)
+    polyarch.write_config(test_command="python3 -m pytest -q -p no:cacheprovider",
+                          runner_settings='pass_env = ["PYTHONPATH"]')
     tests = ("def test_ok():\n    assert True\n\n\ndef test_broken():\n    assert 1 == 2\n\n\n"
              "def test_later():\n    import pytest\n    pytest.skip('not yet')\n")
     sha = polyarch.repo.commit(files={"test_calc.py": tests})
     polyarch.dispatcher()
-    polyarch.runner("r1")
+    polyarch.runner("r1", prefix=("env", f"PYTHONPATH={ROOT}:{site}"))
     polyarch.observer()
     result = polyarch.wait_results([sha])[sha]
-    assert result["status"] == "failed"
+    assert result["status"] == "failed", (polyarch.results / "demo" / sha / "amd64.log").read_text()
     assert result["tests"] == {"total": 3, "passed": 1, "failed": 1, "errors": 0, "skipped": 1}
     assert result["failed_tests"] == ["test_calc::test_broken"]
     assert result["junit"] == "amd64.junit.xml"
