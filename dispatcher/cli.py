@@ -120,18 +120,23 @@ def submit(config_path: str, repo: str, commit: str, branch: str, archs: tuple[s
 @click.option("--timeout", default=3600.0, show_default=True, type=click.FloatRange(0, None),
               help="Seconds to wait for every architecture; exit 3 after that.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final status as JSON instead of a table.")
+@click.option("--all", "every", is_flag=True,
+              help="Wait for every architecture even after one failed (default: exit 1 at the first failure).")
 @one_line_errors
-def wait_command(config_path: str, repo: str, commit: str, branch: str, timeout: float, as_json: bool) -> None:
+def wait_command(config_path: str, repo: str, commit: str, branch: str, timeout: float, as_json: bool,
+                 every: bool) -> None:
     """CI gate: submit the commit if new, wait for every configured architecture.
 
-    Exit 0 when all passed (flaky counts as passed), 1 when any failed, 3 on timeout,
-    2 for bad usage (unknown repo, malformed commit)."""
+    Exit 0 when all passed (flaky counts as passed), 1 as soon as any failed (with --all:
+    once all are final), 3 on timeout, 4 when the dispatcher cannot be reached, 2 for bad
+    usage (unknown repo, malformed commit)."""
     import dataclasses
 
     from rich.console import Console
 
+    from dispatcher.common.config import dispatcher_address
     from dispatcher.common.errors import PolyarchError
-    from dispatcher.views.gate import summary, verdict, wait
+    from dispatcher.views.gate import Unreachable, Verdict, summary, verdict, wait
     from dispatcher.common.names import check_branch, check_commit
 
     config = load_config(config_path)
@@ -140,17 +145,32 @@ def wait_command(config_path: str, repo: str, commit: str, branch: str, timeout:
     if branch:
         check_branch(branch)
     console = Console(stderr=as_json)
+    warned: set[str] = set()
+    try:
+        address = str(dispatcher_address(config, "observer"))
+    except PolyarchError:
+        address = str(config.observer.dispatcher)
     try:
         with console.status(f"waiting for {repo} {commit[:12]} on "
                             f"{', '.join(a.value for a in repo_config.architectures)}") as spinner:
             def progress(status) -> None:
                 done = sum(1 for a in status.archs if a.state.final)
                 spinner.update(f"{repo} {commit[:12]}: {done}/{len(status.archs)} architecture(s) finished")
+                for arch in status.unattended:
+                    if arch not in warned:  # waiting goes on: a runner may yet come
+                        warned.add(arch)
+                        click.echo(f"warning: no runner of {arch} seen for {config.dispatcher.heartbeat_timeout:g} s; "
+                                   f"start one (polyarch-runner serve --arch {arch}) or this waits for nothing",
+                                   err=True)
 
             status = wait(lambda: _client_connection(config, "wait"), repo, commit, branch,
-                          [a.value for a in repo_config.architectures], timeout, on_update=progress)
+                          [a.value for a in repo_config.architectures], timeout, on_update=progress, every=every,
+                          address=address)
+    except Unreachable as exc:
+        click.echo(f"polyarch-dispatcher: error: {exc}", err=True)
+        raise click.exceptions.Exit(int(Verdict.UNREACHABLE)) from None
     except OSError as exc:
-        raise PolyarchError(f"cannot reach the dispatcher: {exc}") from None
+        raise PolyarchError(f"cannot reach the dispatcher at {address}: {exc}") from None
     outcome = verdict(status)
     if as_json:
         click.echo(json.dumps({"verdict": outcome.name.lower(), "exit_code": int(outcome),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -57,11 +58,32 @@ def test_no_runner_means_exit_3_at_the_timeout(polyarch: Polyarch) -> None:
     assert "timed out: 0 of 1 architecture(s) finished" in out.stdout
 
 
+def test_wait_exits_1_at_the_first_failure_and_warns_of_an_architecture_nobody_serves(polyarch: Polyarch) -> None:
+    """amd64 fails while s390x has no runner at all: the gate says failed at once (the
+    answer cannot be a pass any more), and says that s390x is served by nobody; --all
+    waits for s390x too, until its timeout."""
+    polyarch.write_config(archs=("amd64", "s390x"), heartbeat_timeout=1)
+    sha = polyarch.repo.commit("exit 1")
+    polyarch.dispatcher()
+    polyarch.runner("r1")
+    early = _wait(polyarch, sha, timeout=60)
+    assert early.returncode == 1, early.stdout + early.stderr
+    assert "failed on amd64" in early.stdout or "amd64: test command exited with 1" in early.stdout, early.stdout
+    assert "warning: no runner of s390x seen for 1 s; start one (polyarch-runner serve --arch s390x)" in early.stderr
+    assert "failed on amd64 (s390x not finished yet)" in early.stdout
+    began = time.monotonic()
+    every = _wait(polyarch, sha, "--all", timeout=3)
+    assert time.monotonic() - began >= 2  # it waited for s390x (to within a poll of --timeout); the verdict stands
+    assert every.returncode == 1, every.stdout + every.stderr
+
+
 def test_bad_input_and_no_dispatcher_get_one_line(polyarch: Polyarch) -> None:
     sha = polyarch.repo.commit("exit 0")
     polyarch.dispatcher().kill()  # leaves an address file pointing at nobody
+    address = (polyarch.root / "var/dispatcher/address").read_text().strip()
     down = _wait(polyarch, sha, timeout=1)
-    assert down.returncode == 1 and "cannot reach the dispatcher" in down.stderr
+    # A code of its own: "the dispatcher is down" is no verdict on the commit (1 would say failed).
+    assert down.returncode == 4 and f"cannot reach the dispatcher at {address}: " in down.stderr, down.stderr
     assert len(down.stderr.strip().splitlines()) == 1
     bad = _wait(polyarch, "not-a-sha")
     assert bad.returncode == 2 and "invalid commit 'not-a-sha'" in bad.stderr

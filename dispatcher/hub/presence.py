@@ -23,12 +23,15 @@ class Presence:
         self._rows: dict[str, RunnerRow] = {}
         self._seen: dict[str, float] = {}
         self._dirty: dict[str, float] = {}
+        self._arch_seen: dict[str, float] = {}  # arch -> last contact with any runner of it
+        self._started = time.time()  # runners need a moment to come back after a restart
 
     def arrived(self, runner: RunnerRow) -> None:
         with self._lock:
             self._connections[runner.name] = self._connections.get(runner.name, 0) + 1
             self._rows[runner.name] = runner
             self._seen[runner.name] = time.time()
+            self._arch_seen[runner.arch] = time.time()
 
     def connected_elsewhere(self, name: str, host: str) -> Optional[str]:
         """The host of a connection registered as `name` from another host, if one is
@@ -55,6 +58,16 @@ class Presence:
             self._rows.pop(name, None)
             if name in self._seen:
                 self._dirty[name] = self._seen.pop(name)
+
+    def unattended(self, arch: str, timeout: float) -> bool:
+        """No runner of `arch` connected, nor seen for `timeout` seconds (counted from this
+        dispatcher's start at the earliest)."""
+        now = time.time()
+        with self._lock:
+            if any(r.arch == arch for r in self._rows.values()):
+                self._arch_seen[arch] = now
+                return False
+            return now - self._arch_seen.get(arch, self._started) > timeout
 
     def others(self, arch: str, name: str) -> bool:
         """Whether another runner of `arch` than `name` is connected."""

@@ -10,6 +10,7 @@ runners were seen) runs from the server's service_actions.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -102,7 +103,11 @@ class Hub:
         return created
 
     def query(self, repo_name: str, commit: str) -> CommitStatus:
-        return commit_status(self.store, self.repo(repo_name).name, check_commit(commit))
+        status = commit_status(self.store, self.repo(repo_name).name, check_commit(commit))
+        timeout = self.config.dispatcher.heartbeat_timeout
+        waiting = sorted({a.arch for a in status.archs if not a.state.final
+                          and self.presence.unattended(a.arch, timeout)})
+        return dataclasses.replace(status, unattended=waiting) if waiting else status
 
     # --- runners -----------------------------------------------------------------------
 

@@ -31,9 +31,27 @@ class Verdict(enum.IntEnum):
     PASSED = 0
     FAILED = 1
     TIMEOUT = 3
+    UNREACHABLE = 4  # no answer from the dispatcher at all: not a verdict on the commit
+
+
+class Unreachable(PolyarchError):
+    """The dispatcher never answered; `wait` exits UNREACHABLE, naming the address."""
+
+
+# Without one answer in this long, the dispatcher is taken as unreachable (a restart takes
+# seconds; later outages are ridden out until the deadline).
+FIRST_CONTACT = 30.0
+
+
+def failed_early(status: CommitStatus) -> bool:
+    """An architecture already failed, for good: the gate's answer cannot be a pass."""
+    return any(a.state.final and a.published and a.state.status is not None and not a.state.status.passing
+               for a in status.archs)
 
 
 def verdict(status: Optional[CommitStatus]) -> Verdict:
+    if status is not None and status.known and failed_early(status):
+        return Verdict.FAILED
     if status is None or not status.known or status.status == Overall.PENDING:
         return Verdict.TIMEOUT
     return Verdict.PASSED if status.status == Overall.PASSED else Verdict.FAILED
@@ -41,10 +59,13 @@ def verdict(status: Optional[CommitStatus]) -> Verdict:
 
 def wait(connect: Callable[[], Connection], repo: str, commit: str, branch: str, archs: list[str],
          timeout: float, poll: float = POLL_INTERVAL,
-         on_update: Callable[[CommitStatus], None] = lambda s: None) -> Optional[CommitStatus]:
-    """The commit's last known status once final, or when `timeout` runs out (then possibly
-    still pending, or None if the dispatcher could not be reached at all)."""
-    deadline = time.monotonic() + timeout
+         on_update: Callable[[CommitStatus], None] = lambda s: None, every: bool = False,
+         address: str = "") -> Optional[CommitStatus]:
+    """The commit's last known status once final (or, unless `every`, as soon as one
+    architecture failed), or when `timeout` runs out (then possibly still pending).
+    Raises Unreachable when the dispatcher never answered within FIRST_CONTACT."""
+    began = time.monotonic()
+    deadline = began + timeout
     last: Optional[CommitStatus] = None
     submitted = False
     conn: Optional[Connection] = None
@@ -69,6 +90,8 @@ def wait(connect: Callable[[], Connection], repo: str, commit: str, branch: str,
                 if (status.known and not missing and status.status != Overall.PENDING
                         and all(a.published for a in status.archs)):
                     return status
+                if status.known and not every and failed_early(status):
+                    return status
             except RemoteError:
                 raise  # the dispatcher refused (unknown repo, bad commit): waiting will not help
             except (OSError, PolyarchError) as exc:
@@ -77,9 +100,11 @@ def wait(connect: Callable[[], Connection], repo: str, commit: str, branch: str,
                 if conn is not None:
                     conn.close()
                     conn = None
+            if last is None and last_error is not None and (
+                    time.monotonic() - began > min(FIRST_CONTACT, timeout) or time.monotonic() + poll > deadline):
+                raise Unreachable(f"cannot reach the dispatcher at {address or 'its address'}: {last_error}; "
+                                  "is it running (polyarch-dispatcher serve)?")
             if time.monotonic() + poll > deadline:
-                if last is None and last_error is not None:
-                    raise last_error
                 return last
             time.sleep(poll)
     finally:
@@ -118,8 +143,10 @@ def summary(status: Optional[CommitStatus], repo: str, commit: str, timed_out: b
         note = f" (flaky on {', '.join(flaky)})" if flaky else ""
         parts.append(Text(f"all {len(status.archs)} architecture(s) passed{note}", style="green"))
     else:
-        failing = [a.arch for a in status.archs if not _passing(a.state)]
-        parts.append(Text(f"failed on {', '.join(failing)}", style="bold red"))
+        failing = [a.arch for a in status.archs if a.state.final and not _passing(a.state)]
+        pending = [a.arch for a in status.archs if not a.state.final]
+        still = f" ({', '.join(pending)} not finished yet)" if pending else ""
+        parts.append(Text(f"failed on {', '.join(failing)}{still}", style="bold red"))
     return Group(*parts)
 
 

@@ -234,6 +234,7 @@ class CommitStatus:
     branch: str = ""
     subject: str = ""
     archs: list[ArchState] = dataclasses.field(default_factory=list)
+    unattended: list[str] = dataclasses.field(default_factory=list)  # pending archs no runner serves
 
 
 Message = Union[Hello, Auth, Welcome, Error, Dispatch, Submit, Ack, Register, Lease, Job,
