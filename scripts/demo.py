@@ -21,9 +21,9 @@ sys.path.insert(0, str(ROOT))  # the daemon harness the tests and benchmarks sha
 
 from bench import rig  # after the line above
 
-# Not inside the clone: its jobs run as the unprivileged job user, who must reach their
-# checkout's folder, and a clone may well sit under /root (mode 0700).
-DEMO = Path(os.environ.get("POLYARCH_DEMO_DIR", "/var/tmp/polyarch-demo"))
+# As root, not inside the clone: the jobs then run as the unprivileged job user, who must
+# reach their checkout's folder, and a clone may well sit under /root (mode 0700).
+DEMO = Path(os.environ.get("POLYARCH_DEMO_DIR") or ("/var/lib/polyarch/demo" if os.geteuid() == 0 else ROOT / "demo"))
 BIN = Path(sys.executable).parent
 ROOTFS_ARM64 = Path(os.environ.get("POLYARCH_ROOTFS_ARM64", "/var/cache/polyarch/rootfs-arm64"))
 
