@@ -115,3 +115,35 @@ def test_auth_and_unknown_things(polyarch: Polyarch, api: Api) -> None:
     assert api.call("GET", "/healthz")[0] == 200
     # Nothing was queued by any of it.
     assert "polyarch_jobs{" not in api.call("GET", "/metrics")[1]
+
+
+def test_lists_show_repositories_commits_runners_and_unfinished_work(polyarch: Polyarch, api: Api) -> None:
+    """What `status` shows, from any host that reaches the API: repositories, their newest
+    commits, the runners (connected or not) and the work not finished yet."""
+    gate = polyarch.shared / "gate"
+    done = polyarch.repo.commit("exit 0")
+    polyarch.runner("r1")
+    polyarch.observer()
+    polyarch.wait_results([done])
+    slow = polyarch.repo.commit(f"touch {gate}.started; while [ ! -e {gate} ]; do sleep 0.05; done")
+    wait_for(lambda: (polyarch.shared / "gate.started").exists(), what="the slow job to start")
+    queued = polyarch.repo.commit("exit 1")
+    wait_for(lambda: len(api.call("GET", "/jobs?state=queued")[1]) == 1, what="the third commit to be queued")
+    status, repos = api.call("GET", "/repos")
+    assert status == 200 and repos == [{"name": "demo", "branches": ["main"], "architectures": ["amd64"],
+                                        "commits": 3}]
+    status, running = api.call("GET", "/jobs?state=running")
+    assert status == 200 and [(j["commit"], j["state"], j["runner"]) for j in running] == [(slow, "running", "r1")]
+    status, waiting = api.call("GET", "/jobs?state=queued")
+    assert [(j["commit"], j["state"], j["runner"]) for j in waiting] == [(queued, "queued", None)]
+    assert api.call("GET", "/jobs?state=sleeping")[0] == 400
+    status, commits = api.call("GET", "/repos/demo/commits?limit=2")
+    assert status == 200 and [c["commit"] for c in commits] == [queued, slow]
+    assert [c["status"] for c in commits] == ["running", "running"]  # pending commits read "running"
+    assert api.call("GET", "/repos/demo/commits?limit=0")[0] == 400
+    assert api.call("GET", "/repos/nope/commits")[0] == 400
+    status, runners = api.call("GET", "/runners")
+    assert status == 200 and [(r["name"], r["arch"], r["connected"]) for r in runners] == [("r1", "amd64", True)]
+    gate.touch()
+    polyarch.wait_results([slow, queued])
+    assert api.call("GET", "/jobs")[1] == []

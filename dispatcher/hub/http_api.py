@@ -3,6 +3,10 @@
     POST /jobs                         {"repo", "commit", "architectures"?, "branch"?} -> {"id", ...}
     GET  /jobs/{id}                    per-arch status and overall passed / failed / running
     GET  /repos/{repo}/commits/{sha}   the same, by name
+    GET  /repos                        the configured repositories: branches, architectures, commits seen
+    GET  /repos/{repo}/commits         its newest commits (?limit=N, at most 100), each as above
+    GET  /runners                      every runner seen: arch, host, machine, qemu, root, connected
+    GET  /jobs?state=queued|running    the work not finished yet, running first
     GET  /healthz                      200 while the state database answers
     GET  /metrics                      Prometheus text format
 
@@ -19,6 +23,7 @@ import json
 import logging
 import re
 import threading
+import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
@@ -27,6 +32,7 @@ from dispatcher import __version__
 from dispatcher.common.config import Config
 from dispatcher.common.errors import PolyarchError, StateError
 from dispatcher.hub.service import Hub
+from dispatcher.hub.store.rows import JobState
 from dispatcher.wire.errors import code_for, http_status
 
 log = logging.getLogger("polyarch.http")
@@ -34,6 +40,8 @@ log = logging.getLogger("polyarch.http")
 MAX_BODY = 64 * 1024
 _JOB = re.compile(r"^/jobs/(\d{1,18})$")
 _COMMIT = re.compile(r"^/repos/([^/]+)/commits/([^/]+)$")
+_COMMITS = re.compile(r"^/repos/([^/]+)/commits$")
+MAX_LIST = 100
 
 
 class ApiError(Exception):
@@ -148,10 +156,44 @@ class _Handler(BaseHTTPRequestHandler):
             if data is None:
                 raise ApiError(HTTPStatus.NOT_FOUND, f"commit {sha} of {repo} is not known")
             self._json(HTTPStatus.OK, data)
+        elif path == "/repos":
+            self._json(HTTPStatus.OK, [{"name": r.name, "branches": list(r.branches),
+                                        "architectures": [a.value for a in r.architectures],
+                                        "commits": hub.store.queries.commit_count(r.name)}
+                                       for r in hub.config.repos])
+        elif m := _COMMITS.match(path):
+            repo = hub.repo(m.group(1)).name
+            shas = list(dict.fromkeys(j.sha for j in hub.store.queries.jobs(repo, None, self._limit())))
+            self._json(HTTPStatus.OK, [self._commit(repo, sha) for sha in shas])
+        elif path == "/runners":
+            connected = hub.presence.connected()
+            self._json(HTTPStatus.OK, [{"name": r.name, "arch": r.arch, "host": r.host, "machine": r.machine,
+                                        "emulated": r.emulated, "qemu": r.qemu, "root": r.root,
+                                        "version": r.version, "last_seen": r.last_seen,
+                                        "connected": r.name in connected}
+                                       for r in hub.store.queries.runners()])
         elif path == "/jobs":
-            raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, "use POST /jobs to submit, GET /jobs/{id} to read")
+            wanted = self._query().get("state", "queued,running").split(",")
+            if not set(wanted) <= {"queued", "running"}:
+                raise ApiError(HTTPStatus.BAD_REQUEST, "state is queued, running or both (queued,running)")
+            states = {"queued": JobState.QUEUED, "running": JobState.LEASED}
+            chosen = {states[w] for w in wanted}
+            self._json(HTTPStatus.OK, [{"repo": j.repo, "commit": j.sha, "arch": j.arch,
+                                        "state": "running" if j.state == JobState.LEASED else "queued",
+                                        "runner": j.runner if j.state == JobState.LEASED else None,
+                                        "attempt": j.attempt, "id": hub.store.queries.commit_id(j.repo, j.sha)}
+                                       for j in hub.store.queries.active_jobs(limit=1000) if j.state in chosen])
         else:
             raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint {path[:100]!r}")
+
+    def _query(self) -> dict[str, str]:
+        return {k: v[-1] for k, v in urllib.parse.parse_qs(self.path.partition("?")[2]).items()}
+
+    def _limit(self) -> int:
+        text = self._query().get("limit", "20")
+        if not text.isdigit() or not 1 <= int(text) <= MAX_LIST:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"limit is a number from 1 to {MAX_LIST}")
+        return int(text)
 
     def _commit(self, repo: str, sha: str) -> Optional[dict[str, Any]]:
         hub = self.server.hub

@@ -59,6 +59,10 @@ class Presence:
             if name in self._seen:
                 self._dirty[name] = self._seen.pop(name)
 
+    def connected(self) -> set[str]:
+        with self._lock:
+            return set(self._rows)
+
     def unattended(self, arch: str, timeout: float) -> bool:
         """No runner of `arch` connected, nor seen for `timeout` seconds (counted from this
         dispatcher's start at the earliest)."""
