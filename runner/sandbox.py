@@ -86,6 +86,10 @@ class Sandbox:
                         "off; run the runner as root to run jobs as runner.job_user)", pwd.getpwuid(os.geteuid()).pw_name)
         elif self.rootfs is None:
             _check_reachable(config.runner.work_dir.absolute(), self.user)
+        for folder in settings.share:
+            if not folder.is_dir():
+                raise IsolationError(f"runner.share: {folder} is not a folder; make it (mkdir -p {folder}) or "
+                                     "leave it out")
 
     @property
     def isolated(self) -> bool:

@@ -89,6 +89,17 @@ def test_the_example_units_may_write_every_path_the_example_config_writes() -> N
     (('timeout = 600', 'timeout = 600\nhook_timeout = 0'), "repos[0].hook_timeout", "greater than 0"),
     (('listen = "127.0.0.1:7341"', 'listen = "127.0.0.1:7341"\nhttp_listen = "7342"'), "dispatcher.http_listen",
      "'7342'"),
+    (('arch = "auto"', 'arch = "auto"\njob_user = "Root Admin"'), "runner.job_user", "is not a user name"),
+    (('arch = "auto"', 'arch = "auto"\nshare = ["/"]'), "runner.share", "sharing / would give jobs everything"),
+    (('arch = "auto"', 'arch = "auto"\njob_memory = "2X"'), "runner.job_memory", "'2X' is not a size"),
+    (('arch = "auto"', 'arch = "auto"\njob_pids = 0'), "runner.job_pids", "greater than 0"),
+    (('arch = "auto"', 'arch = "auto"\ncache_limit = -5'), "runner.cache_limit", "-5 is not a size"),
+    (('timeout = 600', 'timeout = 600\nsetup_key = ["../secrets"]'), "repos[0].setup_key", "leaves the checkout"),
+    (('timeout = 600', 'timeout = 600\nsetup = ""'), "repos[0].setup", "must not be empty"),
+    (('[runner]', '[arch.arm64]\npackages = ["gcc; reboot"]\n[runner]'), "arch.arm64.packages",
+     "is not a Debian package name"),
+    (('[runner]', '[dispatcher.runners.r1]\narchitectures = ["vax"]\n[runner]'),
+     "dispatcher.runners.r1.architectures", "unknown architecture 'vax'"),
 ])
 def test_each_mistake_names_file_key_and_value(tmp_path: Path, change, key: str, words: str) -> None:
     old, new = change
