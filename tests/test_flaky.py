@@ -6,11 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
-import _pytest
-import iniconfig
-import packaging
-import pluggy
+from importlib import metadata
+
 import pytest
+from packaging.requirements import Requirement
 
 from conftest import ROOT, Polyarch, wait_for
 
@@ -57,15 +56,30 @@ def test_a_real_failure_is_retried_then_failed_with_both_logs(polyarch: Polyarch
 
 
 def _pytest_for_jobs(polyarch: Polyarch) -> Path:
-    """A copy of pytest (pure Python) where jobs can import it: the job user may not reach
-    this venv (a clone under /root is out of its reach, as it should be)."""
+    """A copy of pytest and everything it needs (pure Python) where jobs can import it: the
+    job user may not reach this venv (a clone under /root is out of its reach, as it should
+    be). The closure comes from the installed distributions' own requirements."""
     site = polyarch.shared / "site"
-    for module in (pytest, _pytest, pluggy, iniconfig, packaging):
-        folder = Path(module.__file__).parent
-        shutil.copytree(folder, site / folder.name, ignore=shutil.ignore_patterns("__pycache__"))
-    py = Path(_pytest.__file__).parent.parent / "py.py"
-    if py.exists():
-        shutil.copy(py, site / "py.py")
+    todo, seen = ["pytest"], set()
+    while todo:
+        dist = metadata.distribution(todo.pop())
+        if dist.metadata["Name"].lower() in seen:
+            continue
+        seen.add(dist.metadata["Name"].lower())
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+        tops = {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}
+        for top in tops - {"__pycache__"}:
+            if top.endswith((".dist-info", ".pth")):
+                continue
+            source = Path(str(dist.locate_file(top)))
+            if source.is_dir():
+                shutil.copytree(source, site / top, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+            elif source.suffix == ".py":
+                site.mkdir(parents=True, exist_ok=True)
+                shutil.copy(source, site / top)
     return site
 
 
