@@ -118,3 +118,28 @@ def test_the_github_actions_example_gates_on_the_result(polyarch: Polyarch, scri
                          timeout=120, cwd=polyarch.root)
     assert out.returncode == code, out.stdout + out.stderr
     assert ("all 1 architecture(s) passed" if code == 0 else "failed on amd64") in out.stdout
+
+
+def test_work_for_an_architecture_left_out_of_the_config_ends_cancelled(polyarch: Polyarch) -> None:
+    """s390x leaves the config while its job is queued (no runner ever served it): at the
+    dispatcher's next start that job ends `cancelled` with the reason, in the result files
+    too, and the gate judges the commit on the architectures configured now."""
+    polyarch.write_config(archs=("amd64", "s390x"))
+    sha = polyarch.repo.commit("exit 0")
+    dispatcher = polyarch.dispatcher()
+    polyarch.runner("r1")
+    polyarch.observer()
+    polyarch.wait_results([sha])
+    assert dispatcher.stop() == 0
+    polyarch.write_config(archs=("amd64",))
+    restarted = polyarch.dispatcher()
+    cancelled = polyarch.wait_results([sha], "s390x")[sha]
+    assert cancelled["status"] == "cancelled" and cancelled["exit_code"] is None
+    assert cancelled["reason"] == "architecture s390x is no longer configured for repository demo"
+    assert "cancelled demo " in restarted.log()
+    summary = json.loads((polyarch.results / "demo" / sha / "summary.json").read_text())
+    assert summary["architectures"] == {"amd64": "passed", "s390x": "cancelled"}
+    assert summary["arch_specific_failure"] is False  # a cancelled job is no verdict on the code
+    out = _wait(polyarch, sha, timeout=20)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "all 1 architecture(s) passed" in out.stdout

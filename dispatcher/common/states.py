@@ -29,6 +29,9 @@ class Status(str, enum.Enum):
     ERROR = "error"
     # The dispatcher's, never a runner's: passed on a retry after a failure.
     FLAKY = "flaky"
+    # The dispatcher's too: the job will not run (its architecture or repository left the
+    # config). Not a pass: a commit with a cancelled architecture has not passed there.
+    CANCELLED = "cancelled"
 
     @property
     def passing(self) -> bool:
@@ -38,8 +41,9 @@ class Status(str, enum.Enum):
     @property
     def a_verdict(self) -> bool:
         """The code's verdict on that arch: a pass, a failure or a timeout. An error (the job
-        could not run: a setup that failed, a missing program) says nothing about the code."""
-        return self is not Status.ERROR
+        could not run: a setup that failed, a missing program) or a cancelled job says nothing
+        about the code."""
+        return self not in (Status.ERROR, Status.CANCELLED)
 
     @property
     def retryable(self) -> bool:
@@ -59,6 +63,7 @@ class CellState(str, enum.Enum):
     TIMEOUT = "timeout"
     ERROR = "error"
     FLAKY = "flaky"
+    CANCELLED = "cancelled"
 
     @property
     def final(self) -> bool:

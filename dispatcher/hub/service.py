@@ -43,6 +43,7 @@ class Hub:
         self.store = store
         self.presence = Presence()
         self._identities = {r.name: r for r in config.dispatcher.runners}
+        self._cancel_unconfigured()
         self.metrics = Metrics()
         self.publisher = Publisher(config, store, self.metrics)
         self.stopping = threading.Event()
@@ -54,6 +55,16 @@ class Hub:
         self._last_service_error = ""
 
     # --- the work queue ------------------------------------------------------------------
+
+    def _cancel_unconfigured(self) -> None:
+        """At start: work for what the config no longer has ends `cancelled`, saying why."""
+        ended = self.store.jobs.cancel_unconfigured({r.name: [a.value for a in r.architectures]
+                                                     for r in self.config.repos})
+        for job in ended[:20]:
+            log.warning("cancelled %s %s on %s: %s", job.repo, job.sha[:12], job.arch, job.reason)
+        if len(ended) > 20:
+            log.warning("cancelled %d more job(s) of repositories or architectures no longer configured",
+                        len(ended) - 20)
 
     def notify_work(self) -> None:
         with self._work:

@@ -8,6 +8,7 @@ reconnects until its deadline.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import time
 from typing import Callable, Optional
@@ -49,6 +50,15 @@ def failed_early(status: CommitStatus) -> bool:
                for a in status.archs)
 
 
+def only(status: CommitStatus, archs: list[str]) -> CommitStatus:
+    """The commit as the gate judges it: on the architectures configured now (a job of one
+    removed from the config, cancelled, is no verdict on the commit)."""
+    if not status.known or all(a.arch in archs for a in status.archs):
+        return status
+    kept = [a for a in status.archs if a.arch in archs]
+    return dataclasses.replace(status, archs=kept, status=Overall.of(a.state.status for a in kept))
+
+
 def verdict(status: Optional[CommitStatus]) -> Verdict:
     if status is not None and status.known and failed_early(status):
         return Verdict.FAILED
@@ -79,6 +89,7 @@ def wait(connect: Callable[[], Connection], repo: str, commit: str, branch: str,
                 if not isinstance(status, CommitStatus):
                     raise PolyarchError(f"dispatcher answered query with {status.KIND.value}")
                 missing = sorted(set(archs) - {a.arch for a in status.archs})
+                status = only(status, archs)
                 if missing and not submitted:
                     conn.request_ack(Submit(repo=repo, commit=commit, branch=branch, archs=missing))
                     submitted = True

@@ -25,7 +25,7 @@ vertical-align:top}th{background:#f6f8fa}td.subject{max-width:28em;overflow:hidd
 white-space:nowrap}.st{font-weight:600;white-space:nowrap}.cell small{display:block;color:#656d76}
 .passed{background:#dafbe1;color:#116329}.failed{background:#ffebe9;color:#a40e26}
 .timeout{background:#fbefff;color:#6e40c9}.error{background:#fff1e5;color:#953800}
-.flaky{background:#fff8c5;color:#7d4e00}.running{background:#ddf4ff;color:#0550ae}
+.flaky{background:#fff8c5;color:#7d4e00}.cancelled{background:#f6f8fa;color:#57606a}.running{background:#ddf4ff;color:#0550ae}
 .queued,.pending{background:#f6f8fa;color:#656d76}
 tr.archspecific td:first-child{box-shadow:inset 4px 0 #cf222e}
 .badge{display:inline-block;border-radius:1em;padding:0 .6em;font-size:.85em;font-weight:600}

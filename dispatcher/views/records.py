@@ -94,5 +94,6 @@ MARKS: dict[str, Mark] = {
     CellState.TIMEOUT.value: Mark("◷", "magenta"), CellState.ERROR.value: Mark("!", "red"),
     CellState.FLAKY.value: Mark("≈", "yellow"), CellState.RUNNING.value: Mark("▶", "cyan"),
     CellState.QUEUED.value: Mark("…", "dim"), Overall.PENDING.value: Mark("…", "dim"),
+    CellState.CANCELLED.value: Mark("⊘", "dim"),
 }
 UNKNOWN = Mark("?", "white")

@@ -79,6 +79,33 @@ class Jobs:
                     self._holders[row["lease_id"]] = row["runner"] or ""
 
 
+    def cancel_unconfigured(self, configured: Mapping[str, Iterable[str]]) -> list[JobRow]:
+        """End as `cancelled` every unfinished job of a repository or architecture the
+        config no longer has (repo -> its architectures): nobody would ever run it, and a
+        gate waiting for it would wait for good. A lease held meanwhile is forgotten: its
+        result, should it come, is a late one."""
+        now = time.time()
+        wanted = {repo: set(archs) for repo, archs in configured.items()}
+        out = []
+        with self._lock, self.db.tx() as db:
+            rows = db.execute("SELECT id, repo, arch, lease_id FROM jobs WHERE state IN (?, ?)",
+                              (JobState.QUEUED.value, JobState.LEASED.value)).fetchall()
+            for row in rows:
+                if row["repo"] in wanted and row["arch"] in wanted[row["repo"]]:
+                    continue
+                why = (f"repository {row['repo']} is no longer configured" if row["repo"] not in wanted else
+                       f"architecture {row['arch']} is no longer configured for repository {row['repo']}")
+                db.execute("UPDATE jobs SET state = ?, status = ?, reason = ?, started_at = coalesce(leased_at, ?), "
+                           "finished_at = ?, log = ?, lease_id = NULL WHERE id = ?",
+                           (JobState.RECORDED.value, Status.CANCELLED.value, why, now, now, (why + "\n").encode(),
+                            row["id"]))
+                if row["lease_id"]:
+                    self._forget(row["lease_id"])
+                job = _job_by(db, "j.id = ?", row["id"])
+                if job is not None:
+                    out.append(job)
+        return out
+
     def enqueue(self, repo: str, branch: str, commits: Iterable[CommitInfo], archs: Iterable[str]) -> int:
         """Record commits and one job per arch; returns how many jobs are new. Idempotent."""
         now = time.time()
