@@ -112,6 +112,29 @@ def submit(config_path: str, repo: str, commit: str, branch: str, archs: tuple[s
                else f"{repo} {commit[:12]}: already known, nothing queued")
 
 
+@main.command()
+@config_option
+@click.option("--repo", required=True, help="Repository name from the config.")
+@click.option("--commit", required=True, help="Full commit SHA (40 or 64 hex digits).")
+@click.option("--arch", "archs", multiple=True, help="Architecture (repeatable; default: every one).")
+@one_line_errors
+def cancel(config_path: str, repo: str, commit: str, archs: tuple[str, ...]) -> None:
+    """Stop a commit's unfinished jobs: queued ones end `cancelled` at once, a running one
+    within a heartbeat interval plus kill_grace (its runner learns it at its next heartbeat)."""
+    from dispatcher.common.names import check_commit, parse_arch
+    from dispatcher.wire.protocol import Cancel
+
+    config = load_config(config_path)
+    config.require_repo(repo)
+    check_commit(commit)
+    for a in archs:
+        parse_arch(a)
+    with _client_connection(config, "cancel") as conn:
+        reply = conn.request_ack(Cancel(repo=repo, commit=commit, archs=list(archs)))
+    click.echo(f"{repo} {commit[:12]}: {reply.created} job(s) cancelled" if reply.created
+               else f"{repo} {commit[:12]}: nothing unfinished to cancel")
+
+
 @main.command("wait")
 @config_option
 @click.option("--repo", required=True, help="Repository name from the config.")

@@ -225,7 +225,8 @@ class Runner:
                 self._request(Heartbeat(job.lease_id), timeout=self.heartbeat_interval * 2 + 5)
             except RemoteError as exc:
                 if exc.code == ErrorCode.LEASE_LOST:
-                    log.warning("lease of %s %s lost; stopping the job", job.repo, job.commit[:12])
+                    log.warning("lease of %s %s lost (expired, or the job was cancelled); stopping the job",
+                                job.repo, job.commit[:12])
                     lost = True
                     work.abort()
             except (OSError, ProtocolError, ConfigError) as exc:

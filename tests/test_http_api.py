@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from typing import Any, Optional
 
 import pytest
 
-from conftest import Polyarch, wait_for
+from conftest import Polyarch, processes_running, wait_for
 
 pytestmark = pytest.mark.daemons
 
@@ -147,3 +148,41 @@ def test_lists_show_repositories_commits_runners_and_unfinished_work(polyarch: P
     gate.touch()
     polyarch.wait_results([slow, queued])
     assert api.call("GET", "/jobs")[1] == []
+
+
+def test_cancel_stops_a_running_job_within_a_heartbeat_and_a_queued_one_at_once(polyarch: Polyarch) -> None:
+    """`cancel` on a running job: its runner learns it at the next heartbeat and kills the
+    job's processes (the commit ends `cancelled`, no result from the runner counts); POST
+    /jobs/{id}/cancel on a queued one ends it at once; the runner goes on with new work."""
+    polyarch.write_config(heartbeat_timeout=3, dispatcher_settings='http_listen = "127.0.0.1:0"')
+    started = polyarch.shared / "started"
+    polyarch.dispatcher()
+    wait_for(lambda: (polyarch.root / "var/dispatcher/http-address").exists(), what="the HTTP API to listen")
+    api = Api(polyarch)
+    runner = polyarch.runner("r1")
+    slow = polyarch.repo.commit(f"touch {started}; sleep 300.4")
+    polyarch.observer()
+    wait_for(started.exists, what="the slow job to start")
+    behind = polyarch.repo.commit("exit 0")
+    wait_for(lambda: len(api.call("GET", "/jobs?state=queued")[1]) == 1, what="the next commit to be queued")
+    # The queued one first, while the runner is still busy: it ends at once.
+    job_id = api.call("GET", f"/repos/demo/commits/{behind}")[1]["id"]
+    assert api.call("POST", f"/jobs/{job_id}/cancel", b"{}", token=None)[0] == 401
+    status, data = api.call("POST", f"/jobs/{job_id}/cancel", b"{}")
+    assert status == 200 and data["cancelled"] == 1 and data["status"] == "failed", data
+    assert data["architectures"]["amd64"]["status"] == "cancelled"
+    assert data["architectures"]["amd64"]["reason"].startswith("cancelled by HTTP 127.0.0.1")
+    assert api.call("POST", "/jobs/999999/cancel", b"{}")[0] == 404
+    # Then the running one, by the CLI.
+    began = time.monotonic()
+    out = polyarch.cli("dispatcher", "cancel", "--config", str(polyarch.config), "--repo", "demo", "--commit", slow)
+    assert out.returncode == 0 and out.stdout.strip() == f"demo {slow[:12]}: 1 job(s) cancelled", out.stderr
+    result = polyarch.wait_results([slow], timeout=20)[slow]
+    assert result["status"] == "cancelled" and result["reason"].startswith("cancelled by cancel ("), result
+    # Within the heartbeat interval (1 s) + kill_grace (1 s); 10 s leaves room for a loaded machine.
+    wait_for(lambda: not processes_running("sleep", "300.4"), timeout=10, what="the cancelled job to be killed")
+    assert time.monotonic() - began < 10
+    again = polyarch.cli("dispatcher", "cancel", "--config", str(polyarch.config), "--repo", "demo", "--commit", slow)
+    assert again.returncode == 0 and again.stdout.strip() == f"demo {slow[:12]}: nothing unfinished to cancel"
+    after = polyarch.repo.commit("exit 0")
+    assert polyarch.wait_results([after])[after]["status"] == "passed" and runner.alive

@@ -1,6 +1,7 @@
 """The dispatcher's HTTP API (stdlib http.server): off unless [dispatcher] http_listen is set.
 
     POST /jobs                         {"repo", "commit", "architectures"?, "branch"?} -> {"id", ...}
+    POST /jobs/{id}/cancel             {"architectures"?} -> {"cancelled": N, ...}: stop its unfinished jobs
     GET  /jobs/{id}                    per-arch status and overall passed / failed / running
     GET  /repos/{repo}/commits/{sha}   the same, by name
     GET  /repos                        the configured repositories: branches, architectures, commits seen
@@ -41,6 +42,7 @@ MAX_BODY = 64 * 1024
 _JOB = re.compile(r"^/jobs/(\d{1,18})$")
 _COMMIT = re.compile(r"^/repos/([^/]+)/commits/([^/]+)$")
 _COMMITS = re.compile(r"^/repos/([^/]+)/commits$")
+_CANCEL = re.compile(r"^/jobs/(\d{1,18})/cancel$")
 MAX_LIST = 100
 
 
@@ -206,6 +208,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "architectures": {a.arch: _arch(a) for a in status.archs}}
 
     def _post(self) -> None:
+        if m := _CANCEL.match(self.path.split("?", 1)[0]):
+            self._cancel(int(m.group(1)))
+            return
         if self.path.split("?", 1)[0] != "/jobs":
             raise ApiError(HTTPStatus.NOT_FOUND if not self.path.startswith("/jobs") else
                            HTTPStatus.METHOD_NOT_ALLOWED, f"POST is only for /jobs, not {self.path[:100]!r}")
@@ -233,6 +238,24 @@ class _Handler(BaseHTTPRequestHandler):
         assert result is not None  # noqa: S101 - just enqueued in a committed transaction
         result["created"] = created
         self._json(HTTPStatus.CREATED if created else HTTPStatus.OK, result)
+
+    def _cancel(self, job_id: int) -> None:
+        self._authorize()
+        body = self._body()
+        try:
+            data = json.loads(body) if body.strip() else {}
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}") from None
+        archs = data.get("architectures", []) if isinstance(data, dict) else None
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs) or set(data) - {"architectures"}:
+            raise ApiError(HTTPStatus.BAD_REQUEST, 'body is {} or {"architectures": [names]}')
+        found = self.server.hub.store.queries.commit_by_id(job_id)
+        if found is None:
+            raise ApiError(HTTPStatus.NOT_FOUND, f"no job {job_id}")
+        ended = self.server.hub.cancel(found[0], found[1], archs, f"HTTP {self.client_address[0]}")
+        result = self._commit(*found)
+        assert result is not None  # noqa: S101 - found by id just above
+        self._json(HTTPStatus.OK, {**result, "cancelled": ended})
 
     def _authorize(self) -> None:
         header = self.headers.get("Authorization", "")

@@ -113,6 +113,18 @@ class Hub:
             self.notify_work()
         return created
 
+    def cancel(self, repo_name: str, commit: str, archs: list[str], by: str) -> int:
+        """Cancel a commit's unfinished jobs (archs empty: all); returns how many."""
+        repo = self.repo(repo_name)
+        check_commit(commit)
+        chosen = [parse_arch(a).value for a in archs]
+        ended = self.store.jobs.cancel(repo.name, commit, chosen, f"cancelled by {by}")
+        for job in ended:
+            log.info("cancelled %s %s on %s (by %s)", job.repo, job.sha[:12], job.arch, by)
+        if ended:
+            self.publisher.wake()  # the result files say `cancelled` at once
+        return len(ended)
+
     def query(self, repo_name: str, commit: str) -> CommitStatus:
         status = commit_status(self.store, self.repo(repo_name).name, check_commit(commit))
         timeout = self.config.dispatcher.heartbeat_timeout

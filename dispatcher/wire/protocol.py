@@ -50,6 +50,7 @@ class Kind(str, enum.Enum):
     RELEASE = "release"
     QUERY = "query"
     COMMIT_STATUS = "commit_status"
+    CANCEL = "cancel"
 
 
 class Role(str, enum.Enum):
@@ -199,6 +200,17 @@ class Release:
 
 
 @dataclasses.dataclass(frozen=True)
+class Cancel:
+    """Stop a commit's unfinished jobs (archs empty: all): queued ones end at once, a
+    running one's runner learns it at its next heartbeat (its lease is gone)."""
+
+    KIND: ClassVar[Kind] = Kind.CANCEL
+    repo: str
+    commit: str
+    archs: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
 class Query:
     """Where one commit stands (`polyarch-dispatcher wait`)."""
 
@@ -238,7 +250,7 @@ class CommitStatus:
 
 
 Message = Union[Hello, Auth, Welcome, Error, Dispatch, Submit, Ack, Register, Lease, Job,
-                NoJob, Heartbeat, Result, Release, Query, CommitStatus]
+                NoJob, Heartbeat, Result, Release, Query, CommitStatus, Cancel]
 _BY_KIND: dict[str, type] = {cls.KIND.value: cls for cls in typing.get_args(Message)}
 
 

@@ -82,23 +82,40 @@ class Jobs:
     def cancel_unconfigured(self, configured: Mapping[str, Iterable[str]]) -> list[JobRow]:
         """End as `cancelled` every unfinished job of a repository or architecture the
         config no longer has (repo -> its architectures): nobody would ever run it, and a
-        gate waiting for it would wait for good. A lease held meanwhile is forgotten: its
-        result, should it come, is a late one."""
-        now = time.time()
+        gate waiting for it would wait for good."""
         wanted = {repo: set(archs) for repo, archs in configured.items()}
+
+        def why(row: sqlite3.Row) -> Optional[str]:
+            if row["repo"] not in wanted:
+                return f"repository {row['repo']} is no longer configured"
+            if row["arch"] not in wanted[row["repo"]]:
+                return f"architecture {row['arch']} is no longer configured for repository {row['repo']}"
+            return None
+        return self._cancel("1 = 1", (), why)
+
+    def cancel(self, repo: str, sha: str, archs: Iterable[str], reason: str) -> list[JobRow]:
+        """End a commit's unfinished jobs (archs empty: all) as `cancelled` with `reason`."""
+        chosen = set(archs)
+        return self._cancel("repo = ? AND sha = ?", (repo, sha),
+                            lambda row: reason if not chosen or row["arch"] in chosen else None)
+
+    def _cancel(self, cond: str, args: tuple, why) -> list[JobRow]:
+        """Unfinished jobs matching `cond` for which `why(row)` gives a reason end as
+        `cancelled`. A lease held meanwhile is forgotten: its runner's next heartbeat is
+        refused (lease lost), so it stops the job, and a result it sends anyway is late."""
+        now = time.time()
         out = []
         with self._lock, self.db.tx() as db:
-            rows = db.execute("SELECT id, repo, arch, lease_id FROM jobs WHERE state IN (?, ?)",
-                              (JobState.QUEUED.value, JobState.LEASED.value)).fetchall()
+            rows = db.execute(f"SELECT id, repo, arch, lease_id FROM jobs WHERE state IN (?, ?) AND {cond}",
+                              (JobState.QUEUED.value, JobState.LEASED.value, *args)).fetchall()
             for row in rows:
-                if row["repo"] in wanted and row["arch"] in wanted[row["repo"]]:
+                reason = why(row)
+                if reason is None:
                     continue
-                why = (f"repository {row['repo']} is no longer configured" if row["repo"] not in wanted else
-                       f"architecture {row['arch']} is no longer configured for repository {row['repo']}")
                 db.execute("UPDATE jobs SET state = ?, status = ?, reason = ?, started_at = coalesce(leased_at, ?), "
                            "finished_at = ?, log = ?, lease_id = NULL WHERE id = ?",
-                           (JobState.RECORDED.value, Status.CANCELLED.value, why, now, now, (why + "\n").encode(),
-                            row["id"]))
+                           (JobState.RECORDED.value, Status.CANCELLED.value, reason, now, now,
+                            (reason + "\n").encode(), row["id"]))
                 if row["lease_id"]:
                     self._forget(row["lease_id"])
                 job = _job_by(db, "j.id = ?", row["id"])
