@@ -117,6 +117,29 @@ def submit(config_path: str, repo: str, commit: str, branch: str, archs: tuple[s
 @click.option("--repo", required=True, help="Repository name from the config.")
 @click.option("--commit", required=True, help="Full commit SHA (40 or 64 hex digits).")
 @click.option("--arch", "archs", multiple=True, help="Architecture (repeatable; default: every one).")
+@click.option("--failed", is_flag=True, help="Only the architectures that did not pass.")
+@one_line_errors
+def rerun(config_path: str, repo: str, commit: str, archs: tuple[str, ...], failed: bool) -> None:
+    """Run a commit's results again as new attempts; the earlier ones are kept beside them."""
+    from dispatcher.common.names import check_commit, parse_arch
+    from dispatcher.wire.protocol import Rerun
+
+    config = load_config(config_path)
+    config.require_repo(repo)
+    check_commit(commit)
+    for a in archs:
+        parse_arch(a)
+    with _client_connection(config, "rerun") as conn:
+        reply = conn.request_ack(Rerun(repo=repo, commit=commit, archs=list(archs), failed=failed))
+    click.echo(f"{repo} {commit[:12]}: {reply.created} rerun(s) queued" if reply.created
+               else f"{repo} {commit[:12]}: no final result to rerun (still queued or running?)")
+
+
+@main.command()
+@config_option
+@click.option("--repo", required=True, help="Repository name from the config.")
+@click.option("--commit", required=True, help="Full commit SHA (40 or 64 hex digits).")
+@click.option("--arch", "archs", multiple=True, help="Architecture (repeatable; default: every one).")
 @one_line_errors
 def cancel(config_path: str, repo: str, commit: str, archs: tuple[str, ...]) -> None:
     """Stop a commit's unfinished jobs: queued ones end `cancelled` at once, a running one

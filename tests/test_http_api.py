@@ -186,3 +186,46 @@ def test_cancel_stops_a_running_job_within_a_heartbeat_and_a_queued_one_at_once(
     assert again.returncode == 0 and again.stdout.strip() == f"demo {slow[:12]}: nothing unfinished to cancel"
     after = polyarch.repo.commit("exit 0")
     assert polyarch.wait_results([after])[after]["status"] == "passed" and runner.alive
+
+
+def test_a_rerun_is_a_new_attempt_with_the_earlier_result_kept_beside_it(polyarch: Polyarch) -> None:
+    """An `error` from a missing tool, fixed on the runner, is run again by hand: the new
+    final result replaces <arch>.json once, says it is attempt 2 and who asked, and the
+    first result stays beside it as an attempt file."""
+    tool = polyarch.shared / "lab-tool"
+    sha = polyarch.repo.commit(f"{tool} --check")  # not there yet: exit 127, `error`
+    polyarch.write_config(dispatcher_settings='http_listen = "127.0.0.1:0"')
+    polyarch.dispatcher()
+    wait_for(lambda: (polyarch.root / "var/dispatcher/http-address").exists(), what="the HTTP API to listen")
+    api = Api(polyarch)
+    polyarch.runner("r1")
+    polyarch.observer()
+    first = polyarch.wait_results([sha])[sha]
+    assert first["status"] == "error" and first["attempt"] == 1 and first["reason"].startswith("command not found")
+    tool.write_text("#!/bin/sh\necho the lab tool ran\n")
+    tool.chmod(0o755)
+    out = polyarch.cli("dispatcher", "rerun", "--config", str(polyarch.config), "--repo", "demo", "--commit", sha,
+                       "--failed")
+    assert out.returncode == 0 and out.stdout.strip() == f"demo {sha[:12]}: 1 rerun(s) queued", out.stderr
+    wait_for(lambda: (polyarch.result(sha) or {}).get("attempt") == 2, what="the rerun's result")
+    again = polyarch.result(sha)
+    assert again["status"] == "passed" and again["rerun_by"].startswith("rerun ("), again
+    [earlier] = again["earlier_attempts"]
+    assert earlier["attempt"] == 1 and earlier["status"] == "error" and earlier["log"] == "amd64.attempt1.log"
+    folder = polyarch.results / "demo" / sha
+    assert "not found" in (folder / "amd64.attempt1.log").read_text()
+    assert "the lab tool ran" in (folder / "amd64.log").read_text()
+    assert json.loads((folder / "summary.json").read_text())["architectures"] == {"amd64": "passed"}
+    # --failed finds nothing to do now; the HTTP API reruns a pass on request.
+    none = polyarch.cli("dispatcher", "rerun", "--config", str(polyarch.config), "--repo", "demo", "--commit", sha,
+                        "--failed")
+    assert none.stdout.strip() == f"demo {sha[:12]}: no final result to rerun (still queued or running?)"
+    job_id = api.call("GET", f"/repos/demo/commits/{sha}")[1]["id"]
+    status, data = api.call("POST", f"/jobs/{job_id}/rerun", b'{"architectures": ["amd64"]}')
+    assert status == 200 and data["rerun"] == 1
+    wait_for(lambda: (polyarch.result(sha) or {}).get("attempt") == 3, what="the second rerun's result")
+    assert [a["attempt"] for a in polyarch.result(sha)["earlier_attempts"]] == [1, 2]
+    assert "not found" in (folder / "amd64.attempt1.log").read_text()  # not overwritten by the later write
+    unknown = polyarch.cli("dispatcher", "rerun", "--config", str(polyarch.config), "--repo", "demo",
+                           "--commit", "c" * 40)
+    assert unknown.returncode == 2 and "is not known to the dispatcher, so there is nothing to rerun" in unknown.stderr

@@ -2,6 +2,7 @@
 
     POST /jobs                         {"repo", "commit", "architectures"?, "branch"?} -> {"id", ...}
     POST /jobs/{id}/cancel             {"architectures"?} -> {"cancelled": N, ...}: stop its unfinished jobs
+    POST /jobs/{id}/rerun              {"architectures"?, "failed"?} -> {"rerun": N, ...}: run its results again
     GET  /jobs/{id}                    per-arch status and overall passed / failed / running
     GET  /repos/{repo}/commits/{sha}   the same, by name
     GET  /repos                        the configured repositories: branches, architectures, commits seen
@@ -42,7 +43,7 @@ MAX_BODY = 64 * 1024
 _JOB = re.compile(r"^/jobs/(\d{1,18})$")
 _COMMIT = re.compile(r"^/repos/([^/]+)/commits/([^/]+)$")
 _COMMITS = re.compile(r"^/repos/([^/]+)/commits$")
-_CANCEL = re.compile(r"^/jobs/(\d{1,18})/cancel$")
+_ACTION = re.compile(r"^/jobs/(\d{1,18})/(cancel|rerun)$")
 MAX_LIST = 100
 
 
@@ -208,8 +209,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "architectures": {a.arch: _arch(a) for a in status.archs}}
 
     def _post(self) -> None:
-        if m := _CANCEL.match(self.path.split("?", 1)[0]):
-            self._cancel(int(m.group(1)))
+        if m := _ACTION.match(self.path.split("?", 1)[0]):
+            self._act(int(m.group(1)), m.group(2))
             return
         if self.path.split("?", 1)[0] != "/jobs":
             raise ApiError(HTTPStatus.NOT_FOUND if not self.path.startswith("/jobs") else
@@ -239,23 +240,31 @@ class _Handler(BaseHTTPRequestHandler):
         result["created"] = created
         self._json(HTTPStatus.CREATED if created else HTTPStatus.OK, result)
 
-    def _cancel(self, job_id: int) -> None:
+    def _act(self, job_id: int, action: str) -> None:
+        """POST /jobs/{id}/cancel or /rerun: {"architectures"?: [...], "failed"?: bool (rerun)}."""
         self._authorize()
         body = self._body()
         try:
             data = json.loads(body) if body.strip() else {}
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}") from None
+        allowed = {"architectures", "failed"} if action == "rerun" else {"architectures"}
         archs = data.get("architectures", []) if isinstance(data, dict) else None
-        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs) or set(data) - {"architectures"}:
-            raise ApiError(HTTPStatus.BAD_REQUEST, 'body is {} or {"architectures": [names]}')
+        failed = data.get("failed", False) if isinstance(data, dict) else None
+        if (not isinstance(archs, list) or not all(isinstance(a, str) for a in archs) or set(data) - allowed
+                or not isinstance(failed, bool)):
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"body is {{}} or an object of {', '.join(sorted(allowed))}")
         found = self.server.hub.store.queries.commit_by_id(job_id)
         if found is None:
             raise ApiError(HTTPStatus.NOT_FOUND, f"no job {job_id}")
-        ended = self.server.hub.cancel(found[0], found[1], archs, f"HTTP {self.client_address[0]}")
+        by = f"HTTP {self.client_address[0]}"
+        if action == "cancel":
+            done = {"cancelled": self.server.hub.cancel(found[0], found[1], archs, by)}
+        else:
+            done = {"rerun": self.server.hub.rerun(found[0], found[1], archs, failed, by)}
         result = self._commit(*found)
         assert result is not None  # noqa: S101 - found by id just above
-        self._json(HTTPStatus.OK, {**result, "cancelled": ended})
+        self._json(HTTPStatus.OK, {**result, **done})
 
     def _authorize(self) -> None:
         header = self.headers.get("Authorization", "")

@@ -23,7 +23,7 @@ def record_of(job: JobRow, earlier: tuple[Attempt, ...] = ()) -> ResultRecord:
         finished_at=job.finished_at or 0.0, attempt=job.attempt, reason=job.reason,
         log_truncated=job.log_truncated, tests=job.tests, runner_host=job.runner_host,
         runner_machine=job.runner_machine, runner_emulated=job.runner_emulated, runner_kernel=job.runner_kernel,
-        runner_qemu=job.runner_qemu, runner_root=job.runner_root, failed_tests=job.failed_tests, earlier=earlier)
+        runner_qemu=job.runner_qemu, runner_root=job.runner_root, rerun_by=job.rerun_by, failed_tests=job.failed_tests, earlier=earlier)
 
 
 def summary_of(store: Store, repo: str, sha: str, branch: str) -> dict:
@@ -35,7 +35,7 @@ def summary_of(store: Store, repo: str, sha: str, branch: str) -> dict:
 def cell(job: JobRow, now: float, store: Optional[Store] = None) -> Cell:
     """One (commit, arch); with `store`, a retried job's earlier attempts join its record."""
     if job.state.final:
-        earlier = store.attempts.of(job.id) if store is not None and job.retries else ()
+        earlier = store.attempts.of(job.id) if store is not None and (job.retries or job.reruns) else ()
         record = record_of(job, earlier)
         return Cell(job.arch, CellState.of(record.status), job.attempt, job.runner or "",
                     record.finished_at - record.started_at, job.runner_emulated, record)

@@ -38,7 +38,7 @@ from dispatcher.hub.store import Policy, RunnerRow, Store
 from dispatcher.wire.auth import AuthThrottle, client_mac, load_secret, new_nonce, server_proof, verify
 from dispatcher.wire.errors import ErrorCode, code_for
 from dispatcher.wire.protocol import (Ack, Auth, Channel, Dispatch, Error, Heartbeat, Hello, Lease, Message, NoJob,
-                                      Query, Register, Release, Result, Role, Submit, Welcome, Cancel)
+                                      Query, Register, Release, Result, Role, Submit, Welcome, Cancel, Rerun)
 from dispatcher.wire.tls import for_server
 
 log = logging.getLogger("polyarch.dispatcher")
@@ -233,6 +233,10 @@ class _Handler(socketserver.BaseRequestHandler):
     def on_dispatch(self, msg: Dispatch) -> Message:
         return Ack(created=self.server.hub.dispatch(msg.repo, msg.branch, msg.commits))
 
+    def on_rerun(self, msg: Rerun) -> Message:
+        queued = self.server.hub.rerun(msg.repo, msg.commit, msg.archs, msg.failed, f"{self.name} ({self.peer})")
+        return Ack(created=queued, message=f"{queued} rerun(s) queued")
+
     def on_cancel(self, msg: Cancel) -> Message:
         ended = self.server.hub.cancel(msg.repo, msg.commit, msg.archs, f"{self.name} ({self.peer})")
         return Ack(created=ended, message=f"cancelled {ended} job(s)")
@@ -274,6 +278,7 @@ ROUTES: dict[type, tuple[frozenset[Role], Callable[[_Handler, Message], Message]
     Submit: (_ASKING, _Handler.on_submit),
     Query: (_ASKING, _Handler.on_query),
     Cancel: (_ASKING, _Handler.on_cancel),
+    Rerun: (_ASKING, _Handler.on_rerun),
     Register: (_RUNNING, _Handler.on_register),
     Lease: (_RUNNING, _Handler.on_lease),
     Heartbeat: (_RUNNING, _Handler.on_heartbeat),

@@ -17,7 +17,9 @@ import time
 from typing import Optional
 
 from dispatcher.common.config import Config, RepoConfig
-from dispatcher.common.errors import LeaseLost, NotAllowed, PolyarchError, ProtocolError, StateError, UnknownArch
+from dispatcher.common.errors import (LeaseLost, NotAllowed, PolyarchError, ProtocolError, StateError, UnknownArch,
+                                     UnknownName)
+from dispatcher.common.files import read_regular
 from dispatcher.common.names import check_branch, check_commit, check_runner, parse_arch
 from dispatcher.common.states import Status
 from dispatcher.hub.metrics import Metrics
@@ -27,6 +29,8 @@ from dispatcher.hub.reads import commit_status
 from dispatcher.hub.store.interface import State
 from dispatcher.hub.store import JobResult, JobState, RunnerRow
 from dispatcher.results.junit import parse as parse_junit
+from dispatcher.results.layout import File
+from dispatcher.results.layout import path as result_path
 from dispatcher.wire.protocol import CommitInfo, CommitStatus, Job, Register, Result
 
 log = logging.getLogger("polyarch.dispatcher")
@@ -112,6 +116,35 @@ class Hub:
             log.info("queued %d job(s) for %s %s (submitted by %s)", created, repo.name, commit[:12], by)
             self.notify_work()
         return created
+
+    def rerun(self, repo_name: str, commit: str, archs: list[str], failed_only: bool, by: str) -> int:
+        """Run a commit's final results again (archs empty: all; `failed_only`: those that
+        did not pass) as new attempts; returns how many were queued. A commit the
+        dispatcher does not know is refused: there is no result to redo."""
+        repo = self.repo(repo_name)
+        check_commit(commit)
+        chosen = {parse_arch(a).value for a in archs}
+        unknown = chosen - {a.value for a in repo.architectures}
+        if unknown:
+            raise UnknownArch(f"{', '.join(sorted(unknown))} not configured for repo {repo.name}")
+        jobs = [j for j in self.store.queries.jobs(repo.name, commit, 1) if j.sha == commit]
+        if not jobs:
+            raise UnknownName(f"commit {commit} of {repo.name} is not known to the dispatcher, so there is nothing "
+                              "to rerun; queue it with polyarch-dispatcher submit")
+        queued = 0
+        for job in jobs:
+            if (chosen and job.arch not in chosen) or (failed_only and job.status is not None and job.status.passing):
+                continue
+            # The result's log lives in its file once published: it goes with the attempt.
+            output = read_regular(result_path(self.config.dispatcher.results_dir, File.LOG, repo=job.repo,
+                                              commit=job.sha, arch=job.arch), 64 << 20)
+            if self.store.jobs.rerun(job.id, output, by) is not None:
+                log.info("rerun of %s %s on %s queued (attempt %d was %s; asked by %s)", job.repo, job.sha[:12],
+                         job.arch, job.attempt, job.status.value if job.status else "?", by)
+                queued += 1
+        if queued:
+            self.notify_work()
+        return queued
 
     def cancel(self, repo_name: str, commit: str, archs: list[str], by: str) -> int:
         """Cancel a commit's unfinished jobs (archs empty: all); returns how many."""

@@ -23,7 +23,8 @@ SCHEMA_VERSION = 1
 
 @dataclasses.dataclass(frozen=True)
 class Attempt:
-    """An earlier, failed attempt of a job that retry_failed ran again."""
+    """An earlier attempt: a failure retry_failed ran again, or a final result a person
+    asked to rerun."""
 
     attempt: int
     runner: str
@@ -58,6 +59,7 @@ class ResultRecord:
     runner_kernel: str = ""
     runner_qemu: str = ""  # emulated jobs: the qemu-user version that ran them
     runner_root: str = ""  # jobs in a root: "<arch> <suite> <packages digest>"
+    rerun_by: str = ""  # who asked for this run, when it is a rerun
     failed_tests: tuple[str, ...] = ()
     earlier: tuple[Attempt, ...] = ()  # failed attempts run again under retry_failed, oldest first
 
@@ -79,6 +81,7 @@ class ResultRecord:
             "kernel": self.runner_kernel,
             "qemu": self.runner_qemu,
             "root": self.runner_root,
+            "rerun_by": self.rerun_by,
             "status": self.status.value,
             "exit_code": self.exit_code,
             "started_at": iso(self.started_at),
@@ -117,6 +120,7 @@ class ResultRecord:
             runner_host=str(data.get("runner_host", "")), runner_machine=str(data.get("runner_machine", "")),
             runner_emulated=bool(data.get("emulated", False)), runner_kernel=str(data.get("kernel", "")),
             runner_qemu=str(data.get("qemu", "")), runner_root=str(data.get("root", "")),
+            rerun_by=str(data.get("rerun_by", "")),
             failed_tests=tuple(str(t) for t in data.get("failed_tests") or ()),
             earlier=tuple(Attempt(int(a["attempt"]), str(a.get("runner", "")), Status(a["status"]),
                                   a.get("exit_code") if isinstance(a.get("exit_code"), int) else None,

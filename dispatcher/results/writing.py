@@ -20,10 +20,16 @@ def write_result(root: Path, record: ResultRecord, log: bytes, junit: bytes,
     """Write every file of `record` (and its commit's `summary`); returns <arch>.json's path."""
     where = dict(repo=record.repo, commit=record.commit, arch=record.arch)
     for attempt in record.earlier:
-        atomic_write(path(root, File.ATTEMPT_LOG, n=attempt.attempt, **where), attempt.log)
+        # An attempt's log is kept in the state only until it is written once: a later
+        # result (a rerun) must not overwrite it with nothing.
+        attempt_log = path(root, File.ATTEMPT_LOG, n=attempt.attempt, **where)
+        if attempt.log or not attempt_log.exists():
+            atomic_write(attempt_log, attempt.log)
     atomic_write(path(root, File.LOG, **where), log)
     if junit and record.tests is not None:
         atomic_write(path(root, File.JUNIT, **where), junit)
+    else:  # a rerun without JUnit: the earlier run's file is not this result's
+        path(root, File.JUNIT, **where).unlink(missing_ok=True)
     atomic_write(path(root, File.SUMMARY, record.repo, record.commit), dumps(summary))
     result = path(root, File.RESULT, **where)
     atomic_write(result, dumps(record.to_dict()))

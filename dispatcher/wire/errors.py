@@ -8,7 +8,8 @@ import enum
 from http import HTTPStatus
 
 from dispatcher.common.errors import (AuthError, Busy, InternalError, InvalidName, LeaseLost, MessageTooLarge,
-                                      NotAllowed, PolyarchError, ProtocolError, StateError, UnknownArch, UnknownRepo)
+                                      NotAllowed, PolyarchError, ProtocolError, StateError, UnknownArch, UnknownName,
+                                      UnknownRepo)
 
 
 class ErrorCode(str, enum.Enum):
@@ -18,6 +19,7 @@ class ErrorCode(str, enum.Enum):
     UNKNOWN_REPO = "unknown-repo"
     UNKNOWN_ARCH = "unknown-arch"
     INVALID_NAME = "invalid-name"
+    UNKNOWN = "unknown"  # a commit (or other thing) the dispatcher does not know
     LEASE_LOST = "lease-lost"
     NOT_ALLOWED = "not-allowed"
     BUSY = "busy"
@@ -27,7 +29,7 @@ class ErrorCode(str, enum.Enum):
     @property
     def usage(self) -> bool:
         """The request named something wrong: exit code 2 at a CLI, retrying will not help."""
-        return self in (ErrorCode.UNKNOWN_REPO, ErrorCode.UNKNOWN_ARCH, ErrorCode.INVALID_NAME)
+        return self in (ErrorCode.UNKNOWN_REPO, ErrorCode.UNKNOWN_ARCH, ErrorCode.INVALID_NAME, ErrorCode.UNKNOWN)
 
 
 # code -> (the exception the hub raises for it, the HTTP API's status); subclasses before
@@ -39,6 +41,7 @@ TABLE: dict[ErrorCode, tuple[type[PolyarchError], HTTPStatus]] = {
     ErrorCode.UNKNOWN_REPO: (UnknownRepo, HTTPStatus.BAD_REQUEST),
     ErrorCode.UNKNOWN_ARCH: (UnknownArch, HTTPStatus.BAD_REQUEST),
     ErrorCode.INVALID_NAME: (InvalidName, HTTPStatus.BAD_REQUEST),
+    ErrorCode.UNKNOWN: (UnknownName, HTTPStatus.NOT_FOUND),
     ErrorCode.LEASE_LOST: (LeaseLost, HTTPStatus.CONFLICT),
     ErrorCode.NOT_ALLOWED: (NotAllowed, HTTPStatus.FORBIDDEN),
     ErrorCode.BUSY: (Busy, HTTPStatus.SERVICE_UNAVAILABLE),

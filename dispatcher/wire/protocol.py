@@ -51,6 +51,7 @@ class Kind(str, enum.Enum):
     QUERY = "query"
     COMMIT_STATUS = "commit_status"
     CANCEL = "cancel"
+    RERUN = "rerun"
 
 
 class Role(str, enum.Enum):
@@ -211,6 +212,18 @@ class Cancel:
 
 
 @dataclasses.dataclass(frozen=True)
+class Rerun:
+    """Run a commit's final results again (archs empty: all; `failed`: those that did not
+    pass): each becomes an earlier attempt, and a new one is queued."""
+
+    KIND: ClassVar[Kind] = Kind.RERUN
+    repo: str
+    commit: str
+    archs: list[str] = dataclasses.field(default_factory=list)
+    failed: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class Query:
     """Where one commit stands (`polyarch-dispatcher wait`)."""
 
@@ -250,7 +263,7 @@ class CommitStatus:
 
 
 Message = Union[Hello, Auth, Welcome, Error, Dispatch, Submit, Ack, Register, Lease, Job,
-                NoJob, Heartbeat, Result, Release, Query, CommitStatus, Cancel]
+                NoJob, Heartbeat, Result, Release, Query, CommitStatus, Cancel, Rerun]
 _BY_KIND: dict[str, type] = {cls.KIND.value: cls for cls in typing.get_args(Message)}
 
 

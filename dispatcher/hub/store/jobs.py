@@ -93,6 +93,22 @@ class Jobs:
             return None
         return self._cancel("1 = 1", (), why)
 
+    def rerun(self, job_id: int, log: bytes, by: str) -> Optional[JobRow]:
+        """Queue a final job again: its result becomes an earlier attempt (with `log`, read
+        back from its files), and the files keep showing it until the new one replaces
+        them. None when the job is not final (queued or running: nothing to rerun)."""
+        with self._lock, self.db.tx() as db:
+            job = _job_by(db, "j.id = ?", job_id)
+            if job is None or not job.state.final or job.status is None:
+                return None
+            self.attempts.add(db, job, job.status, job.exit_code, job.started_at or 0.0, job.finished_at or 0.0,
+                              job.reason, log)
+            db.execute("UPDATE jobs SET state = ?, status = NULL, exit_code = NULL, lease_id = NULL, reason = '', "
+                       "log = NULL, junit = NULL, tests = NULL, failed_tests = '[]', outcomes = NULL, "
+                       "reruns = reruns + 1, rerun_by = ?, avoid_runner = NULL, handbacks = 0 WHERE id = ?",
+                       (JobState.QUEUED.value, by[:200], job_id))
+            return _job_by(db, "j.id = ?", job_id)
+
     def cancel(self, repo: str, sha: str, archs: Iterable[str], reason: str) -> list[JobRow]:
         """End a commit's unfinished jobs (archs empty: all) as `cancelled` with `reason`."""
         chosen = set(archs)
@@ -232,9 +248,9 @@ class Jobs:
             if job is None:
                 continue
             # Attempts that ended in a retried failure do not count against lost runners.
-            if job.attempt - job.retries >= max_attempts:
+            if job.attempt - job.retries - job.reruns >= max_attempts:
                 reason = (f"runner {job.runner} lost (no heartbeat); gave up after "
-                          f"{job.attempt - job.retries} attempt(s), max_attempts = {max_attempts}")
+                          f"{job.attempt - job.retries - job.reruns} attempt(s), max_attempts = {max_attempts}")
                 db.execute("UPDATE jobs SET state = ?, status = ?, reason = ?, started_at = leased_at, "
                            "finished_at = ?, log = ? WHERE id = ?",
                            (JobState.RECORDED.value, Status.ERROR.value, reason, now,
@@ -322,7 +338,7 @@ class Jobs:
             out = []
             for r in rows:
                 job = JobRow.from_row(r)
-                attempts = self.attempts.of(job.id) if job.retries else ()
+                attempts = self.attempts.of(job.id) if job.retries or job.reruns else ()
                 out.append(FinishedJob(job, r["log_blob"] or b"", r["junit_blob"] or b"", attempts))
         return out
 

@@ -58,6 +58,8 @@ class JobRow:
     runner_qemu: str
     runner_root: str
     retries: int  # failed attempts run again under retry_failed
+    reruns: int  # final results run again because a person asked (rerun)
+    rerun_by: str  # who asked for the last rerun
     tests: Optional[TestCounts]  # from the JUnit XML, parsed once when the result was recorded
     failed_tests: tuple[str, ...]
 
