@@ -190,7 +190,8 @@ def build(arch: Arch, root: Path, progress: Optional[Sink] = None, suite: Option
         if previous is not None:
             chosen = previous.suite
             wanted = tuple(dict.fromkeys((*previous.packages, *wanted)))
-        missing = tuple(p for p in wanted if p not in installed(root))
+        have = installed(root)
+        missing = tuple(p for p in dict.fromkeys((*PACKAGES, *wanted)) if p not in have)
         if missing or upgrade:
             _apt_in_root(arch, root, missing)
     report("done", len(STEPS), len(STEPS))
