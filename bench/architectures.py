@@ -24,7 +24,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from bench.rig import ROOT, Daemon, git, new_repo, wait_file, write_json
+from bench.rig import ROOT, Daemon, git, new_repo, stop_all, wait_file, write_json
 
 EMULATED = ("arm64", "armhf", "riscv64", "ppc64el", "s390x", "i386")
 WHAT_AM_I = """python3 - <<'EOF'
@@ -98,10 +98,7 @@ def run_jobs(roots: dict[str, dict], jobs: int) -> dict[str, dict]:
                              "job_true_median_s": statistics.median(durations), "jobs": len(durations)}
             return out
         finally:
-            for d in reversed(daemons):
-                if d.alive:
-                    d.stop(60)
-                d.close()
+            stop_all(daemons)
 
 
 def write_config(root: Path, repo: Path, archs: list[str]) -> Path:

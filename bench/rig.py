@@ -176,6 +176,14 @@ def daemons(root: Path, config: Path, runners: int = 1,
             d.close()
 
 
+def stop_all(started: Sequence[Daemon], timeout: float = 60) -> None:
+    """SIGTERM each daemon still running, last started first, and wait for it."""
+    for d in reversed(started):
+        if d.alive:
+            d.stop(timeout)
+        d.close()
+
+
 def rss_mib(pid: int, field: str = "VmRSS") -> float:
     """Resident memory of a process in MiB (`VmHWM` for its peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -18,7 +18,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from bench.rig import ROOT, Daemon, git, new_repo, wait_file, write_json
+from bench.rig import ROOT, Daemon, git, new_repo, stop_all, wait_file, write_json
 
 TEST = textwrap.dedent("""\
     import attrs
@@ -88,10 +88,7 @@ def measure(rootfs: Path | None, index: Path) -> dict[str, object]:
                 print(f"{arch} job {i + 1}: {result['status']}, {result['duration']:.2f} s ({how})", flush=True)
             return out
         finally:
-            for d in reversed(daemons):
-                if d.alive:
-                    d.stop(60)
-                d.close()
+            stop_all(daemons)
 
 
 def main() -> None:

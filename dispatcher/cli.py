@@ -98,14 +98,9 @@ def status(config_path: str, repo: Optional[str], commit: Optional[str], limit: 
 @one_line_errors
 def submit(config_path: str, repo: str, commit: str, branch: str, archs: tuple[str, ...]) -> None:
     """Queue one commit by hand."""
-    from dispatcher.common.names import check_commit, parse_arch
     from dispatcher.wire.protocol import Submit
 
-    config = load_config(config_path)
-    config.require_repo(repo)
-    check_commit(commit)
-    for a in archs:
-        parse_arch(a)
+    config = _checked(config_path, repo, commit, archs)
     with _client_connection(config, "submit") as conn:
         reply = conn.request_ack(Submit(repo=repo, commit=commit, branch=branch, archs=list(archs)))
     click.echo(f"{repo} {commit[:12]}: {reply.created} job(s) queued" if reply.created
@@ -121,14 +116,9 @@ def submit(config_path: str, repo: str, commit: str, branch: str, archs: tuple[s
 @one_line_errors
 def rerun(config_path: str, repo: str, commit: str, archs: tuple[str, ...], failed: bool) -> None:
     """Run a commit's results again as new attempts; the earlier ones are kept beside them."""
-    from dispatcher.common.names import check_commit, parse_arch
     from dispatcher.wire.protocol import Rerun
 
-    config = load_config(config_path)
-    config.require_repo(repo)
-    check_commit(commit)
-    for a in archs:
-        parse_arch(a)
+    config = _checked(config_path, repo, commit, archs)
     with _client_connection(config, "rerun") as conn:
         reply = conn.request_ack(Rerun(repo=repo, commit=commit, archs=list(archs), failed=failed))
     click.echo(f"{repo} {commit[:12]}: {reply.created} rerun(s) queued" if reply.created
@@ -144,14 +134,9 @@ def rerun(config_path: str, repo: str, commit: str, archs: tuple[str, ...], fail
 def cancel(config_path: str, repo: str, commit: str, archs: tuple[str, ...]) -> None:
     """Stop a commit's unfinished jobs: queued ones end `cancelled` at once, a running one
     within a heartbeat interval plus kill_grace (its runner learns it at its next heartbeat)."""
-    from dispatcher.common.names import check_commit, parse_arch
     from dispatcher.wire.protocol import Cancel
 
-    config = load_config(config_path)
-    config.require_repo(repo)
-    check_commit(commit)
-    for a in archs:
-        parse_arch(a)
+    config = _checked(config_path, repo, commit, archs)
     with _client_connection(config, "cancel") as conn:
         reply = conn.request_ack(Cancel(repo=repo, commit=commit, archs=list(archs)))
     click.echo(f"{repo} {commit[:12]}: {reply.created} job(s) cancelled" if reply.created
@@ -224,6 +209,19 @@ def wait_command(config_path: str, repo: str, commit: str, branch: str, timeout:
     else:
         console.print(summary(status, repo, commit, timed_out=True))
     raise click.exceptions.Exit(int(outcome))
+
+
+def _checked(config_path: str, repo: str, commit: str, archs: tuple[str, ...]):
+    """The config, once the request's names are known good here: a typo is exit 2 before
+    any connection is made (submit, rerun and cancel alike)."""
+    from dispatcher.common.names import check_commit, parse_arch
+
+    config = load_config(config_path)
+    config.require_repo(repo)
+    check_commit(commit)
+    for a in archs:
+        parse_arch(a)
+    return config
 
 
 def _client_connection(config, name: str):
