@@ -211,6 +211,50 @@ def wait_command(config_path: str, repo: str, commit: str, branch: str, timeout:
     raise click.exceptions.Exit(int(outcome))
 
 
+@main.command()
+@config_option
+@click.option("--repo", required=True, help="Repository name from the config.")
+@click.option("--commit", required=True, help="Full commit SHA (40 or 64 hex digits).")
+@click.option("--arch", default=None, help="Architecture (default: the repository's only one).")
+@click.option("--follow", "-f", is_flag=True,
+              help="Go on printing while the job runs; end with its final status (exit 0 if it passed, else 1).")
+@one_line_errors
+def logs(config_path: str, repo: str, commit: str, arch: Optional[str], follow: bool) -> None:
+    """Print a job's log: the final one, or a running job's output so far (from any host
+    with the secret: it is read from the dispatcher)."""
+    import sys
+
+    from dispatcher.views.logs import OverWire, read, status_line
+
+    config = _checked(config_path, repo, commit, (arch,) if arch else ())
+    archs = [a.value for a in config.require_repo(repo).architectures]
+    if arch is None:
+        if len(archs) != 1:
+            raise click.exceptions.UsageError(f"{repo} runs on {', '.join(archs)}: say which with --arch")
+        arch = archs[0]
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    fetch = OverWire(lambda: _client_connection(config, "logs"))
+    try:
+        last = read(fetch, repo, commit, arch, write, follow)
+    except KeyboardInterrupt:
+        raise click.exceptions.Exit(130) from None
+    finally:
+        fetch.close()
+    if follow or last.state.final:
+        click.echo(("\n" if last.text and not last.text.endswith("\n") else "") + status_line(last),
+                   err=not follow)
+    elif not last.end:
+        click.echo(f"{repo} {commit[:12]} {arch} is {last.state.value}: no output yet (--follow waits for it)",
+                   err=True)
+    if follow:
+        passed = last.state.status is not None and last.state.status.passing
+        raise click.exceptions.Exit(0 if passed else 1)
+
+
 def _checked(config_path: str, repo: str, commit: str, archs: tuple[str, ...]):
     """The config, once the request's names are known good here: a typo is exit 2 before
     any connection is made (submit, rerun and cancel alike)."""

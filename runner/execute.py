@@ -9,12 +9,15 @@ import os
 import signal
 import subprocess
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 from dispatcher.common.process import signal_group, stop_group
+
+from .live import LiveOutput
 
 GUARD = Path(__file__).with_name("guard.py")
 
@@ -43,7 +46,8 @@ class CappedLog:
     a test may replace the path with a FIFO or a link, and the runner must not wait on it."""
 
     def __init__(self, path: Path, limit: int) -> None:
-        self.file = open(path, "w+b")
+        # Unbuffered: whoever reads the file while the job runs sees what it wrote so far.
+        self.file = open(path, "w+b", buffering=0)  # noqa: SIM115 - closed in close()
         self.limit = limit
         self.output = b""
         self.head_left = limit // 2
@@ -79,7 +83,7 @@ class CappedLog:
         self.file.write(b"".join(self.tail))
         self.file.flush()
         self.file.seek(0)
-        self.output = self.file.read(self.limit + 4096)
+        self.output = self.file.read(self.limit + 4096) or b""
         self.file.close()
         return self.dropped > 0
 
@@ -147,15 +151,24 @@ class Process:
     """A running test command; `stop` may be called from another thread.
 
     `launch`, given a descriptor the launcher may write a refusal to, returns the command
-    line that runs `command` (runner/sandbox.py's jail); without it, `/bin/sh -c`."""
+    line that runs `command` (runner/sandbox.py's jail); without it, `/bin/sh -c`.
+
+    The command's output goes to a pseudo-terminal (`tty`, owned by `tty_owner`), as
+    Buildbot's usePTY does: C's stdio and Python then flush each line, so the live log
+    shows a line the moment it is printed instead of when a 4-8 KiB buffer fills. The
+    terminal passes bytes through untouched (no CR added) and TERM is `dumb`, so tools
+    print no colour codes; without `tty`, a pipe."""
 
     def __init__(self, command: str, cwd: Path, env: Mapping[str, str], log_path: Path, log_limit: int,
-                 guard: Guard, launch: Optional[Callable[[int], list[str]]] = None) -> None:
+                 guard: Guard, launch: Optional[Callable[[int], list[str]]] = None,
+                 live: Optional[LiveOutput] = None, tty: bool = False,
+                 tty_owner: Optional[tuple[int, int]] = None) -> None:
         self.started_at = time.time()  # for the result, which people read
         self._began = time.monotonic()  # for the timeout, which a clock step must not move
         self._stop_requested = threading.Event()
         self._exited = threading.Event()
         self.log = CappedLog(log_path, log_limit)
+        self.live = live
         full_env = dict(env)
         full_env["POLYARCH_RUNNER_PID"] = str(os.getpid())  # the guard's mark, see guard.py
         self._report = -1
@@ -164,12 +177,17 @@ class Process:
             self._report, report_w = os.pipe()
             os.set_blocking(self._report, False)
             argv, fds = launch(report_w), (report_w,)
+        self._output, sink = _terminal(tty_owner, full_env) if tty else os.pipe()
         try:
             self.proc = subprocess.Popen(
                 argv, cwd=cwd, env=full_env, pass_fds=fds,
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
                 start_new_session=True)
+        except BaseException:
+            os.close(self._output)
+            raise
         finally:
+            os.close(sink)
             for fd in fds:
                 os.close(fd)
         self.pgid = self.proc.pid
@@ -196,9 +214,18 @@ class Process:
         self._exited.set()
 
     def _pump(self) -> None:
-        assert self.proc.stdout is not None  # noqa: S101 - narrowing: started with stdout=PIPE
-        for chunk in iter(lambda: self.proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
+        while True:
+            try:
+                chunk = os.read(self._output, 65536)
+            except InterruptedError:
+                continue
+            except OSError:  # EIO: a terminal's last writer closed it (a pipe says EOF)
+                break
+            if not chunk:
+                break
             self.log.write(chunk)
+            if self.live is not None:
+                self.live.write(chunk)
 
     def request_stop(self) -> None:
         self._stop_requested.set()
@@ -224,8 +251,8 @@ class Process:
         self.proc.wait()  # reaps the shell; the group's id may be reused from here on
         self._guard.forget(self.pgid)
         self._reader.join(timeout=5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        if not self._reader.is_alive():
+            os.close(self._output)  # else a leftover holds the other end: the reader keeps it
         truncated = self.log.close()
         refused = self._refusal()
         code = None
@@ -254,3 +281,22 @@ class Process:
 
     def _signal_group(self, sig: int) -> None:
         signal_group(self.pgid, sig)
+
+
+def _terminal(owner: Optional[tuple[int, int]], env: dict[str, str]) -> tuple[int, int]:
+    """A pseudo-terminal for the job's output: (the runner's end, the job's end)."""
+    ours, theirs = os.openpty()
+    try:
+        attrs = termios.tcgetattr(theirs)
+        attrs[1] &= ~termios.OPOST  # bytes as written: no "\n" -> "\r\n"
+        termios.tcsetattr(theirs, termios.TCSANOW, attrs)
+        if owner is not None:
+            # The job may reopen its output (/dev/stdout, tee /dev/stderr) as its own user.
+            os.fchown(theirs, *owner)
+    except BaseException:
+        os.close(ours)
+        os.close(theirs)
+        raise
+    # A terminal invites colour codes and pagers; a log wants neither.
+    env.update(TERM="dumb", PAGER="cat", GIT_PAGER="cat")
+    return ours, theirs

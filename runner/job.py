@@ -22,6 +22,7 @@ from .checkout import CheckoutError
 from .envcache import setup_key
 from .execute import Execution, Outcome, Process
 from .jobenv import job_environment
+from .live import LiveOutput
 from .junit import with_junit
 from .repoconf import JobSettings, settings_for
 from .sandbox import JobPaths
@@ -48,6 +49,7 @@ class JobWork:
         self._lock = threading.Lock()
         self.chosen_limit = 0.0
         self.steps: dict[str, float] = {}  # step -> seconds, for the per-job timing log line
+        self.live = LiveOutput()  # the setup's and the test's output, for the live log
 
     def abort(self) -> None:
         with self._lock:
@@ -180,7 +182,8 @@ class JobWork:
             launch = (lambda fd: sandbox.argv(command, paths, fd, cgroups)) if sandbox.isolated else None
             try:
                 self._process = Process(command, self.src, env, self.folder / log_name, settings.log_limit,
-                                        self.runner.guard, launch)
+                                        self.runner.guard, launch, live=self.live, tty=settings.job_tty,
+                                        tty_owner=sandbox.owner)
             except OSError as exc:
                 sandbox.verdict(cgroups)
                 self.result = _error(self.job, started, f"cannot start {command!r}: {exc}")

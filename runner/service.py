@@ -38,6 +38,7 @@ from .checkout import Cleaning, Mirrors
 from .execute import Guard
 from .envcache import EnvCache
 from .job import JobWork
+from .live import CHUNK, INTERVAL, LIMIT, Piece
 from .sandbox import Root, Sandbox
 from .spool import Spool
 
@@ -213,30 +214,37 @@ class Runner:
         thread = threading.Thread(target=work.run, name=f"job-{job.lease_id}", daemon=True)
         thread.start()
         lost = False
+        # Output goes out as it comes (every INTERVAL at most); a silent job still beats
+        # once per heartbeat_interval.
+        tick = min(INTERVAL, self.heartbeat_interval)
+        next_beat = time.monotonic() + self.heartbeat_interval
         while True:
-            thread.join(timeout=self.heartbeat_interval)
+            thread.join(timeout=tick)
             self.watchdog.ping()
             if not thread.is_alive():
                 break
             if self.stop.now(self.settings.stop_grace):
                 work.abort()  # no result comes back: the job is handed back below
                 continue
-            try:
-                self._request(Heartbeat(job.lease_id), timeout=self.heartbeat_interval * 2 + 5)
-            except RemoteError as exc:
-                if exc.code == ErrorCode.LEASE_LOST:
-                    log.warning("lease of %s %s lost (expired, or the job was cancelled); stopping the job",
-                                job.repo, job.commit[:12])
-                    lost = True
-                    work.abort()
-            except (OSError, ProtocolError, ConfigError) as exc:
-                log.warning("heartbeat failed (%s); the job goes on, reconnecting", exc)
+            piece = work.live.take()
+            if piece is None and time.monotonic() < next_beat:
+                continue
+            next_beat = time.monotonic() + self.heartbeat_interval
+            if not self._heartbeat(job, work, piece):
+                lost = True
+                work.abort()
         try:
             if lost:
                 return
             if work.result is None:
                 self._release(job, "runner stopping")
                 return
+            # The last lines reach the live log before the result: a follower reads all of
+            # them, then the final status.
+            for _ in range(LIMIT // CHUNK + 1):
+                piece = work.live.take(final=True)
+                if piece is None or not self._heartbeat(job, work, piece) or work.live.taken:
+                    break
             work.start_cleanup()
             delivering = time.time()
             self._deliver(work.result)
@@ -248,6 +256,25 @@ class Runner:
             if work.steps:
                 log.info("timing %s %s: %s", job.repo, job.commit[:12],
                          ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in work.steps.items()))
+
+    def _heartbeat(self, job: Job, work: JobWork, piece: Optional[Piece]) -> bool:
+        """One heartbeat, with the job's new output if any; False when the lease is lost."""
+        msg = Heartbeat(job.lease_id) if piece is None else \
+            Heartbeat(job.lease_id, output=piece.text, output_start=piece.start, output_end=piece.end)
+        try:
+            self._request(msg, timeout=self.heartbeat_interval * 2 + 5)
+        except RemoteError as exc:
+            if exc.code == ErrorCode.LEASE_LOST:
+                log.warning("lease of %s %s lost (expired, or the job was cancelled); stopping the job",
+                            job.repo, job.commit[:12])
+                return False
+            log.warning("heartbeat refused (%s); the job goes on", exc)
+        except (OSError, ProtocolError, ConfigError) as exc:
+            log.warning("heartbeat failed (%s); the job goes on, reconnecting", exc)
+        else:
+            if piece is not None:
+                work.live.acknowledged(piece)
+        return True
 
     def _release(self, job: Job, reason: str) -> None:
         try:

@@ -162,3 +162,38 @@ def test_rebuild_all_writes_a_page_for_every_commit(tmp_path: Path) -> None:
     assert (results / "demo" / "page-0.html").exists() and (results / "demo" / "page-1.html").exists()
     assert written == 150 + 2 + 1 + 1  # commits, two pages, the front page, the index
     store.close()
+
+
+@pytest.mark.daemons
+def test_work_shows_when_dispatched_and_running_with_its_live_log_and_pages_reload(polyarch: Polyarch) -> None:
+    browser = Browser()
+    gate = polyarch.shared / "go"
+    sha = polyarch.repo.commit(f"echo started; while [ ! -e {gate} ]; do sleep 0.05; done; echo finished",
+                               message="wait for the gate")
+    polyarch.dispatcher()
+    polyarch.cli("dispatcher", "submit", "--config", str(polyarch.config), "--repo", "demo", "--commit", sha)
+    front = polyarch.results / "demo" / "index.html"
+    commit_page = polyarch.results / "demo" / sha / "index.html"
+    # Queued, no runner yet: the commit is on the pages already, and they reload.
+    wait_for(lambda: commit_page.exists() and 'st queued' in commit_page.read_text(), what="the queued cell")
+    dom = browser.load(front.as_uri())
+    assert "queued" in _cell(_row(dom, sha), "amd64").classes()
+    assert [m.attrs["content"] for m in dom.iter("meta") if m.attrs.get("http-equiv") == "refresh"] == ["5"]
+
+    polyarch.runner("r1")
+    wait_for(lambda: 'class="cell running"' in front.read_text(), what="the running cell")
+    dom = browser.load(front.as_uri())
+    running = _cell(_row(dom, sha), "amd64")
+    assert "running" in running.classes()
+    live_url = browser.follow(front.as_uri(), _link(running, "running"))
+    assert path_of(live_url) == polyarch.results / "demo" / sha / "amd64.log.part"
+    # (Chromium offers a .part file from disk as a download: the README says how to serve it as text.)
+    wait_for(lambda: "started" in path_of(live_url).read_text(), what="the live log's first line")
+
+    gate.touch()
+    polyarch.wait_results([sha])
+    wait_for(lambda: 'st passed' in commit_page.read_text(), what="the final cell")
+    dom = browser.load(commit_page.as_uri())
+    assert not [m for m in dom.iter("meta") if m.attrs.get("http-equiv") == "refresh"]  # nothing pending: still
+    date = time.strftime("%Y-%m-%d", time.gmtime(int(polyarch.repo.git("log", "-1", "--format=%at"))))
+    assert date in dom.text and "live log" not in dom.text

@@ -20,7 +20,7 @@ from dispatcher.common.states import Reported, Status
 from dispatcher.hub.server import db_path, policy_of
 from dispatcher.hub.service import Hub
 from dispatcher.hub.store import JobState, RunnerRow, Store
-from dispatcher.wire.protocol import CommitInfo, Job, Register, Result
+from dispatcher.wire.protocol import CommitInfo, Heartbeat, Job, Register, Result
 
 A, B = "a" * 40, "b" * 40
 
@@ -107,7 +107,7 @@ def test_a_late_or_duplicate_result_is_acknowledged_and_dropped(hub: Hub) -> Non
     runner.report(job, Reported.PASSED)
     assert runner.report(job, Reported.FAILED) == (0, "late or duplicate result: discarded")
     with pytest.raises(LeaseLost):
-        hub.heartbeat(runner.row, job.lease_id)
+        hub.heartbeat(runner.row, Heartbeat(job.lease_id))
     assert hub.store.queries.commit_states("demo", A)["amd64"] == Status.PASSED
 
 
@@ -215,12 +215,12 @@ def test_a_lease_answers_only_to_the_runner_holding_it(hub: Hub) -> None:
     honest, forger = FakeRunner(hub, "honest").register(), FakeRunner(hub, "forger").register()
     job = honest.lease()
     with pytest.raises(LeaseLost):
-        hub.heartbeat(forger.row, job.lease_id)
+        hub.heartbeat(forger.row, Heartbeat(job.lease_id))
     assert forger.report(job, Reported.PASSED) == (0, "that lease belongs to another runner: discarded")
     hub.release(forger.row, job.lease_id, "taken")
     [row] = hub.store.queries.jobs("demo", A)
     assert row.state == JobState.LEASED and row.runner == "honest"
-    hub.heartbeat(honest.row, job.lease_id)
+    hub.heartbeat(honest.row, Heartbeat(job.lease_id))
     assert honest.report(job, Reported.FAILED)[0] == 1
     again = hub.store.queries.jobs("demo", A)[0]
     assert again.runner == "honest" and again.attempt == 1  # the retry is queued, not the forgery recorded
@@ -234,7 +234,7 @@ def test_a_runner_holds_one_lease_at_a_time(hub: Hub) -> None:
     second = greedy.lease()
     assert (first.commit, second.commit) == (A, A) and first.lease_id != second.lease_id
     with pytest.raises(LeaseLost):
-        hub.heartbeat(greedy.row, first.lease_id)
+        hub.heartbeat(greedy.row, Heartbeat(first.lease_id))
     assert other.lease().commit == B
     assert hub.store.jobs.held_by("greedy") == [second.lease_id]
 

@@ -83,6 +83,7 @@ class DispatcherConfig:
     tls_client_ca: Optional[Path] = None  # set: clients must show a certificate it signed
     http_listen: Optional[Address] = None  # the HTTP API; off unless set
     runners: tuple[RunnerIdentity, ...] = ()  # set: only these runners, each bound as it says
+    live_log_limit: int = 4 * 1024 * 1024  # bytes of a running job's <arch>.log.part
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +116,7 @@ class RunnerConfig:
     job_memory: Optional[int] = None  # bytes a job's processes may use together; over it, killed
     job_pids: Optional[int] = None  # processes a job may have at once
     cache_limit: int = 10 << 30  # bytes of cached setups kept; the least recently used go first
+    job_tty: bool = True  # a job's output goes to a pseudo-terminal (line-buffered), else a pipe
     token_file: Path | None = None
     tls_ca: Optional[Path] = None
     tls_cert: Optional[Path] = None
@@ -238,6 +240,7 @@ def _dispatcher(path: Path, table: Any) -> DispatcherConfig:
         tls_client_ca=s.path_("tls_client_ca", None),
         http_listen=s.parsed("http_listen", parse_address, None),
         runners=_runner_identities(path, s.get("runners", dict, {})),
+        live_log_limit=s.positive("live_log_limit", d.live_log_limit, integer=True),
     )
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         raise s.fail("tls_cert", "tls_cert and tls_key go together")
@@ -346,6 +349,7 @@ def _runner(path: Path, table: Any) -> RunnerConfig:
         job_memory=s.checked("job_memory", s.get("job_memory", (int, str), None), _size),
         job_pids=s.positive("job_pids", 1, integer=True) if "job_pids" in s.table else None,
         cache_limit=s.checked("cache_limit", s.get("cache_limit", (int, str), d.cache_limit), _size),
+        job_tty=s.get("job_tty", bool, d.job_tty),
         token_file=s.path_("token_file", None),
         **_client_tls(s),
     )

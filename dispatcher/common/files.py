@@ -76,3 +76,18 @@ def read_regular(path: Path, limit: int) -> bytes:
             return f.read(limit + 1)[:limit]
     finally:
         os.close(fd)
+
+
+def read_from(path: Path, offset: int, most: int) -> bytes:
+    """Up to `most` bytes of a regular file from `offset` (b"" when missing or not a
+    regular file): a result's log, read by a follower piece by piece."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        return os.pread(fd, most, offset)
+    finally:
+        os.close(fd)

@@ -5,7 +5,9 @@
     test_results/<repo>/page-<k>.html         older commits, in stable pages of PER_PAGE
     test_results/<repo>/<commit>/index.html   one commit: archs, logs, failing tests
 
-A result rewrites only its commit's page, the page that holds that commit, the
+Work that starts (a commit queued, a job leased) rewrites the same pages, so a commit
+shows on the dashboard as soon as it is dispatched, with its queued and running cells;
+a page with pending work reloads itself. A result rewrites only its commit's page, the page that holds that commit, the
 repository's front page and the index: a handful of files whatever the history's size.
 Page k holds the commits numbered k*PER_PAGE .. (k+1)*PER_PAGE-1 from the oldest, so a
 page, once full, never changes its set of commits. Pages are derived data (they can
@@ -96,12 +98,14 @@ class Dashboard:
 
     def _index(self, now: float) -> None:
         sections = []
+        pending = False
         for repo, _ in self.repos:
             total = self.store.queries.commit_count(repo)
             lines = self._lines(repo, max(0, total - INDEX_COMMITS), INDEX_COMMITS, now)
+            pending = pending or any(line.pending for line in lines)
             sections.append(repo_section(repo, lines, self._archs_of(repo, lines), total, f"{repo}/"))
         body = "<h1>polyarch</h1>" + legend() + "".join(sections)
-        atomic_write(path(self.root, File.INDEX), page("polyarch", body, now), durable=False)
+        atomic_write(path(self.root, File.INDEX), page("polyarch", body, now, pending), durable=False)
 
     def _repo_front(self, repo: str, total: int, now: float) -> None:
         lines = self._lines(repo, max(0, total - PER_PAGE), PER_PAGE, now)
@@ -109,7 +113,8 @@ class Dashboard:
         body = (f'<p><a href="../index.html">all repositories</a></p><h1>{check_repo(repo)}</h1>'
                 f'<p class="muted">{total} commit(s); the newest {len(lines)} below.</p>' + legend()
                 + grid(lines, self._archs_of(repo, lines), "") + pager(pages, None, PER_PAGE, total))
-        self._write(path(self.root, File.REPO_PAGE, repo), page(f"polyarch: {repo}", body, now))
+        self._write(path(self.root, File.REPO_PAGE, repo),
+                    page(f"polyarch: {repo}", body, now, any(line.pending for line in lines)))
 
     def _page(self, repo: str, k: int, total: int, now: float) -> list[CommitLine]:
         lines = self._lines(repo, k * PER_PAGE, PER_PAGE, now)
@@ -119,7 +124,8 @@ class Dashboard:
                 f"<h1>{repo}: commits {first}–{last}</h1>" + legend()
                 + grid(lines, self._archs_of(repo, lines), "")
                 + pager(pages, k, PER_PAGE, total))
-        self._write(path(self.root, File.REPO_PAGE, repo, n=k), page(f"polyarch: {repo} {first}–{last}", body, now))
+        self._write(path(self.root, File.REPO_PAGE, repo, n=k),
+                    page(f"polyarch: {repo} {first}–{last}", body, now, any(line.pending for line in lines)))
         return lines
 
     def _commit(self, repo: str, sha: str, now: float) -> None:
@@ -131,7 +137,7 @@ class Dashboard:
         summary = summary_of(self.store, line.repo, line.commit, line.branch)
         body = commit_page(line, summary)
         self._write(path(self.root, File.COMMIT_PAGE, line.repo, line.commit),
-                    page(f"polyarch: {line.repo} {line.commit[:12]}", body, now))
+                    page(f"polyarch: {line.repo} {line.commit[:12]}", body, now, line.pending))
 
     def _write(self, target: Path, data: bytes) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,8 @@
     POST /jobs/{id}/cancel             {"architectures"?} -> {"cancelled": N, ...}: stop its unfinished jobs
     POST /jobs/{id}/rerun              {"architectures"?, "failed"?} -> {"rerun": N, ...}: run its results again
     GET  /jobs/{id}                    per-arch status and overall passed / failed / running
+    GET  /jobs/{id}/log?arch=A         its log on A: the final one, or a running job's output so far;
+                                       &follow=1 streams it until the job ends, then the status line
     GET  /repos/{repo}/commits/{sha}   the same, by name
     GET  /repos                        the configured repositories: branches, architectures, commits seen
     GET  /repos/{repo}/commits         its newest commits (?limit=N, at most 100), each as above
@@ -35,6 +37,8 @@ from dispatcher.common.config import Config
 from dispatcher.common.errors import PolyarchError, StateError
 from dispatcher.hub.service import Hub
 from dispatcher.hub.store.rows import JobState
+from dispatcher.views.logs import read as read_log, status_line
+from dispatcher.wire.protocol import LogRead, LogText
 from dispatcher.wire.errors import code_for, http_status
 
 log = logging.getLogger("polyarch.http")
@@ -44,6 +48,7 @@ _JOB = re.compile(r"^/jobs/(\d{1,18})$")
 _COMMIT = re.compile(r"^/repos/([^/]+)/commits/([^/]+)$")
 _COMMITS = re.compile(r"^/repos/([^/]+)/commits$")
 _ACTION = re.compile(r"^/jobs/(\d{1,18})/(cancel|rerun)$")
+_LOG = re.compile(r"^/jobs/(\d{1,18})/log$")
 MAX_LIST = 100
 
 
@@ -153,6 +158,8 @@ class _Handler(BaseHTTPRequestHandler):
             if found is None:
                 raise ApiError(HTTPStatus.NOT_FOUND, f"no job {m.group(1)}")
             self._json(HTTPStatus.OK, self._commit(*found))
+        elif m := _LOG.match(path):
+            self._log(int(m.group(1)))
         elif m := _COMMIT.match(path):
             repo, sha = m.group(1), m.group(2)
             data = self._commit(repo, sha)
@@ -188,6 +195,61 @@ class _Handler(BaseHTTPRequestHandler):
                                        for j in hub.store.queries.active_jobs(limit=1000) if j.state in chosen])
         else:
             raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint {path[:100]!r}")
+
+    def _log(self, job_id: int) -> None:
+        """A job's log as text/plain; followed, in chunks as the output arrives."""
+        hub = self.server.hub
+        found = hub.store.queries.commit_by_id(job_id)
+        if found is None:
+            raise ApiError(HTTPStatus.NOT_FOUND, f"no job {job_id}")
+        repo, sha = found
+        query = self._query()
+        archs = [a.arch for a in hub.query(repo, sha).archs]
+        arch = query.get("arch") or (archs[0] if len(archs) == 1 else "")
+        if not arch:
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"job {job_id} runs on {', '.join(archs)}: say which with ?arch=")
+        follow = query.get("follow", "0") in ("1", "true", "yes")
+
+        def fetch(request: LogRead) -> LogText:
+            return hub.read_log(request.repo, request.commit, request.arch, request.offset, request.wait,
+                                request.source, request.attempt)
+
+        if not follow:
+            parts: list[str] = []
+            last = read_log(fetch, repo, sha, arch, parts.append, follow=False)
+            self.send_response(HTTPStatus.OK)
+            body = "".join(parts).encode()
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Polyarch-State", last.state.value)
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        fetch(LogRead(repo=repo, commit=sha, arch=arch))  # an unknown job: 404 before any byte is sent
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Accel-Buffering", "no")  # a proxy in front passes each piece at once
+        self.end_headers()
+
+        def chunk(text: str) -> None:
+            data = text.encode()
+            if data:
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+        try:
+            last = read_log(fetch, repo, sha, arch, chunk, follow=True)
+            chunk(("\n" if last.text and not last.text.endswith("\n") else "") + status_line(last) + "\n")
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the reader went away: nothing more to say
+        except PolyarchError as exc:  # headers are out: end the stream saying why
+            chunk(f"\n[polyarch: {exc}]\n")
+            self.wfile.write(b"0\r\n\r\n")
+            self.close_connection = True
 
     def _query(self) -> dict[str, str]:
         return {k: v[-1] for k, v in urllib.parse.parse_qs(self.path.partition("?")[2]).items()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Optional
+from typing import Iterable, Optional
 
 from dispatcher.common.config import Config
 from dispatcher.hub.dashboard import Dashboard
@@ -28,6 +28,7 @@ log = logging.getLogger("polyarch.dispatcher")
 
 PUBLISH_RETRY = 5.0
 RETRY_SLEEP = 0.2
+PAGES_INTERVAL = 1.0  # seconds between two rewrites of pages for work that started
 
 
 class Publisher:
@@ -41,13 +42,26 @@ class Publisher:
         self.dashboard = Dashboard(self.results_dir, store,
                                    [(r.name, [a.value for a in r.architectures]) for r in config.repos])
         self._lock = threading.Lock()
+        self._touch_lock = threading.Lock()
         self._wanted = threading.Event()
         self._stopping = threading.Event()
         self._next = 0.0
         self._thread: Optional[threading.Thread] = None
+        self._touched: set[tuple[str, str]] = set()  # commits whose work started: pages to rewrite
+        self._pages_due = 0.0
 
     def wake(self) -> None:
         self._wanted.set()
+
+    def touch(self, commits: Iterable[tuple[str, str]]) -> None:
+        """These (repo, commit) were queued or started running: their pages show it soon
+        (at most once per PAGES_INTERVAL, however many leases a second)."""
+        with self._touch_lock:
+            before = len(self._touched)
+            self._touched.update(commits)
+            grew = len(self._touched) > before
+        if grew:
+            self._wanted.set()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="publish", daemon=True)
@@ -69,7 +83,10 @@ class Publisher:
         self._first_pages()
         self._offer_hooks()  # those a stop or a crash left unrun: at least once
         while not self._stopping.is_set():
-            self._wanted.wait(timeout=1.0)
+            with self._touch_lock:
+                # Pages of started work are due at _pages_due: wake for them, not before.
+                timeout = max(0.0, min(1.0, self._pages_due - time.monotonic())) if self._touched else 1.0
+            self._wanted.wait(timeout=timeout)
             if self._stopping.is_set():
                 return
             if time.monotonic() < self._next:
@@ -81,6 +98,16 @@ class Publisher:
             except Exception:  # the publisher must outlive any one bad result
                 log.exception("writing result files failed")
                 self._next = time.monotonic() + PUBLISH_RETRY
+            self._pages_of_started_work()
+
+    def _pages_of_started_work(self) -> None:
+        with self._touch_lock:
+            if time.monotonic() < self._pages_due:
+                return  # the loop's wait ends when they are due
+            touched, self._touched = self._touched, set()
+        if touched:
+            self._pages_due = time.monotonic() + PAGES_INTERVAL
+            self._update_pages_of(touched)
 
     def _first_pages(self) -> None:
         """The dashboard's front pages at start (the config may list other repositories
@@ -130,8 +157,11 @@ class Publisher:
     def _update_pages(self, written: list[FinishedJob]) -> None:
         """The dashboard: derived from the files just written, so a failure here is
         logged and holds nothing up (the next result rewrites the same pages)."""
+        self._update_pages_of((f.job.repo, f.job.sha) for f in written)
+
+    def _update_pages_of(self, commits: Iterable[tuple[str, str]]) -> None:
         try:
-            self.dashboard.update((f.job.repo, f.job.sha) for f in written)
+            self.dashboard.update(commits)
         except Exception:  # result files are written; pages can wait
             log.exception("updating the HTML dashboard in %s failed", self.results_dir)
 

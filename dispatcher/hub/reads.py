@@ -51,7 +51,7 @@ def commit_lines(jobs: Iterable[JobRow], now: float, store: Optional[Store] = No
     for job in jobs:
         by_commit.setdefault((job.repo, job.sha), []).append(job)
     return [CommitLine(repo, sha, js[0].branch, js[0].author, js[0].subject,
-                       tuple(cell(j, now, store) for j in js))
+                       tuple(cell(j, now, store) for j in js), js[0].timestamp)
             for (repo, sha), js in by_commit.items()]
 
 

@@ -38,7 +38,8 @@ from dispatcher.hub.store import Policy, RunnerRow, Store
 from dispatcher.wire.auth import AuthThrottle, client_mac, load_secret, new_nonce, server_proof, verify
 from dispatcher.wire.errors import ErrorCode, code_for
 from dispatcher.wire.protocol import (Ack, Auth, Channel, Dispatch, Error, Heartbeat, Hello, Lease, Message, NoJob,
-                                      Query, Register, Release, Result, Role, Submit, Welcome, Cancel, Rerun)
+                                      Query, Register, Release, Result, Role, Submit, Welcome, Cancel, Rerun,
+                                      LogRead)
 from dispatcher.wire.tls import for_server
 
 log = logging.getLogger("polyarch.dispatcher")
@@ -257,8 +258,12 @@ class _Handler(socketserver.BaseRequestHandler):
         return job if job is not None else NoJob()
 
     def on_heartbeat(self, msg: Heartbeat) -> Message:
-        self.server.hub.heartbeat(self._runner(), msg.lease_id)
+        self.server.hub.heartbeat(self._runner(), msg)
         return Ack()
+
+    def on_log_read(self, msg: LogRead) -> Message:
+        return self.server.hub.read_log(msg.repo, msg.commit, msg.arch, msg.offset, msg.wait, msg.source,
+                                        msg.attempt)
 
     def on_result(self, msg: Result) -> Message:
         created, message = self.server.hub.record_result(self._runner(), msg)
@@ -279,6 +284,7 @@ ROUTES: dict[type, tuple[frozenset[Role], Callable[[_Handler, Message], Message]
     Query: (_ASKING, _Handler.on_query),
     Cancel: (_ASKING, _Handler.on_cancel),
     Rerun: (_ASKING, _Handler.on_rerun),
+    LogRead: (_ASKING, _Handler.on_log_read),
     Register: (_RUNNING, _Handler.on_register),
     Lease: (_RUNNING, _Handler.on_lease),
     Heartbeat: (_RUNNING, _Handler.on_heartbeat),

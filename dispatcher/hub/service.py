@@ -19,19 +19,21 @@ from typing import Optional
 from dispatcher.common.config import Config, RepoConfig
 from dispatcher.common.errors import (LeaseLost, NotAllowed, PolyarchError, ProtocolError, StateError, UnknownArch,
                                      UnknownName)
-from dispatcher.common.files import read_regular
+from dispatcher.common.files import read_from, read_regular
+from dispatcher.common.utf8 import whole_characters
 from dispatcher.common.names import check_branch, check_commit, check_runner, parse_arch
-from dispatcher.common.states import Status
+from dispatcher.common.states import CellState, Status
+from dispatcher.hub.live import JobKey, LiveLogs
 from dispatcher.hub.metrics import Metrics
 from dispatcher.hub.presence import FLUSH_INTERVAL, Presence
 from dispatcher.hub.publisher import Publisher
 from dispatcher.hub.reads import commit_status
 from dispatcher.hub.store.interface import State
-from dispatcher.hub.store import JobResult, JobState, RunnerRow
+from dispatcher.hub.store import JobResult, JobRow, JobState, RunnerRow
 from dispatcher.results.junit import parse as parse_junit
 from dispatcher.results.layout import File
 from dispatcher.results.layout import path as result_path
-from dispatcher.wire.protocol import CommitInfo, CommitStatus, Job, Register, Result
+from dispatcher.wire.protocol import CommitInfo, CommitStatus, Heartbeat, Job, LogSource, LogText, Register, Result
 
 log = logging.getLogger("polyarch.dispatcher")
 
@@ -39,6 +41,7 @@ MAX_LEASE_WAIT = 30.0
 SERVICE_INTERVAL = 0.2
 STALL = 2.0  # seconds between two periodic ticks (normally 0.2) that mean we were stopped
 MAX_COMMITS_PER_DISPATCH = 1000
+LOG_READ_MOST = 256 * 1024  # bytes of log in one LOG_TEXT
 
 
 class Hub:
@@ -50,6 +53,7 @@ class Hub:
         self._cancel_unconfigured()
         self.metrics = Metrics()
         self.publisher = Publisher(config, store, self.metrics)
+        self.live = LiveLogs(config.dispatcher.results_dir, config.dispatcher.live_log_limit)
         self.stopping = threading.Event()
         self._work = threading.Condition()
         self._generation = 0
@@ -79,6 +83,7 @@ class Hub:
         self.stopping.set()
         self.notify_work()
         self.publisher.wake()
+        self.live.close_all()
 
     # --- names -------------------------------------------------------------------------
 
@@ -99,6 +104,7 @@ class Hub:
         if created:
             log.info("queued %d job(s) for %d commit(s) of %s/%s", created, len(commits), repo.name, branch)
             self.notify_work()
+            self.publisher.touch((repo.name, c.sha) for c in commits)
         return created
 
     def submit(self, repo_name: str, commit: str, branch: str, archs: list[str], by: str) -> int:
@@ -115,6 +121,7 @@ class Hub:
         if created:
             log.info("queued %d job(s) for %s %s (submitted by %s)", created, repo.name, commit[:12], by)
             self.notify_work()
+            self.publisher.touch([(repo.name, commit)])
         return created
 
     def rerun(self, repo_name: str, commit: str, archs: list[str], failed_only: bool, by: str) -> int:
@@ -144,6 +151,7 @@ class Hub:
                 queued += 1
         if queued:
             self.notify_work()
+            self.publisher.touch([(repo.name, commit)])
         return queued
 
     def cancel(self, repo_name: str, commit: str, archs: list[str], by: str) -> int:
@@ -228,6 +236,7 @@ class Hub:
                     continue
                 log.info("leased %s %s %s to %s (attempt %d)", row.repo, row.sha[:12], arch, runner.name,
                          row.attempt)
+                self.publisher.touch([(row.repo, row.sha)])
                 return Job(lease_id=row.lease_id or "", repo=row.repo, url=repo.url, branch=row.branch,
                            commit=row.sha, arch=arch, attempt=row.attempt, test_command=repo.test_command,
                            timeout=repo.timeout,
@@ -249,9 +258,76 @@ class Hub:
                                                            reason=reason))
         self.publisher.wake()
 
-    def heartbeat(self, runner: RunnerRow, lease_id: str) -> None:
-        if not self.store.jobs.heartbeat(lease_id, runner.name):
+    def heartbeat(self, runner: RunnerRow, msg: Heartbeat) -> None:
+        """The lease goes on; output the heartbeat brings goes to the job's live log."""
+        if msg.output_end < msg.output_start:
+            raise ProtocolError(f"heartbeat output {msg.output_start}..{msg.output_end} is not a range")
+        if not self.store.jobs.heartbeat(msg.lease_id, runner.name):
             raise LeaseLost("lease is no longer yours")
+        if msg.output_end > msg.output_start:
+            self.live.append(msg.lease_id, lambda: self._live_job(msg.lease_id), msg.output_start,
+                             msg.output_end, msg.output)
+
+    def _live_job(self, lease_id: str) -> Optional[tuple[JobKey, int]]:
+        job = self.store.jobs.by_lease(lease_id)
+        return (JobKey(job.repo, job.sha, job.arch), job.attempt) if job is not None else None
+
+    # --- logs ------------------------------------------------------------------------------
+
+    def read_log(self, repo_name: str, commit: str, arch_name: str, offset: int = 0, wait: float = 0.0,
+                 source: Optional[LogSource] = None, attempt: int = 0) -> LogText:
+        """A job's log from `offset`: the final one once published, else the live one,
+        waiting up to `wait` s for something new. `source` and `attempt`, from an earlier
+        answer, keep a follower on the file and the attempt it has been reading."""
+        key = JobKey(self.repo(repo_name).name, check_commit(commit), parse_arch(arch_name).value)
+        if offset < 0:
+            raise ProtocolError("a log offset is >= 0")
+        deadline = time.monotonic() + min(max(wait, 0.0), MAX_LEASE_WAIT)
+        while True:
+            job = self._job(key)
+            state = CellState.of(job.status or Status.ERROR) if job.state.final else \
+                CellState.RUNNING if job.state == JobState.LEASED else CellState.QUEUED
+            reply = self._log_text(key, job, state, offset, source, attempt)
+            if reply.text or reply.done or self.stopping.is_set():
+                return reply
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return reply
+            self.live.wait(min(remaining, 0.25))  # output wakes it; a final state is polled
+
+    def _job(self, key: JobKey) -> JobRow:
+        for job in self.store.queries.jobs(key.repo, key.sha, 1):
+            if job.sha == key.sha and job.arch == key.arch:
+                return job
+        raise UnknownName(f"no job of {key.repo} {key.sha[:12]} on {key.arch} (polyarch-dispatcher status lists "
+                          "the recent ones)")
+
+    def _log_text(self, key: JobKey, job: JobRow, state: CellState, offset: int, source: Optional[LogSource],
+                  attempt: int) -> LogText:
+        def text(source: LogSource, data: bytes, done: bool, of: int = job.attempt, reason: str = job.reason):
+            cut = len(data) if done else whole_characters(data)
+            return LogText(repo=key.repo, commit=key.sha, arch=key.arch, attempt=of, source=source, offset=offset,
+                           end=offset + cut, text=data[:cut].decode("utf-8", "replace"), done=done, state=state,
+                           reason=reason, runner=job.runner or "")
+
+        live = self.live.current(key)
+        if source is None:
+            source = LogSource.FINAL if job.state.settled else LogSource.LIVE if live is not None and \
+                live.attempt == job.attempt else LogSource.NONE
+            if source == LogSource.NONE:
+                return text(LogSource.NONE, b"", False)
+        if source == LogSource.FINAL:
+            data = read_from(result_path(self.config.dispatcher.results_dir, File.LOG, repo=key.repo,
+                                         commit=key.sha, arch=key.arch), offset, LOG_READ_MOST)
+            return text(LogSource.FINAL, data, len(data) < LOG_READ_MOST)
+        followed = attempt or job.attempt
+        if live is None or live.attempt != followed or source == LogSource.NONE:
+            # Its live log is closed, or a later attempt runs: the follower starts over.
+            return text(LogSource.LIVE, b"", live is None or live.attempt != followed, of=followed,
+                        reason="" if followed == job.attempt else f"attempt {followed} ended; attempt {job.attempt} "
+                                                                  f"is {state.value}")
+        data = live.read(offset, LOG_READ_MOST)
+        return text(LogSource.LIVE, data, not data and state.final and job.attempt == live.attempt)
 
     def record_result(self, runner: RunnerRow, msg: Result) -> tuple[int, str]:
         """(1, what happened) for a result recorded or retried; (0, ...) for a late or
@@ -316,10 +392,12 @@ class Hub:
             if expired:
                 self.metrics.expired(len(expired))
                 self.notify_work()
+                self.publisher.touch((e.job.repo, e.job.sha) for e in expired)
             if self.store.jobs.has_unpublished():
                 self.publisher.wake()  # results a crash or a full disk left unwritten
             if now >= self._next_flush:
                 self._next_flush = now + FLUSH_INTERVAL
+                self.live.sweep(self.store.jobs.current)
                 seen = self.presence.take_seen()
                 try:
                     self.store.runners.touch(seen)

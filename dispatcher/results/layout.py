@@ -5,6 +5,7 @@ builds a path there (result files, attempt logs, summaries and the dashboard's p
     <repo>/<commit>/<arch>.log               the job's output
     <repo>/<commit>/<arch>.junit.xml         when the test command left JUnit XML
     <repo>/<commit>/<arch>.attempt<N>.log    an earlier attempt's output (retry_failed)
+    <repo>/<commit>/<arch>.log.part          a running job's output so far (the live log)
     <repo>/<commit>/summary.json             every arch of the commit
     <repo>/<commit>/index.html               the commit's page
     <repo>/index.html, <repo>/page-<k>.html  the repository's pages
@@ -30,6 +31,7 @@ class File(enum.Enum):
     LOG = "log"
     JUNIT = "junit"
     ATTEMPT_LOG = "attempt-log"
+    LIVE_LOG = "live-log"
     SUMMARY = "summary"
     COMMIT_PAGE = "commit-page"
     REPO_PAGE = "repo-page"  # page None: the front page; k: the stable page k
@@ -37,7 +39,7 @@ class File(enum.Enum):
 
 
 _PER_ARCH = {File.RESULT: "{arch}.json", File.LOG: "{arch}.log", File.JUNIT: "{arch}.junit.xml",
-             File.ATTEMPT_LOG: "{arch}.attempt{n}.log"}
+             File.ATTEMPT_LOG: "{arch}.attempt{n}.log", File.LIVE_LOG: "{arch}.log.part"}
 
 
 def name(file: File, arch: str = "", n: Optional[int] = None) -> str:

@@ -1,6 +1,6 @@
 """Writing one result's files, in the order that makes <arch>.json the commit point.
 
-Earlier attempts' logs, the log, the JUnit file, then a summary.json that already counts
+Earlier attempts' logs, the log, the JUnit file (the live log goes), then a summary.json that already counts
 this result, and <arch>.json last: a reader who sees <arch>.json finds everything else
 of that result there. Each file is written atomically (temporary file, fsync, rename).
 """
@@ -30,6 +30,9 @@ def write_result(root: Path, record: ResultRecord, log: bytes, junit: bytes,
         atomic_write(path(root, File.JUNIT, **where), junit)
     else:  # a rerun without JUnit: the earlier run's file is not this result's
         path(root, File.JUNIT, **where).unlink(missing_ok=True)
+    # The live log ends with the final one (before the commit point: a crash here is
+    # repaired by publishing again).
+    path(root, File.LIVE_LOG, **where).unlink(missing_ok=True)
     atomic_write(path(root, File.SUMMARY, record.repo, record.commit), dumps(summary))
     result = path(root, File.RESULT, **where)
     atomic_write(result, dumps(record.to_dict()))

@@ -36,6 +36,11 @@ class CommitLine:
     author: str
     subject: str
     cells: tuple[Cell, ...]
+    timestamp: int = 0  # the commit's date (seconds since the epoch); 0: not known yet
+
+    @property
+    def pending(self) -> bool:
+        return any(not c.final for c in self.cells)
 
     @property
     def overall(self) -> Overall:

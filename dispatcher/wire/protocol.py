@@ -52,6 +52,8 @@ class Kind(str, enum.Enum):
     COMMIT_STATUS = "commit_status"
     CANCEL = "cancel"
     RERUN = "rerun"
+    LOG_READ = "log_read"
+    LOG_TEXT = "log_text"
 
 
 class Role(str, enum.Enum):
@@ -172,8 +174,14 @@ class NoJob:
 
 @dataclasses.dataclass(frozen=True)
 class Heartbeat:
+    """The runner holds its lease; `output` is bytes output_start..output_end of the
+    job's output stream (the live log), sent again until acknowledged."""
+
     KIND: ClassVar[Kind] = Kind.HEARTBEAT
     lease_id: str
+    output: str = ""
+    output_start: int = 0
+    output_end: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +231,47 @@ class Rerun:
     failed: bool = False
 
 
+class LogSource(str, enum.Enum):
+    LIVE = "live"  # the running (or just finished) attempt's output as it arrives
+    FINAL = "final"  # the final <arch>.log
+    NONE = "none"  # nothing to read yet: queued, or running without output
+
+
+@dataclasses.dataclass(frozen=True)
+class LogRead:
+    """A job's log from `offset` of `source` (None: the dispatcher picks: the final log
+    once published, else the live one), waiting up to `wait` s for more."""
+
+    KIND: ClassVar[Kind] = Kind.LOG_READ
+    repo: str
+    commit: str
+    arch: str
+    offset: int = 0
+    wait: float = 0.0
+    source: Optional[LogSource] = None
+    attempt: int = 0  # the attempt being followed; 0: the current one
+
+
+@dataclasses.dataclass(frozen=True)
+class LogText:
+    """The answer to LOG_READ: `text` starts at `offset` of `source`; `done` once the job
+    is final and this source has nothing more (`state` and `reason` say how it ended)."""
+
+    KIND: ClassVar[Kind] = Kind.LOG_TEXT
+    repo: str
+    commit: str
+    arch: str
+    attempt: int
+    source: LogSource
+    offset: int
+    end: int  # the offset to ask for next
+    text: str
+    done: bool
+    state: CellState
+    reason: str = ""
+    runner: str = ""
+
+
 @dataclasses.dataclass(frozen=True)
 class Query:
     """Where one commit stands (`polyarch-dispatcher wait`)."""
@@ -263,7 +312,7 @@ class CommitStatus:
 
 
 Message = Union[Hello, Auth, Welcome, Error, Dispatch, Submit, Ack, Register, Lease, Job,
-                NoJob, Heartbeat, Result, Release, Query, CommitStatus, Cancel, Rerun]
+                NoJob, Heartbeat, Result, Release, Query, CommitStatus, Cancel, Rerun, LogRead, LogText]
 _BY_KIND: dict[str, type] = {cls.KIND.value: cls for cls in typing.get_args(Message)}
 
 

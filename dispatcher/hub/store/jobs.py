@@ -181,6 +181,11 @@ class Jobs:
         hub's own calls)."""
         return lease_id in self._deadlines and (runner is None or self._holders.get(lease_id) == runner)
 
+    def current(self, lease_id: str) -> bool:
+        """Whether `lease_id` is a live lease."""
+        with self._lock:
+            return self._current(lease_id, None)
+
     def _forget(self, lease_id: str) -> None:
         self._deadlines.pop(lease_id, None)
         self._holders.pop(lease_id, None)
