@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -37,35 +38,34 @@ def serve(config_path: str, verbose: bool) -> None:
 @config_option
 @click.option("--repo", help="Only this repository.")
 @click.option("--commit", help="Only this commit (a prefix is enough).")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10000), help="Commits to show.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10000),
+              help="Commits to show (at most 1000 when asked over the network).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.option("--watch", is_flag=True, help="Redraw live until Ctrl-C.")
 @click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.1, 3600),
               help="Seconds between redraws with --watch.")
+@click.option("--remote", is_flag=True,
+              help="Ask the dispatcher over the network even where its state database is on this host.")
 @one_line_errors
 def status(config_path: str, repo: Optional[str], commit: Optional[str], limit: int, as_json: bool, watch: bool,
-           interval: float) -> None:
-    """Recent commits by architecture, queued and running jobs, and runners (reads the state database)."""
+           interval: float, remote: bool) -> None:
+    """Recent commits by architecture, queued and running jobs, and runners: read from the
+    state database on the dispatcher's host, else asked of the dispatcher (the secret is
+    all another host needs)."""
     from rich.console import Console
 
     from dispatcher.common.errors import UnknownName
-    from dispatcher.hub.server import db_path
-    from dispatcher.hub.reads import collect
+    from dispatcher.common.names import check_commit_prefix
     from dispatcher.views.terminal import render, to_json
-    from dispatcher.hub.store import Store
 
     config = load_config(config_path)
     if watch and as_json:
         raise click.exceptions.UsageError("--watch and --json do not go together (poll the JSON instead)")
     if repo is not None:
         repo = config.require_repo(repo).name  # an unknown one: exit 2, naming the known ones
-    store = Store(db_path(config), readonly=True)
-    timeout = config.dispatcher.heartbeat_timeout
-
-    def report():
-        return collect(store, repo, commit, limit, heartbeat_timeout=timeout)
-
-    try:
+    if commit is not None:
+        check_commit_prefix(commit)
+    with _status_source(config, repo, commit, limit, remote) as report:
         if commit is not None and not report().commits:
             raise UnknownName(f"no commit {commit!r} in {f'repo {repo}' if repo else 'any repository'} "
                               "(polyarch-dispatcher status lists the recent ones)")
@@ -85,8 +85,55 @@ def status(config_path: str, repo: Optional[str], commit: Optional[str], limit: 
                     pass
         else:
             Console().print(render(report()))
+
+
+@contextlib.contextmanager
+def _status_source(config, repo: Optional[str], commit: Optional[str], limit: int, remote: bool):
+    """A function giving the status report now: from the state database when it is on
+    this host (it answers even while the dispatcher is down), else over the wire."""
+    from dispatcher.hub.server import db_path
+
+    if not remote and db_path(config).exists():
+        from dispatcher.hub.reads import collect
+        from dispatcher.hub.store import Store
+
+        store = Store(db_path(config), readonly=True)
+        try:
+            yield lambda: collect(store, repo, commit, limit, heartbeat_timeout=config.dispatcher.heartbeat_timeout)
+        finally:
+            store.close()
+        return
+    from dispatcher.common.config import dispatcher_address
+    from dispatcher.common.errors import PolyarchError
+    from dispatcher.hub.reads import report_of
+    from dispatcher.wire.protocol import StatusRead, StatusReport
+
+    address = dispatcher_address(config, "observer")
+    conns = []  # the one connection, made again when the dispatcher closed it (idle, restart)
+
+    def report():
+        for again in (False, True):
+            try:
+                if not conns:
+                    conns.append(_client_connection(config, "status"))
+                reply = conns[0].request(StatusRead(repo=repo or "", commit=commit or "", limit=limit))
+                break
+            except OSError as exc:
+                if conns:
+                    conns.pop().close()
+                if again:
+                    raise PolyarchError(f"cannot reach the dispatcher at {address} ({exc.strerror or exc}), and its "
+                                        f"state database is not on this host ({db_path(config)}); is it "
+                                        "running?") from None
+        if not isinstance(reply, StatusReport):
+            raise PolyarchError(f"dispatcher at {address} answered status_read with {reply.KIND.value}")
+        return report_of(reply)
+
+    try:
+        yield report
     finally:
-        store.close()
+        for conn in conns:
+            conn.close()
 
 
 @main.command()

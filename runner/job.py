@@ -71,6 +71,8 @@ class JobWork:
                 log.exception("job %s %s failed on the runner's side", self.job.repo, self.job.commit[:12])
                 self.result = _error(self.job, started, f"the runner could not run the job: "
                                                         f"{type(exc).__name__}: {exc}")
+        finally:
+            self.live.end()
 
     def _run(self, started: float) -> None:
         job, settings = self.job, self.runner.settings

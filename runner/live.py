@@ -37,6 +37,9 @@ class LiveOutput:
 
     def __init__(self, limit: int = LIMIT) -> None:
         self._lock = threading.Lock()
+        self._written = threading.Condition(self._lock)
+        self._writes = 0
+        self._ended = False
         self._limit = limit
         self._pending = bytearray()
         self._start = 0  # the stream offset of _pending[0]
@@ -51,6 +54,31 @@ class LiveOutput:
                 del self._pending[:excess]
                 self._start += excess
                 self._taken = None
+            self._writes += 1
+            self._written.notify_all()
+
+    def end(self) -> None:
+        """The job's commands are done: a waiter wakes at once."""
+        with self._lock:
+            self._ended = True
+            self._written.notify_all()
+
+    def wait_for_write(self, timeout: float) -> None:
+        """Until the job writes something (or ends), at most `timeout` seconds: the first
+        line after a quiet spell goes out at once, not at the next tick."""
+        with self._written:
+            seen = self._writes
+            self._written.wait_for(lambda: self._writes != seen or self._ended, timeout)
+
+    @property
+    def ended(self) -> bool:
+        with self._lock:
+            return self._ended
+
+    @property
+    def has_output(self) -> bool:
+        with self._lock:
+            return bool(self._pending)
 
     def take(self, most: int = CHUNK, final: bool = False) -> Piece | None:
         """What to send now (the piece not yet acknowledged, if any), or None. Until the

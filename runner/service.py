@@ -214,23 +214,28 @@ class Runner:
         thread = threading.Thread(target=work.run, name=f"job-{job.lease_id}", daemon=True)
         thread.start()
         lost = False
-        # Output goes out as it comes (every INTERVAL at most); a silent job still beats
-        # once per heartbeat_interval.
+        # New output goes out at once after a quiet spell, then at most every INTERVAL; a
+        # silent job still beats once per heartbeat_interval.
         tick = min(INTERVAL, self.heartbeat_interval)
         next_beat = time.monotonic() + self.heartbeat_interval
-        while True:
-            thread.join(timeout=tick)
+        sent_at = -INTERVAL
+        while thread.is_alive():
             self.watchdog.ping()
-            if not thread.is_alive():
-                break
             if self.stop.now(self.settings.stop_grace):
                 work.abort()  # no result comes back: the job is handed back below
+                thread.join(timeout=tick)
                 continue
-            piece = work.live.take()
-            if piece is None and time.monotonic() < next_beat:
+            now = time.monotonic()
+            pending = work.live.has_output
+            due = min(next_beat, sent_at + INTERVAL) if pending else next_beat
+            if now < due:
+                if pending or work.live.ended:
+                    thread.join(timeout=min(due - now, tick))
+                else:
+                    work.live.wait_for_write(min(due - now, tick))
                 continue
-            next_beat = time.monotonic() + self.heartbeat_interval
-            if not self._heartbeat(job, work, piece):
+            sent_at, next_beat = now, now + self.heartbeat_interval
+            if not self._heartbeat(job, work, work.live.take()):
                 lost = True
                 work.abort()
         try:

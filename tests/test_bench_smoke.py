@@ -38,6 +38,8 @@ def test_every_benchmark_runs_quickly(tmp_path: Path) -> None:
     dashboard = figures["dashboard"]
     assert dashboard["long"]["commits"] == 500 and dashboard["long"]["median_ms"] > 0
     assert dashboard["long"]["pages_written"] == 4
+    live = figures["live-log"]
+    assert live["tty"]["lines"] == 2 and live["pipe"]["lines"] == 2 and live["tty"]["median_s"] is not None
     table = {row["figure"]: row for row in figures["table"]}
     assert table["latency, watch trigger"]["buildbot"] == buildbot["latency"]["median_ms"]
     assert table["overhead per job"]["ratio"] > 0

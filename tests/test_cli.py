@@ -97,9 +97,56 @@ def test_status_shows_runners_and_watch_redraws_until_interrupted(polyarch: Poly
     assert polyarch.cli("dispatcher", "status", *cfg, "--watch", "--json").returncode == 2
 
 
-def test_status_without_a_database_says_so(polyarch: Polyarch) -> None:
+def test_status_without_a_database_or_a_dispatcher_says_so(polyarch: Polyarch) -> None:
     out = polyarch.cli("dispatcher", "status", "--config", str(polyarch.config))
-    assert out.returncode == 2 and "no state database" in out.stderr  # state errors at start: exit 2
+    assert out.returncode == 2 and "is the dispatcher running?" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_status_from_another_host_asks_the_dispatcher(polyarch: Polyarch, tmp_path: Path) -> None:
+    gate = polyarch.shared / "go"
+    sha = polyarch.repo.commit(f"while [ ! -e {gate} ]; do sleep 0.05; done")
+    polyarch.dispatcher()
+    polyarch.runner("r1")
+    cfg = ("--config", str(polyarch.config))
+    assert polyarch.cli("dispatcher", "submit", *cfg, "--repo", "demo", "--commit", sha).returncode == 0
+    # Another host: the dispatcher's address and the secret, no state database.
+    elsewhere = tmp_path / "laptop"
+    elsewhere.mkdir()
+    (elsewhere / "secret").write_bytes((polyarch.root / "var/secret").read_bytes())
+    (elsewhere / "secret").chmod(0o600)
+    address = (polyarch.root / "var/dispatcher/address").read_text().strip()
+    (elsewhere / "polyarch.toml").write_text(
+        f'[dispatcher]\nstate_dir = "{elsewhere}/state"\ntoken_file = "{elsewhere}/secret"\n'
+        f'[observer]\ndispatcher = "{address}"\n'
+        f'[[repos]]\nname = "demo"\nurl = "{polyarch.repo.path}"\n')
+    far = ("--config", str(elsewhere / "polyarch.toml"))
+
+    def running(*args: str) -> dict:
+        out = polyarch.cli("dispatcher", "status", *args, "--json")
+        assert out.returncode == 0, out.stderr
+        data = json.loads(out.stdout)
+        return data if data["active"] and data["active"][0]["state"] == "running" else {}
+
+    def steady(data: dict) -> list:  # a running job's duration grows between two reads
+        return [{**c, "architectures": {a: {k: v for k, v in cell.items() if k != "duration"}
+                                        for a, cell in c["architectures"].items()}} for c in data["commits"]]
+
+    remote = wait_for(lambda: running(*far), what="the job running, seen from elsewhere")
+    local = running(*cfg)
+    assert steady(remote) == steady(local) and remote["commits"][0]["commit"] == sha
+    assert remote["active"][0]["runner"] == "r1" and [r["name"] for r in remote["runners"]] == ["r1"]
+    assert steady(running(*cfg, "--remote")) == steady(local)
+    table = polyarch.cli("dispatcher", "status", *far, "--commit", sha[:8])
+    assert table.returncode == 0 and "▶ running" in table.stdout and sha[:10] in table.stdout
+    unknown = polyarch.cli("dispatcher", "status", *far, "--commit", "0badc0de")
+    assert unknown.returncode == 2 and "no commit '0badc0de'" in unknown.stderr
+    gate.touch()
+    polyarch.wait_results([sha])
+    polyarch.daemons[0].stop()
+    gone = polyarch.cli("dispatcher", "status", *far)
+    assert gone.returncode == 1 and f"cannot reach the dispatcher at {address}" in gone.stderr, gone.stderr
+    assert len(gone.stderr.strip().splitlines()) == 1
 
 
 def test_corrupt_state_database_stops_the_dispatcher_with_one_line(polyarch: Polyarch) -> None:

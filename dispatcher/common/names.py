@@ -98,6 +98,13 @@ def check_commit(sha: str) -> str:
     return sha
 
 
+def check_commit_prefix(text: str) -> str:
+    """A commit id or the start of one (what `status --commit` takes)."""
+    if not isinstance(text, str) or not re.fullmatch(r"[0-9a-f]{1,64}", text):
+        raise InvalidName(f"invalid commit {text!r}: expected hex digits (a prefix is enough)")
+    return text
+
+
 def check_runner(name: str) -> str:
     if not isinstance(name, str) or not _RUNNER_RE.fullmatch(name):
         raise InvalidName(f"invalid runner name {name!r}")

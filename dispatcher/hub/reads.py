@@ -12,7 +12,7 @@ from dispatcher.hub.store import Store
 from dispatcher.results.junit import MAX_NAMED_TESTS
 from dispatcher.results.record import Attempt, ResultRecord, summary_dict
 from dispatcher.views.records import ActiveJob, Cell, CommitLine, Report, RunnerLine
-from dispatcher.wire.protocol import ArchState, CommitStatus
+from dispatcher.wire.protocol import ArchState, CommitStatus, StatusReport
 
 
 def record_of(job: JobRow, earlier: tuple[Attempt, ...] = ()) -> ResultRecord:
@@ -62,7 +62,8 @@ def collect(store: Store, repo: Optional[str] = None, commit: Optional[str] = No
     lines = commit_lines(q.jobs(repo, commit, limit), now)
     active = [ActiveJob(j.repo, j.sha, j.arch, CellState.RUNNING if j.state == JobState.LEASED else CellState.QUEUED,
                         j.runner or "" if j.state == JobState.LEASED else "",
-                        now - ((j.leased_at if j.state == JobState.LEASED else j.created_at) or now), j.attempt)
+                        max(0.0, now - ((j.leased_at if j.state == JobState.LEASED else j.created_at) or now)),
+                        j.attempt)
               for j in q.active_jobs(repo)]
     # The dispatcher writes last_seen every couple of seconds for connected runners.
     runners = [RunnerLine(r.name, r.arch, r.host, r.emulated, r.version, r.last_seen,
@@ -77,8 +78,35 @@ def commit_status(store: Store, repo: str, sha: str) -> CommitStatus:
     if not jobs:
         return CommitStatus(repo=repo, commit=sha, known=False)
     [line] = commit_lines(jobs, time.time())
+    return _status_of(line, jobs)
+
+
+def status_report(store: Store, repo: Optional[str], commit: Optional[str], limit: int,
+                  heartbeat_timeout: float) -> StatusReport:
+    """What `status` shows, for a client on another host: collect()'s report on the wire."""
+    report = collect(store, repo, commit, limit, heartbeat_timeout)
+    jobs: dict[tuple[str, str], list[JobRow]] = {}
+    for job in store.queries.jobs(repo, commit, limit):
+        jobs.setdefault((job.repo, job.sha), []).append(job)
+    return StatusReport(generated_at=report.generated_at,
+                        commits=[_status_of(line, jobs.get((line.repo, line.commit), [])) for line in report.commits],
+                        active=list(report.active), runners=list(report.runners))
+
+
+def report_of(wire: StatusReport) -> Report:
+    """collect()'s report again, from what the wire brought (views render either alike)."""
+    lines = tuple(CommitLine(c.repo, c.commit, c.branch, c.author, c.subject,
+                             tuple(Cell(a.arch, a.state, a.attempt, a.runner,
+                                        None if a.state == CellState.QUEUED else a.duration, a.emulated)
+                                   for a in c.archs), c.timestamp)
+                  for c in wire.commits)
+    return Report(lines, tuple(wire.active), tuple(wire.runners), wire.generated_at)
+
+
+def _status_of(line: CommitLine, jobs: list[JobRow]) -> CommitStatus:
+    published = {j.arch: j.state.settled for j in jobs}
     archs = []
-    for job, c in zip(jobs, line.cells):
+    for c in line.cells:
         r = c.result  # the final result's record, None while queued or running
         tests = r.tests if r else None
         archs.append(ArchState(arch=c.arch, state=c.state, runner=c.runner,
@@ -86,6 +114,6 @@ def commit_status(store: Store, repo: str, sha: str) -> CommitStatus:
                                tests_total=tests.total if tests else -1,
                                tests_failed=tests.failed + tests.errors if tests else 0,
                                failed_tests=list(r.failed_tests[:MAX_NAMED_TESTS]) if r else [],
-                               reason=r.reason if r else "", published=job.state.settled))
-    return CommitStatus(repo=repo, commit=sha, known=True, status=line.overall, branch=line.branch,
-                        subject=line.subject, archs=archs)
+                               reason=r.reason if r else "", published=published.get(c.arch, False)))
+    return CommitStatus(repo=line.repo, commit=line.commit, known=True, status=line.overall, branch=line.branch,
+                        subject=line.subject, archs=archs, author=line.author, timestamp=line.timestamp)

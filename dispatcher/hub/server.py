@@ -39,7 +39,7 @@ from dispatcher.wire.auth import AuthThrottle, client_mac, load_secret, new_nonc
 from dispatcher.wire.errors import ErrorCode, code_for
 from dispatcher.wire.protocol import (Ack, Auth, Channel, Dispatch, Error, Heartbeat, Hello, Lease, Message, NoJob,
                                       Query, Register, Release, Result, Role, Submit, Welcome, Cancel, Rerun,
-                                      LogRead)
+                                      LogRead, StatusRead)
 from dispatcher.wire.tls import for_server
 
 log = logging.getLogger("polyarch.dispatcher")
@@ -261,6 +261,9 @@ class _Handler(socketserver.BaseRequestHandler):
         self.server.hub.heartbeat(self._runner(), msg)
         return Ack()
 
+    def on_status_read(self, msg: StatusRead) -> Message:
+        return self.server.hub.status(msg.repo, msg.commit, msg.limit)
+
     def on_log_read(self, msg: LogRead) -> Message:
         return self.server.hub.read_log(msg.repo, msg.commit, msg.arch, msg.offset, msg.wait, msg.source,
                                         msg.attempt)
@@ -285,6 +288,7 @@ ROUTES: dict[type, tuple[frozenset[Role], Callable[[_Handler, Message], Message]
     Cancel: (_ASKING, _Handler.on_cancel),
     Rerun: (_ASKING, _Handler.on_rerun),
     LogRead: (_ASKING, _Handler.on_log_read),
+    StatusRead: (_ASKING, _Handler.on_status_read),
     Register: (_RUNNING, _Handler.on_register),
     Lease: (_RUNNING, _Handler.on_lease),
     Heartbeat: (_RUNNING, _Handler.on_heartbeat),

@@ -21,19 +21,20 @@ from dispatcher.common.errors import (LeaseLost, NotAllowed, PolyarchError, Prot
                                      UnknownName)
 from dispatcher.common.files import read_from, read_regular
 from dispatcher.common.utf8 import whole_characters
-from dispatcher.common.names import check_branch, check_commit, check_runner, parse_arch
+from dispatcher.common.names import check_branch, check_commit, check_commit_prefix, check_runner, parse_arch
 from dispatcher.common.states import CellState, Status
 from dispatcher.hub.live import JobKey, LiveLogs
 from dispatcher.hub.metrics import Metrics
 from dispatcher.hub.presence import FLUSH_INTERVAL, Presence
 from dispatcher.hub.publisher import Publisher
-from dispatcher.hub.reads import commit_status
+from dispatcher.hub.reads import commit_status, status_report
 from dispatcher.hub.store.interface import State
 from dispatcher.hub.store import JobResult, JobRow, JobState, RunnerRow
 from dispatcher.results.junit import parse as parse_junit
 from dispatcher.results.layout import File
 from dispatcher.results.layout import path as result_path
-from dispatcher.wire.protocol import CommitInfo, CommitStatus, Heartbeat, Job, LogSource, LogText, Register, Result
+from dispatcher.wire.protocol import (CommitInfo, CommitStatus, Heartbeat, Job, LogSource, LogText, Register, Result,
+                                      StatusReport)
 
 log = logging.getLogger("polyarch.dispatcher")
 
@@ -42,6 +43,7 @@ SERVICE_INTERVAL = 0.2
 STALL = 2.0  # seconds between two periodic ticks (normally 0.2) that mean we were stopped
 MAX_COMMITS_PER_DISPATCH = 1000
 LOG_READ_MOST = 256 * 1024  # bytes of log in one LOG_TEXT
+MAX_STATUS_COMMITS = 1000  # commits in one STATUS_REPORT: well within a frame
 
 
 class Hub:
@@ -165,6 +167,16 @@ class Hub:
         if ended:
             self.publisher.wake()  # the result files say `cancelled` at once
         return len(ended)
+
+    def status(self, repo_name: str, commit: str, limit: int) -> StatusReport:
+        """What `status` shows, for a client anywhere the secret is."""
+        repo = self.repo(repo_name).name if repo_name else None
+        if commit:
+            check_commit_prefix(commit)
+        if limit < 1:
+            raise ProtocolError("a status limit is at least 1")
+        return status_report(self.store, repo, commit or None, min(limit, MAX_STATUS_COMMITS),
+                             self.config.dispatcher.heartbeat_timeout)
 
     def query(self, repo_name: str, commit: str) -> CommitStatus:
         status = commit_status(self.store, self.repo(repo_name).name, check_commit(commit))

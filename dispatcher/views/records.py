@@ -11,6 +11,11 @@ from typing import Optional
 
 from dispatcher.common.states import CellState, Overall, arch_specific
 from dispatcher.results.record import ResultRecord
+# Queued and running jobs and runners travel to a remote `status` as they are: the wire's
+# records are the views' too.
+from dispatcher.wire.protocol import ActiveJob, RunnerLine
+
+__all__ = ["MARKS", "UNKNOWN", "ActiveJob", "Cell", "CommitLine", "Mark", "Report", "RunnerLine"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,28 +59,6 @@ class CommitLine:
     @property
     def failing_archs(self) -> list[str]:
         return [c.arch for c in self.cells if c.final and not (c.state.status and c.state.status.passing)]
-
-
-@dataclasses.dataclass(frozen=True)
-class ActiveJob:
-    repo: str
-    commit: str
-    arch: str
-    state: CellState  # queued or running
-    runner: str
-    elapsed: float  # since queued, or since leased when running
-    attempt: int
-
-
-@dataclasses.dataclass(frozen=True)
-class RunnerLine:
-    name: str
-    arch: str
-    host: str
-    emulated: bool
-    version: str
-    last_seen: float
-    connected: bool
 
 
 @dataclasses.dataclass(frozen=True)

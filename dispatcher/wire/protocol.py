@@ -54,6 +54,8 @@ class Kind(str, enum.Enum):
     RERUN = "rerun"
     LOG_READ = "log_read"
     LOG_TEXT = "log_text"
+    STATUS_READ = "status_read"
+    STATUS_REPORT = "status_report"
 
 
 class Role(str, enum.Enum):
@@ -309,10 +311,58 @@ class CommitStatus:
     subject: str = ""
     archs: list[ArchState] = dataclasses.field(default_factory=list)
     unattended: list[str] = dataclasses.field(default_factory=list)  # pending archs no runner serves
+    author: str = ""
+    timestamp: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ActiveJob:
+    """A queued or running job, as `status` lists it."""
+
+    repo: str
+    commit: str
+    arch: str
+    state: CellState  # queued or running
+    runner: str
+    elapsed: float  # since queued, or since leased when running
+    attempt: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RunnerLine:
+    """A runner the dispatcher has seen, as `status` lists it."""
+
+    name: str
+    arch: str
+    host: str
+    emulated: bool
+    version: str
+    last_seen: float
+    connected: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusRead:
+    """What `status` shows (repo and commit empty: every one; commit may be a prefix)."""
+
+    KIND: ClassVar[Kind] = Kind.STATUS_READ
+    repo: str = ""
+    commit: str = ""
+    limit: int = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class StatusReport:
+    KIND: ClassVar[Kind] = Kind.STATUS_REPORT
+    generated_at: float
+    commits: list[CommitStatus] = dataclasses.field(default_factory=list)
+    active: list[ActiveJob] = dataclasses.field(default_factory=list)
+    runners: list[RunnerLine] = dataclasses.field(default_factory=list)
 
 
 Message = Union[Hello, Auth, Welcome, Error, Dispatch, Submit, Ack, Register, Lease, Job,
-                NoJob, Heartbeat, Result, Release, Query, CommitStatus, Cancel, Rerun, LogRead, LogText]
+                NoJob, Heartbeat, Result, Release, Query, CommitStatus, Cancel, Rerun, LogRead, LogText, StatusRead,
+                StatusReport]
 _BY_KIND: dict[str, type] = {cls.KIND.value: cls for cls in typing.get_args(Message)}
 
 
