@@ -10,11 +10,12 @@ from typing import Callable, Optional
 
 import git
 
+from dispatcher.common.branches import HEADS, branch_of
 from dispatcher.common.progress import git_progress
 from dispatcher.common.progress import run as progress_run
 from dispatcher.wire.protocol import CommitInfo
 
-from dispatcher.common.git import GIT_ENV, GitError, RefsUnclear, borrow, fetch, local_git_dir, open_mirror, read_heads
+from dispatcher.common.git import GIT_ENV, GitError, RefsUnclear, borrow, fetch, local_git_dir, open_mirror, read_refs
 
 SUBJECT_LIMIT = 200
 
@@ -39,9 +40,14 @@ class BranchUpdate:
 
 
 class Mirror:
+    """`namespaces`: the ref folders mirrored ("refs/heads/", and "refs/pull/" for a
+    repository that watches pull requests' heads)."""
+
     def __init__(self, path: Path, url: str, fetch_timeout: float,
-                 stop: Optional[Callable[[], bool]] = None) -> None:
+                 stop: Optional[Callable[[], bool]] = None, namespaces: tuple[str, ...] = ("refs/heads/",)) -> None:
         self.path, self.url, self.fetch_timeout, self.stop = path, url, fetch_timeout, stop
+        self.namespaces = namespaces
+        self.refspecs = tuple(f"+{ns}*:{ns}*" for ns in namespaces)
         self.repo = open_mirror(path)
 
     def up_to_date(self) -> bool:
@@ -51,7 +57,7 @@ class Mirror:
         if source is None:
             return False
         try:
-            return read_heads(source) == read_heads(self.path)
+            return read_refs(source, self.namespaces) == read_refs(self.path, self.namespaces)
         except (OSError, RefsUnclear):
             return False
 
@@ -59,11 +65,11 @@ class Mirror:
         """Bring the mirror's heads up to date; `progress` gets git's progress (a first
         mirror of a large repository from `polyarch-observer once`)."""
         source = local_git_dir(self.url)
-        if source is not None and borrow(self.path, source, ("refs/heads/",)):
+        if source is not None and borrow(self.path, source, self.namespaces):
             return
         if progress is not None:
             code, tail = progress_run(["git", "-C", str(self.path), "fetch", "--progress", "--prune", "--no-tags",
-                                       self.url, "+refs/heads/*:refs/heads/*"], git_progress, progress,
+                                       self.url, *self.refspecs], git_progress, progress,
                                       timeout=self.fetch_timeout, env={**os.environ, **GIT_ENV})
             if code == -9:
                 raise FetchError(f"git fetch {self.url}: no answer within {self.fetch_timeout:g} s (fetch_timeout)")
@@ -71,17 +77,21 @@ class Mirror:
                 raise FetchError(f"git fetch {self.url}: {' '.join(tail[-3:])[-300:] or f'exit status {code}'}")
             return
         try:
-            fetch(self.repo, self.url, ("+refs/heads/*:refs/heads/*",), self.fetch_timeout, "--prune", "--no-tags",
-                  stop=self.stop)
+            fetch(self.repo, self.url, self.refspecs, self.fetch_timeout, "--prune", "--no-tags", stop=self.stop)
         except GitError as exc:
             raise FetchError(str(exc)) from None
 
     def heads(self) -> dict[str, str]:
+        """Branch -> commit, for refs/heads."""
+        return {branch_of(ref): sha for ref, sha in self.refs().items() if ref.startswith(HEADS)}
+
+    def refs(self) -> dict[str, str]:
+        """Full ref name -> commit, for the mirrored namespaces."""
         try:
-            return read_heads(self.path)  # our own bare mirror, written only by our fetch
+            return read_refs(self.path, self.namespaces)  # our own bare mirror, written only by our fetch
         except (OSError, RefsUnclear):
             pass
-        out = self.repo.git.for_each_ref("--format=%(refname:lstrip=2) %(objectname)", "refs/heads/")
+        out = self.repo.git.for_each_ref("--format=%(refname) %(objectname)", *self.namespaces)
         return dict(line.split(" ", 1) for line in out.splitlines() if line)
 
     def update(self, branch: str, cursor: Optional[str], head: str, max_backfill: int) -> BranchUpdate:

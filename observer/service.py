@@ -24,6 +24,8 @@ from dispatcher.common.daemon import StopRequest
 from dispatcher.common.sdnotify import Watchdog, notify
 from dispatcher.wire.tls import for_client
 
+from dispatcher.common.branches import is_watched, namespaces, watched_heads
+
 from .cursors import Cursors
 from .mirror import BranchUpdate, Change, FetchError, Mirror, local_git_dir
 from .watch import RefWatcher
@@ -71,16 +73,17 @@ class Observer:
         mirror = self.mirrors.get(repo.name)
         if mirror is None:
             mirror = Mirror(self.settings.state_dir / "mirrors" / f"{repo.name}.git", repo.url,
-                            self.settings.fetch_timeout, stop=self.stop.is_set)
+                            self.settings.fetch_timeout, stop=self.stop.is_set, namespaces=namespaces(repo.watched))
             self.mirrors[repo.name] = mirror
         if not mirror.up_to_date():
-            first = self.progress is not None and not mirror.heads()
+            first = self.progress is not None and not mirror.refs()
             mirror.fetch((lambda step, done, total: self.progress(repo.name, step, done, total))
                          if first and self.progress is not None else None)
-        heads = mirror.heads()
+        watched = repo.watched
+        heads = watched_heads(watched, mirror.refs())
         with self._report_lock:
             for branch in self.cursors.branches(repo.name):
-                if branch not in repo.branches:
+                if not is_watched(watched, branch):
                     log.info("%s: branch %s is no longer watched; dropping its cursor", repo.name, branch)
                     self.cursors.drop(repo.name, branch)
                 elif branch not in heads and (repo.name, branch) not in self._deleted:
@@ -89,10 +92,9 @@ class Observer:
                     log.info("%s: branch %s was deleted; keeping its cursor for when it comes back", repo.name, branch)
                     self._deleted.add((repo.name, branch))
             self._deleted -= {(repo.name, b) for b in heads}
-        for branch in repo.branches:
-            head = heads.get(branch)
-            if head is None:
-                continue
+        # Each ref that matches, in a stable order; one seen for the first time gets its head
+        # tested (the first-sighting rule), and a commit known from another branch no job.
+        for branch, head in sorted(heads.items()):
             update = mirror.update(branch, self.cursors.get(repo.name, branch), head, self.settings.max_backfill)
             if update.change != Change.NONE:
                 with self._report_lock:

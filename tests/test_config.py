@@ -79,7 +79,7 @@ def test_the_example_units_may_write_every_path_the_example_config_writes() -> N
     (('"amd64", "aarch64"', '"amd64", "vax"'), "repos[0].architectures", "unknown architecture 'vax'"),
     (('url = "git/demo.git"\n', ''), "repos[0].url", "missing"),
     (('name = "demo"', 'name = "../etc"'), "repos[0].name", "invalid repo name '../etc'"),
-    (('"main", "release/1.x"', '"main", "x;rm -rf"'), "repos[0].branches", "invalid branch name 'x;rm -rf'"),
+    (('"main", "release/1.x"', '"main", "x;rm -rf"'), "repos[0].branches", "invalid branch pattern 'x;rm -rf'"),
     (('arch = "auto"', 'arch = "pdp11"'), "runner.arch", "unknown architecture 'pdp11'"),
     (('arch = "auto"', 'arch = "auto"\npass_env = ["OK", "1BAD"]'), "runner.pass_env",
      "'1BAD' is not an environment variable name"),

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from dispatcher.common.errors import InvalidName
 from dispatcher.common.files import atomic_write, remove_stale_temporaries
-from dispatcher.common.names import Arch, check_branch, parse_arch
+from dispatcher.common.names import Arch, check_branch, check_branch_pattern, parse_arch
 from dispatcher.common.states import Status
 from dispatcher.results.junit import parse
 from dispatcher.results.layout import File, name, path
@@ -47,15 +48,27 @@ def test_result_paths_refuse_anything_that_escapes(tmp_path: Path, repo: str, co
         path(tmp_path, File.RESULT, repo, commit, arch)
 
 
-@pytest.mark.parametrize("name", ["main", "release/1.x", "feature/a-b_c+d"])
+# Every name git's check-ref-format takes, shell syntax aside.
+@pytest.mark.parametrize("name", ["main", "release/1.x", "feature/a-b_c+d", "fix#12-arm", "50%-off", "a=b,c",
+                                  "user@feature", "überarbeitung/ß", "refs/pull/12/head", "refs/merge-requests/3/head"])
 def test_good_branch_names(name: str) -> None:
     assert check_branch(name) == name
+    assert subprocess.run(["git", "check-ref-format", "--branch", name], capture_output=True).returncode == 0
 
 
-@pytest.mark.parametrize("name", ["", "-x", "a..b", "a b", "$(id)", "a;b", "a`b`", "a/", "x.lock", "a//b", "é"])
+@pytest.mark.parametrize("name", ["", "-x", "a..b", "a b", "$(id)", "a;b", "a`b`", "a/", "x.lock", "a//b", "a@{1}",
+                                  ".hidden", "a/.b", "a:b", "a~1", "a^", "a*", "a?", "a[b", "a\\b", "a|b", "a&b",
+                                  "a>b", "a'b", 'a"b', "a!b", "a{b}", "a\tb", "a\x7fb", "@"])
 def test_bad_branch_names(name: str) -> None:
     with pytest.raises(InvalidName):
         check_branch(name)
+
+
+@pytest.mark.parametrize("pattern", ["release/*", "refs/pull/*/head", "v?.x", "*"])
+def test_branch_patterns_take_wildcards(pattern: str) -> None:
+    assert check_branch_pattern(pattern) == pattern
+    with pytest.raises(InvalidName):
+        check_branch(pattern)
 
 
 @pytest.mark.parametrize("machine, arch", [("x86_64", Arch.AMD64), ("aarch64", Arch.ARM64), ("armv7l", Arch.ARMHF),

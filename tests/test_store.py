@@ -49,8 +49,8 @@ def retrying(tmp_path: Path):
 
 
 def test_enqueue_is_idempotent(store: Store) -> None:
-    assert store.jobs.enqueue("demo", "main", [CommitInfo(A), CommitInfo(B)], ["amd64", "arm64"]) == 4
-    assert store.jobs.enqueue("demo", "main", [CommitInfo(A)], ["amd64", "arm64"]) == 0
+    assert store.jobs.enqueue("demo", "main", [CommitInfo(A), CommitInfo(B)], ["amd64", "arm64"]).created == 4
+    assert store.jobs.enqueue("demo", "main", [CommitInfo(A)], ["amd64", "arm64"]).created == 0
     assert store.queries.queued_count("amd64") == 2
 
 

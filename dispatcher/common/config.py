@@ -15,7 +15,9 @@ from typing import Any, Optional
 
 from dispatcher.common.errors import ConfigError, InvalidName, UnknownRepo
 from dispatcher.common.sections import Section, read_toml
-from dispatcher.common.names import Arch, check_branch, check_repo, check_runner, host_arch, parse_arch
+from dispatcher.common.branches import Watched
+from dispatcher.common.branches import parse as parse_branches
+from dispatcher.common.names import Arch, check_branch_pattern, check_repo, check_runner, host_arch, parse_arch
 
 DEFAULT_PORT = 7341
 # Measured (bench/emulation.py): a Python test suite under qemu-user arm64 takes about
@@ -137,6 +139,17 @@ class RepoConfig:
     on_result: Optional[str] = None  # shell command run after every final result
     on_failure: Optional[str] = None  # ... after every final result that is not a pass
     hook_timeout: float = 60.0
+
+    @property
+    def watched(self) -> tuple[Watched, ...]:
+        """`branches` as what they match (names, glob patterns, full ref patterns)."""
+        return parse_branches(self.branches)
+
+    @property
+    def default_branch(self) -> str:
+        """The branch a commit submitted by hand is recorded on: the first one `branches`
+        names plainly ("" when every entry is a pattern)."""
+        return next((b for b in self.branches if "*" not in b and "?" not in b), "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,7 +383,7 @@ def _repo(path: Path, index: int, table: Any) -> RepoConfig:
     if not branches:
         raise s.fail("branches", "must name at least one branch")
     for b in branches:
-        s.checked("branches", b, check_branch)
+        s.checked("branches", b, check_branch_pattern)
     archs_raw = s.get("architectures", list, [host_arch().value])
     if not archs_raw:
         raise s.fail("architectures", "must name at least one architecture")

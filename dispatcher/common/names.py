@@ -66,7 +66,6 @@ def host_arch() -> Arch:
 
 
 _REPO_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_BRANCH_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/+-]{0,199}")
 _COMMIT_RE = re.compile(r"(?:[0-9a-f]{40}|[0-9a-f]{64})")
 _RUNNER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,99}")
 
@@ -77,19 +76,47 @@ def check_repo(name: str) -> str:
     return name
 
 
+# Beyond letters and digits (any script's), what a branch name may hold: what git allows
+# except shell syntax. Names travel to hooks, logs and pages; `$`, quotes, `;`, `|`, `&`,
+# `<`, `>`, `(`, `)`, `!`, `{`, `}`, backslash and spaces never reach any of them.
+_BRANCH_PUNCT = frozenset("._/+-#%=,@")
+_BRANCH_MAX = 200
+
+
+def _branch_problem(name: object, wildcards: str) -> str:
+    """Why `name` is not a branch name polyarch takes ("" when it is): git's rules
+    (check-ref-format) without shell text; `wildcards` are allowed too (in patterns)."""
+    if not isinstance(name, str) or not name:
+        return "empty"
+    if len(name) > _BRANCH_MAX:
+        return f"longer than {_BRANCH_MAX} characters"
+    for ch in name:
+        if not (ch.isalnum() or ch in _BRANCH_PUNCT or ch in wildcards) or ch.isspace() or not ch.isprintable():
+            return f"{ch!r} is not allowed (shell syntax, a space, or refused by git)"
+    if name.startswith(("-", "/")) or name.endswith(("/", ".", ".lock")):
+        return "it may not start with '-' or '/', nor end with '/', '.' or '.lock'"
+    if ".." in name or "//" in name or "@{" in name or name == "@":
+        return "'..', '//', '@{' and a lone '@' are refused by git"
+    if any(part.startswith(".") or part.endswith(".lock") for part in name.split("/")):
+        return "no part may start with '.' or end with '.lock'"
+    return ""
+
+
 def check_branch(name: str) -> str:
-    # Stricter than git's own check-ref-format: no shell metacharacters at all, and
-    # nothing that git itself would refuse ("..", "//", a trailing "/" or ".lock").
-    ok = (
-        isinstance(name, str)
-        and _BRANCH_RE.fullmatch(name) is not None
-        and ".." not in name
-        and "//" not in name
-        and not name.endswith(("/", ".lock", "."))
-    )
-    if not ok:
-        raise InvalidName(f"invalid branch name {name!r}")
+    """A branch as polyarch records it: a branch's name (`fix#12-arm`) or a full ref
+    outside refs/heads (`refs/pull/12/head`)."""
+    problem = _branch_problem(name, "")
+    if problem:
+        raise InvalidName(f"invalid branch name {name!r}: {problem}")
     return name
+
+
+def check_branch_pattern(pattern: str) -> str:
+    """An entry of a repository's `branches`: a branch name, or a pattern with `*` and `?`."""
+    problem = _branch_problem(pattern, "*?")
+    if problem:
+        raise InvalidName(f"invalid branch pattern {pattern!r}: {problem}")
+    return pattern
 
 
 def check_commit(sha: str) -> str:

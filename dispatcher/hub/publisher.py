@@ -20,9 +20,9 @@ from dispatcher.hub.hooks import HookRunner, Notification, hook_env, hooks_for
 from dispatcher.hub.metrics import Metrics
 from dispatcher.common.states import Overall, Status
 from dispatcher.hub.reads import record_of, summary_of
-from dispatcher.hub.store import FinishedJob, Store
+from dispatcher.hub.store import FinishedJob, JobState, Store
 from dispatcher.results.layout import File, path
-from dispatcher.results.writing import write_result
+from dispatcher.results.writing import rewrite_record, write_result
 
 log = logging.getLogger("polyarch.dispatcher")
 
@@ -48,9 +48,17 @@ class Publisher:
         self._next = 0.0
         self._thread: Optional[threading.Thread] = None
         self._touched: set[tuple[str, str]] = set()  # commits whose work started: pages to rewrite
+        self._rebranched: set[tuple[str, str]] = set()  # commits seen on a new branch: files to rewrite
         self._pages_due = 0.0
 
     def wake(self) -> None:
+        self._wanted.set()
+
+    def rebranched(self, commits: Iterable[tuple[str, str]]) -> None:
+        """These (repo, commit), known before, reached another branch: the results already
+        written say so (`branches`) soon."""
+        with self._touch_lock:
+            self._rebranched.update(commits)
         self._wanted.set()
 
     def touch(self, commits: Iterable[tuple[str, str]]) -> None:
@@ -98,7 +106,30 @@ class Publisher:
             except Exception:  # the publisher must outlive any one bad result
                 log.exception("writing result files failed")
                 self._next = time.monotonic() + PUBLISH_RETRY
+            self._rewrite_rebranched()
             self._pages_of_started_work()
+
+    def _rewrite_rebranched(self) -> None:
+        with self._touch_lock:
+            commits, self._rebranched = self._rebranched, set()
+        if not commits:
+            return
+        with self._lock:  # never beside a first write of the same result
+            try:
+                for repo, sha in sorted(commits):
+                    for job in self.store.queries.jobs(repo, sha, 1):
+                        if job.sha != sha or job.state != JobState.PUBLISHED:
+                            continue
+                        earlier = self.store.attempts.of(job.id) if job.retries or job.reruns else ()
+                        rewrite_record(self.results_dir, record_of(job, earlier),
+                                       summary_of(self.store, job.repo, job.sha, job.branch))
+            except (OSError, StateError) as exc:
+                log.error("cannot rewrite result files for a new branch under %s: %s; will retry", self.results_dir, exc)
+                with self._touch_lock:
+                    self._rebranched |= commits
+                self._next = time.monotonic() + PUBLISH_RETRY
+                return
+        self._update_pages_of(commits)
 
     def _pages_of_started_work(self) -> None:
         with self._touch_lock:

@@ -23,13 +23,14 @@ def record_of(job: JobRow, earlier: tuple[Attempt, ...] = ()) -> ResultRecord:
         finished_at=job.finished_at or 0.0, attempt=job.attempt, reason=job.reason,
         log_truncated=job.log_truncated, tests=job.tests, runner_host=job.runner_host,
         runner_machine=job.runner_machine, runner_emulated=job.runner_emulated, runner_kernel=job.runner_kernel,
-        runner_qemu=job.runner_qemu, runner_root=job.runner_root, rerun_by=job.rerun_by, failed_tests=job.failed_tests, earlier=earlier)
+        runner_qemu=job.runner_qemu, runner_root=job.runner_root, rerun_by=job.rerun_by, failed_tests=job.failed_tests, earlier=earlier,
+        branches=job.branches)
 
 
 def summary_of(store: Store, repo: str, sha: str, branch: str) -> dict:
     """summary.json of one commit, from the state: the statuses and recorded JUnit reports."""
     return summary_dict(repo, sha, branch, store.queries.commit_states(repo, sha),
-                        store.queries.commit_reports(repo, sha))
+                        store.queries.commit_reports(repo, sha), branches=store.queries.commit_branches(repo, sha))
 
 
 def cell(job: JobRow, now: float, store: Optional[Store] = None) -> Cell:

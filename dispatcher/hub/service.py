@@ -102,7 +102,11 @@ class Hub:
             raise ProtocolError(f"more than {MAX_COMMITS_PER_DISPATCH} commits in one message")
         for c in commits:
             check_commit(c.sha)
-        created = self.store.jobs.enqueue(repo.name, branch, commits, [a.value for a in repo.architectures])
+        done = self.store.jobs.enqueue(repo.name, branch, commits, [a.value for a in repo.architectures])
+        created = done.created
+        if done.rebranched:
+            log.info("%d known commit(s) of %s seen on %s too", len(done.rebranched), repo.name, branch)
+            self.publisher.rebranched((repo.name, sha) for sha in done.rebranched)
         if created:
             log.info("queued %d job(s) for %d commit(s) of %s/%s", created, len(commits), repo.name, branch)
             self.notify_work()
@@ -114,12 +118,15 @@ class Hub:
         Raises InvalidName, UnknownRepo or UnknownArch, having changed nothing."""
         repo = self.repo(repo_name)
         check_commit(commit)
-        branch = check_branch(branch) if branch else repo.branches[0]
+        branch = check_branch(branch) if branch else repo.default_branch
         chosen = [parse_arch(a) for a in archs] or list(repo.architectures)
         unknown = [a.value for a in chosen if a not in repo.architectures]
         if unknown:
             raise UnknownArch(f"{', '.join(unknown)} not configured for repo {repo.name}")
-        created = self.store.jobs.enqueue(repo.name, branch, [CommitInfo(commit)], [a.value for a in chosen])
+        done = self.store.jobs.enqueue(repo.name, branch, [CommitInfo(commit)], [a.value for a in chosen])
+        created = done.created
+        if done.rebranched:
+            self.publisher.rebranched([(repo.name, commit)])
         if created:
             log.info("queued %d job(s) for %s %s (submitted by %s)", created, repo.name, commit[:12], by)
             self.notify_work()

@@ -62,6 +62,11 @@ class ResultRecord:
     rerun_by: str = ""  # who asked for this run, when it is a rerun
     failed_tests: tuple[str, ...] = ()
     earlier: tuple[Attempt, ...] = ()  # failed attempts run again under retry_failed, oldest first
+    branches: tuple[str, ...] = ()  # every branch the commit was seen on, the first first
+
+    def __post_init__(self) -> None:
+        if not self.branches and self.branch:  # a record from before branches were kept
+            object.__setattr__(self, "branches", (self.branch,))
 
     @property
     def duration(self) -> float:
@@ -72,6 +77,7 @@ class ResultRecord:
             "schema": SCHEMA_VERSION,
             "repo": self.repo,
             "branch": self.branch,
+            "branches": list(self.branches),
             "commit": self.commit,
             "arch": self.arch,
             "runner": self.runner,
@@ -110,6 +116,7 @@ class ResultRecord:
         earlier = data.get("earlier_attempts") or []
         return cls(
             repo=str(data["repo"]), branch=str(data.get("branch", "")), commit=str(data["commit"]),
+            branches=tuple(str(b) for b in data.get("branches") or ()),
             arch=str(data["arch"]), runner=str(data.get("runner", "")), status=Status(data["status"]),
             exit_code=data.get("exit_code") if isinstance(data.get("exit_code"), int) else None,
             started_at=parse_iso(data.get("started_at")), finished_at=parse_iso(data.get("finished_at")),
@@ -154,7 +161,8 @@ def _status(value: object) -> Optional[Status]:
 
 
 def summary_dict(repo: str, commit: str, branch: str, statuses: Mapping[str, Optional[Status | str]],
-                 junit: Optional[Mapping[str, JUnit]] = None, now: Optional[float] = None) -> dict[str, Any]:
+                 junit: Optional[Mapping[str, JUnit]] = None, now: Optional[float] = None,
+                 branches: tuple[str, ...] = ()) -> dict[str, Any]:
     """summary.json: every configured arch of one commit (None: not final yet), the overall
     verdict, and the tests that fail on some architectures only (from `junit`, by arch)."""
     finals = {arch: _status(s) for arch, s in sorted(statuses.items())}
@@ -165,6 +173,7 @@ def summary_dict(repo: str, commit: str, branch: str, statuses: Mapping[str, Opt
         "repo": repo,
         "commit": commit,
         "branch": branch,
+        "branches": list(branches or ((branch,) if branch else ())),
         "status": Overall.of(finals.values()).value,
         "architectures": archs,
         # Fails on some architectures while passing on others: a portability bug. An error

@@ -37,3 +37,12 @@ def write_result(root: Path, record: ResultRecord, log: bytes, junit: bytes,
     result = path(root, File.RESULT, **where)
     atomic_write(result, dumps(record.to_dict()))
     return result
+
+
+def rewrite_record(root: Path, record: ResultRecord, summary: Mapping[str, Any]) -> None:
+    """A published result said again with what changed around it (the commit reached
+    another branch): its summary.json, then its <arch>.json, each replaced atomically;
+    the log and the JUnit file stay as they are."""
+    atomic_write(path(root, File.SUMMARY, record.repo, record.commit), dumps(summary))
+    atomic_write(path(root, File.RESULT, repo=record.repo, commit=record.commit, arch=record.arch),
+                 dumps(record.to_dict()))

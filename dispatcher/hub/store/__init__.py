@@ -21,12 +21,12 @@ from dispatcher.hub.store.attempts import Attempts
 from dispatcher.hub.store.commits import Commits
 from dispatcher.hub.store.database import Database
 from dispatcher.hub.store.hook_runs import HookRuns
-from dispatcher.hub.store.jobs import JobResult, Jobs, Policy
+from dispatcher.hub.store.jobs import Enqueued, JobResult, Jobs, Policy
 from dispatcher.hub.store.queries import Queries
 from dispatcher.hub.store.rows import Expired, FinishedJob, JobRow, JobState, RunnerRow
 from dispatcher.hub.store.runners import Runners
 
-__all__ = ["Store", "Policy", "JobResult", "Expired", "FinishedJob", "JobRow", "JobState", "RunnerRow"]
+__all__ = ["Store", "Policy", "Enqueued", "JobResult", "Expired", "FinishedJob", "JobRow", "JobState", "RunnerRow"]
 
 
 class Store:

@@ -10,19 +10,26 @@ from dispatcher.wire.protocol import CommitInfo
 
 
 class Commits:
-    def add(self, db: sqlite3.Connection, repo: str, branch: str, commits: Iterable[CommitInfo]) -> list[str]:
-        """Inside the caller's transaction: record the commits not known yet (idempotent);
-        returns every commit's id, in order."""
+    def add(self, db: sqlite3.Connection, repo: str, branch: str,
+            commits: Iterable[CommitInfo]) -> tuple[list[str], list[str]]:
+        """Inside the caller's transaction: record the commits not known yet (idempotent),
+        and `branch` among the branches each was seen on; returns every commit's id, in
+        order, and those known before that this branch is new to."""
         now = time.time()
-        out = []
+        out, rebranched = [], []
         for c in commits:
             # A commit first queued by hand or by the gate has no description: the
             # observer's report of it, later, fills it in.
-            db.execute("INSERT INTO commits (repo, sha, branch, author, subject, timestamp, received_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (repo, sha) DO UPDATE SET "
-                       f"{_FILL_EMPTY}", (repo, c.sha, branch, c.author, c.subject, c.timestamp, now))
+            db.execute("INSERT INTO commits (repo, sha, branch, author, subject, timestamp, received_at, branches) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, json_array(?)) ON CONFLICT (repo, sha) DO UPDATE SET "
+                       f"{_FILL_EMPTY}", (repo, c.sha, branch, c.author, c.subject, c.timestamp, now, branch))
+            if branch and db.execute(
+                    "UPDATE commits SET branches = json_insert(branches, '$[#]', ?) WHERE repo = ? AND sha = ? AND "
+                    "NOT EXISTS (SELECT 1 FROM json_each(commits.branches) WHERE value = ?)",
+                    (branch, repo, c.sha, branch)).rowcount:
+                rebranched.append(c.sha)
             out.append(c.sha)
-        return out
+        return out, rebranched
 
     def describe(self, db: sqlite3.Connection, repo: str, info: CommitInfo) -> None:
         """Inside the caller's transaction: a runner's description of a commit, for the

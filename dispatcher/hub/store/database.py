@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dispatcher.common.errors import StateError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commits (
@@ -126,6 +126,11 @@ ALTER TABLE jobs ADD COLUMN runner_qemu TEXT NOT NULL DEFAULT '';
 ALTER TABLE jobs ADD COLUMN runner_root TEXT NOT NULL DEFAULT '';
 ALTER TABLE jobs ADD COLUMN reruns INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN rerun_by TEXT NOT NULL DEFAULT '';
+""",
+    # Every branch a commit was seen on (branch stays the first): a JSON list.
+    7: """
+ALTER TABLE commits ADD COLUMN branches TEXT NOT NULL DEFAULT '[]';
+UPDATE commits SET branches = json_array(branch) WHERE branch != '';
 """,
 }
 

@@ -45,6 +45,12 @@ class Policy:
 
 
 @dataclasses.dataclass(frozen=True)
+class Enqueued:
+    created: int  # jobs new to the queue
+    rebranched: tuple[str, ...] = ()  # commits known before, seen now on another branch too
+
+
+@dataclasses.dataclass(frozen=True)
 class JobResult:
     """What a runner reported for its lease, as the store records it."""
 
@@ -139,18 +145,20 @@ class Jobs:
                     out.append(job)
         return out
 
-    def enqueue(self, repo: str, branch: str, commits: Iterable[CommitInfo], archs: Iterable[str]) -> int:
-        """Record commits and one job per arch; returns how many jobs are new. Idempotent."""
+    def enqueue(self, repo: str, branch: str, commits: Iterable[CommitInfo], archs: Iterable[str]) -> Enqueued:
+        """Record commits and one job per arch; says how many jobs are new and which known
+        commits reached a new branch. Idempotent."""
         now = time.time()
         archs = list(archs)
         created = 0
         with self.db.tx() as db:
-            for sha in self.commits.add(db, repo, branch, commits):
+            shas, rebranched = self.commits.add(db, repo, branch, commits)
+            for sha in shas:
                 for arch in archs:
                     cur = db.execute("INSERT OR IGNORE INTO jobs (repo, sha, arch, state, created_at) "
                                      "VALUES (?, ?, ?, ?, ?)", (repo, sha, arch, JobState.QUEUED.value, now))
                     created += cur.rowcount
-        return created
+        return Enqueued(created, tuple(rebranched))
 
     def claim(self, runner: RunnerRow, alone: bool = True) -> Optional[JobRow]:
         """Lease the oldest queued job of the runner's arch to it, or None.

@@ -6,6 +6,7 @@ the others); no query here writes.
 
 from __future__ import annotations
 
+import json
 from typing import Optional
 
 from dispatcher.common.states import Status
@@ -24,6 +25,12 @@ class Queries:
             rows = db.execute("SELECT arch, state, status FROM jobs WHERE repo = ? AND sha = ?",
                               (repo, sha)).fetchall()
         return {r["arch"]: (Status(r["status"]) if JobState(r["state"]).final else None) for r in rows}
+
+    def commit_branches(self, repo: str, sha: str) -> tuple[str, ...]:
+        """Every branch a commit was seen on, the first first."""
+        with self._read() as db:
+            row = db.execute("SELECT branches FROM commits WHERE repo = ? AND sha = ?", (repo, sha)).fetchone()
+        return tuple(json.loads(row["branches"])) if row is not None else ()
 
     def commit_reports(self, repo: str, sha: str) -> dict[str, JUnit]:
         """arch -> the JUnit report recorded with its final result, for the archs that had one."""

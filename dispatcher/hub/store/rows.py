@@ -62,6 +62,7 @@ class JobRow:
     rerun_by: str  # who asked for the last rerun
     tests: Optional[TestCounts]  # from the JUnit XML, parsed once when the result was recorded
     failed_tests: tuple[str, ...]
+    branches: tuple[str, ...]  # every branch its commit was seen on, the first first
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "JobRow":
@@ -72,11 +73,12 @@ class JobRow:
         values["runner_emulated"] = bool(values["runner_emulated"])
         values["tests"] = TestCounts(**json.loads(values["tests"])) if values["tests"] else None
         values["failed_tests"] = tuple(json.loads(values["failed_tests"] or "[]"))
+        values["branches"] = tuple(json.loads(values["branches"] or "[]"))
         return cls(**values)
 
 
 JOB_COLUMNS = ", ".join(
-    f"c.{f.name}" if f.name in ("branch", "author", "subject", "timestamp") else f"j.{f.name}"
+    f"c.{f.name}" if f.name in ("branch", "branches", "author", "subject", "timestamp") else f"j.{f.name}"
     for f in dataclasses.fields(JobRow))
 JOB_FROM = "jobs j JOIN commits c ON c.repo = j.repo AND c.sha = j.sha"
 
