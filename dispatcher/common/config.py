@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import socket
+import urllib.parse
 from pathlib import Path
 from typing import Any, Optional
 
@@ -86,6 +87,7 @@ class DispatcherConfig:
     http_listen: Optional[Address] = None  # the HTTP API; off unless set
     runners: tuple[RunnerIdentity, ...] = ()  # set: only these runners, each bound as it says
     live_log_limit: int = 4 * 1024 * 1024  # bytes of a running job's <arch>.log.part
+    public_url: Optional[str] = None  # where test_results/ is served: hooks link to its pages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +138,10 @@ class RepoConfig:
     retry_failed: int = 0  # a failed job runs again up to this often; a later pass is "flaky"
     setup: Optional[str] = None  # run once per (arch, root, setup_key contents); its folder is cached
     setup_key: tuple[str, ...] = ()  # file globs, relative to the checkout, that key the setup
-    on_result: Optional[str] = None  # shell command run after every final result
+    on_queued: Optional[str] = None  # shell command run when a commit's jobs are queued
+    on_result: Optional[str] = None  # ... after every final result
     on_failure: Optional[str] = None  # ... after every final result that is not a pass
+    on_commit_done: Optional[str] = None  # ... once every architecture of a commit is final
     hook_timeout: float = 60.0
 
     @property
@@ -254,6 +258,7 @@ def _dispatcher(path: Path, table: Any) -> DispatcherConfig:
         http_listen=s.parsed("http_listen", parse_address, None),
         runners=_runner_identities(path, s.get("runners", dict, {})),
         live_log_limit=s.positive("live_log_limit", d.live_log_limit, integer=True),
+        public_url=s.parsed("public_url", check_public_url, None),
     )
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         raise s.fail("tls_cert", "tls_cert and tls_key go together")
@@ -406,8 +411,10 @@ def _repo(path: Path, index: int, table: Any) -> RepoConfig:
         retry_failed=_non_negative(s, "retry_failed", d.retry_failed),
         setup=s.command("setup"),
         setup_key=tuple(s.checked("setup_key", g, check_key_glob) for g in s.get("setup_key", list, [])),
+        on_queued=_command(s, "on_queued"),
         on_result=_command(s, "on_result"),
         on_failure=_command(s, "on_failure"),
+        on_commit_done=_command(s, "on_commit_done"),
         hook_timeout=s.positive("hook_timeout", d.hook_timeout),
     )
     s.done()
@@ -421,6 +428,14 @@ def check_key_glob(value: object) -> str:
     if value.startswith("/") or ".." in Path(value).parts:
         raise InvalidName(f"{value!r} leaves the checkout: give a glob relative to the repository's root")
     return value
+
+
+def check_public_url(value: str) -> str:
+    """An http(s) URL with a host, kept without its trailing slash."""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError("not an http:// or https:// URL (give the address test_results/ is served at)")
+    return value.rstrip("/")
 
 
 def _non_negative(s: Section, name: str, default: int) -> int:

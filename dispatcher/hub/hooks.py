@@ -1,30 +1,40 @@
-"""on_result / on_failure: a repository's commands run after each final result.
+"""Hooks: a repository's shell commands run on its commits' events.
 
-A hook gets the result file's path and the result's key fields in its environment
-(POLYARCH_RESULT_FILE, POLYARCH_STATUS, ...; see `hook_env`), and POLYARCH_HOOK_ID. Each
-hook owed is recorded in the state with its result (store/hook_runs.py) and marked done
-once it ran, so it runs at least once across restarts. Hooks run on a few worker
-threads of their own, each in its own process group, killed with the group after
-hook_timeout. A failing, hanging or missing hook is logged and changes nothing else:
-the result is already in test_results/ when a hook starts, and a full hook queue leaves
-the newest hooks pending in the state (with a warning) rather than hold up the
-dispatcher; they are offered again with the next results, or at the next start.
+Four events, each a [[repos]] key: `on_queued` when a commit's jobs are queued (once per
+commit, with the architectures queued), `on_result` after each final result,
+`on_failure` after each final result that is not a pass, and `on_commit_done` once every
+architecture of a commit is final. A hook gets the event and the commit's fields in its
+environment (POLYARCH_EVENT, POLYARCH_COMMIT, POLYARCH_STATUS, ...; see `HookPlan`), and
+POLYARCH_HOOK_ID. Each hook owed is recorded in the state in the transaction that queues
+the jobs or marks the result published (store/hook_runs.py) and marked done once it ran,
+so it runs at least once across restarts. Hooks run on a few worker threads of their
+own, each in its own process group, killed with the group after hook_timeout; the hooks
+of one commit run one after the other, in the order of their events, so that a forge
+never sees a "pending" posted after the final status. A failing, hanging or missing hook
+is logged and changes nothing else: the result is already in test_results/ when a hook
+starts, and a full hook queue leaves the newest hooks pending in the state (with a
+warning) rather than hold up the dispatcher; they are offered again with the next
+results, or at the next start.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import collections
+import enum
 import logging
 import os
 import queue
 import subprocess
 import threading
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
+from dispatcher.common.config import Config, RepoConfig
 from dispatcher.common.process import popen_exited, stop_group
-from dispatcher.common.states import Status
+from dispatcher.common.states import Overall, Status
 from dispatcher.hub.store.hook_runs import HookRun
+from dispatcher.hub.store.rows import JobRow
+from dispatcher.results.layout import File, path
 
 log = logging.getLogger("polyarch.hooks")
 
@@ -33,50 +43,81 @@ HOOK_TERM_WAIT = 1.0
 QUEUE_LIMIT = 1000
 
 
-@dataclasses.dataclass(frozen=True)
-class Notification:
-    repo: str
-    commit: str
-    branch: str
-    arch: str
-    status: str
-    overall: str  # the commit's summary status after this result: pending, passed or failed
-    runner: str
-    result_file: Path
-    log_file: Path
-    summary_file: Path
-    page: Path  # the commit's dashboard page
+class Event(str, enum.Enum):
+    """A hook's event: its value is the [[repos]] key that names its command."""
+
+    QUEUED = "on_queued"
+    RESULT = "on_result"
+    FAILURE = "on_failure"
+    COMMIT_DONE = "on_commit_done"
 
 
-@dataclasses.dataclass(frozen=True)
-class Hook:
-    event: str  # on_result or on_failure
-    command: str
-    timeout: float
+Owed = tuple[str, str, float, dict[str, str]]  # (event, command, timeout, env), as the store records it
 
 
-def hook_env(n: Notification) -> dict[str, str]:
-    return {"POLYARCH_REPO": n.repo, "POLYARCH_COMMIT": n.commit,
-            "POLYARCH_BRANCH": n.branch, "POLYARCH_ARCH": n.arch, "POLYARCH_STATUS": n.status,
-            "POLYARCH_OVERALL": n.overall, "POLYARCH_RUNNER": n.runner, "POLYARCH_RESULT_FILE": str(n.result_file),
-            "POLYARCH_LOG_FILE": str(n.log_file), "POLYARCH_SUMMARY_FILE": str(n.summary_file),
-            "POLYARCH_PAGE": str(n.page)}
+class HookPlan:
+    """Which hooks an event owes, with their environment: the one place that builds it."""
 
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.results_dir = config.dispatcher.results_dir
+        self.public_url = config.dispatcher.public_url
 
-def hooks_for(on_result: Optional[str], on_failure: Optional[str], timeout: float, status: str) -> list[Hook]:
-    out = [Hook("on_result", on_result, timeout)] if on_result else []
-    if on_failure and not Status(status).passing:
-        out.append(Hook("on_failure", on_failure, timeout))
-    return out
+    def queued(self, repo: str, sha: str, branch: str, archs: list[str]) -> list[Owed]:
+        """A commit's jobs on `archs` were just queued (POLYARCH_ARCHS)."""
+        return self._owed(repo, [Event.QUEUED], self._commit(repo, sha, branch) | {
+            "POLYARCH_ARCHS": " ".join(archs), "POLYARCH_OVERALL": Overall.PENDING.value})
+
+    def result(self, job: JobRow, overall: str) -> list[Owed]:
+        """A final result; `overall`: the commit's status after it (pending while others run)."""
+        status = job.status or Status.ERROR
+        where = dict(repo=job.repo, commit=job.sha, arch=job.arch)
+        return self._owed(job.repo, [Event.RESULT] + ([] if status.passing else [Event.FAILURE]),
+                          self._commit(job.repo, job.sha, job.branch) | {
+            "POLYARCH_ARCH": job.arch, "POLYARCH_STATUS": status.value, "POLYARCH_OVERALL": overall,
+            "POLYARCH_RUNNER": job.runner or "", "POLYARCH_ATTEMPT": str(job.attempt),
+            "POLYARCH_RESULT_FILE": str(path(self.results_dir, File.RESULT, **where)),
+            "POLYARCH_LOG_FILE": str(path(self.results_dir, File.LOG, **where))})
+
+    def commit_done(self, repo: str, sha: str, branch: str, statuses: Mapping[str, Status]) -> list[Owed]:
+        """Every architecture of the commit is final: `statuses`, arch -> status."""
+        return self._owed(repo, [Event.COMMIT_DONE], self._commit(repo, sha, branch) | {
+            "POLYARCH_ARCHS": " ".join(sorted(statuses)),
+            "POLYARCH_STATUSES": " ".join(f"{a}={s.value}" for a, s in sorted(statuses.items())),
+            "POLYARCH_OVERALL": Overall.of(statuses.values()).value})
+
+    def wanted(self, repo: str) -> bool:
+        """Whether the repository has any hook at all (else nothing need be worked out)."""
+        cfg = self.config.repo(repo)
+        return cfg is not None and any(getattr(cfg, e.value) is not None for e in Event)
+
+    def _owed(self, repo: str, events: list[Event], env: dict[str, str]) -> list[Owed]:
+        cfg: Optional[RepoConfig] = self.config.repo(repo)
+        if cfg is None:
+            return []
+        return [(e.value, command, cfg.hook_timeout, env | {"POLYARCH_EVENT": e.value}) for e in events
+                if (command := getattr(cfg, e.value)) is not None]
+
+    def _commit(self, repo: str, sha: str, branch: str) -> dict[str, str]:
+        page = path(self.results_dir, File.COMMIT_PAGE, repo=repo, commit=sha)
+        url = f"{self.public_url}/{page.relative_to(page.parents[2]).as_posix()}" if self.public_url else ""
+        return {"POLYARCH_REPO": repo, "POLYARCH_COMMIT": sha, "POLYARCH_BRANCH": branch,
+                "POLYARCH_PAGE": str(page), "POLYARCH_PAGE_URL": url,
+                "POLYARCH_SUMMARY_FILE": str(path(self.results_dir, File.SUMMARY, repo=repo, commit=sha))}
 
 
 class HookRunner:
-    """Runs recorded hooks; `done(id, exit code)` is told when each has run."""
+    """Runs recorded hooks; `done(id, exit code)` is told when each has run. The hooks of
+    one commit run in the order offered, one at a time; different commits' in parallel."""
 
     def __init__(self, cwd: Path, done: Callable[[int, Optional[int]], None], workers: int = WORKERS) -> None:
         self.cwd = cwd
         self._done = done
-        self._queue: queue.Queue[Optional[HookRun]] = queue.Queue(QUEUE_LIMIT)
+        self._queue: queue.Queue[Optional[HookRun]] = queue.Queue()
+        self._lock = threading.Lock()
+        self._held = 0  # hooks offered and not yet run: queued, running or waiting their turn
+        # commit -> its hooks offered after the one now queued or running.
+        self._behind: dict[tuple[str, str], collections.deque[HookRun]] = {}
         self._threads = [threading.Thread(target=self._work, name=f"hook-{i}", daemon=True) for i in range(workers)]
         for t in self._threads:
             t.start()
@@ -84,22 +125,26 @@ class HookRunner:
     def offer(self, runs: list[HookRun]) -> int:
         """Queue these runs; returns the highest id queued (the rest stay pending)."""
         last = 0
-        for run in runs:
-            try:
-                self._queue.put_nowait(run)
+        with self._lock:
+            for run in runs:
+                if self._held >= QUEUE_LIMIT:
+                    log.warning("%d hooks already waiting (are they hanging?): hook %d and later stay pending in "
+                                "the state, offered again with the next results or at the next start",
+                                QUEUE_LIMIT, run.id)
+                    break
+                self._held += 1
                 last = run.id
-            except queue.Full:
-                log.warning("%d hooks already waiting (are they hanging?): hook %d and later stay pending in the "
-                            "state, offered again with the next results or at the next start", QUEUE_LIMIT, run.id)
-                break
+                behind = self._behind.get(run.commit)
+                if behind is not None:
+                    behind.append(run)
+                else:
+                    self._behind[run.commit] = collections.deque()
+                    self._queue.put(run)
         return last
 
     def stop(self) -> None:
         for _ in self._threads:
-            try:
-                self._queue.put_nowait(None)
-            except queue.Full:
-                break
+            self._queue.put(None)
 
     def _work(self) -> None:
         while True:
@@ -111,6 +156,17 @@ class HookRunner:
                 self._done(run.id, code)
             except Exception:  # a hook worker must outlive any one hook (and a state it cannot write)
                 log.exception("%s hook %d failed to run", run.event, run.id)
+            finally:
+                self._next_of(run.commit)
+
+    def _next_of(self, commit: tuple[str, str]) -> None:
+        with self._lock:
+            self._held -= 1
+            behind = self._behind[commit]
+            if behind:
+                self._queue.put(behind.popleft())
+            else:
+                del self._behind[commit]
 
 
 def run_hook(hook: HookRun, cwd: Path) -> Optional[int]:

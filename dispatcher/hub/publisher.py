@@ -16,12 +16,11 @@ from typing import Iterable, Optional
 from dispatcher.common.config import Config
 from dispatcher.hub.dashboard import Dashboard
 from dispatcher.common.errors import StateError
-from dispatcher.hub.hooks import HookRunner, Notification, hook_env, hooks_for
+from dispatcher.hub.hooks import HookPlan, HookRunner, Owed
 from dispatcher.hub.metrics import Metrics
 from dispatcher.common.states import Overall, Status
 from dispatcher.hub.reads import record_of, summary_of
 from dispatcher.hub.store import FinishedJob, JobState, Store
-from dispatcher.results.layout import File, path
 from dispatcher.results.writing import rewrite_record, write_result
 
 log = logging.getLogger("polyarch.dispatcher")
@@ -38,6 +37,7 @@ class Publisher:
         self.metrics = metrics
         self.results_dir = config.dispatcher.results_dir
         self.hooks = HookRunner(config.path.parent, store.hook_runs.done)
+        self.plan = HookPlan(config)
         self._offered = 0  # the highest hook id handed to the runner
         self.dashboard = Dashboard(self.results_dir, store,
                                    [(r.name, [a.value for a in r.architectures]) for r in config.repos])
@@ -108,6 +108,7 @@ class Publisher:
                 self._next = time.monotonic() + PUBLISH_RETRY
             self._rewrite_rebranched()
             self._pages_of_started_work()
+            self._offer_hooks()  # those queued work owes
 
     def _rewrite_rebranched(self) -> None:
         with self._touch_lock:
@@ -196,25 +197,26 @@ class Publisher:
         except Exception:  # result files are written; pages can wait
             log.exception("updating the HTML dashboard in %s failed", self.results_dir)
 
-    def _hooks_owed(self, written: list[FinishedJob]) -> dict[int, list[tuple[str, str, float, dict[str, str]]]]:
+    def _hooks_owed(self, written: list[FinishedJob]) -> dict[int, list[Owed]]:
         """job id -> the hooks its result owes, with their environment: recorded with the
-        mark that the result is published, in one transaction."""
-        owed = {}
+        mark that the result is published, in one transaction. A commit whose last
+        unpublished result is in `written` is done: its on_commit_done goes with that one."""
+        owed: dict[int, list[Owed]] = {}
+        ids = {f.job.id for f in written}
+        last_of: dict[tuple[str, str], FinishedJob] = {(f.job.repo, f.job.sha): f for f in written}
         for finished in written:
             job = finished.job
-            repo = self.config.repo(job.repo)
-            status = (job.status or Status.ERROR).value
-            hooks = hooks_for(repo.on_result, repo.on_failure, repo.hook_timeout, status) if repo else []
-            if not hooks:
+            if not self.plan.wanted(job.repo):
                 continue
-            overall = Overall.of(self.store.queries.commit_states(job.repo, job.sha).values()).value
-            where = dict(repo=job.repo, commit=job.sha)
-            env = hook_env(Notification(
-                job.repo, job.sha, job.branch, job.arch, status, overall, job.runner or "",
-                path(self.results_dir, File.RESULT, arch=job.arch, **where),
-                path(self.results_dir, File.LOG, arch=job.arch, **where),
-                path(self.results_dir, File.SUMMARY, **where), path(self.results_dir, File.COMMIT_PAGE, **where)))
-            owed[job.id] = [(h.event, h.command, h.timeout, env) for h in hooks]
+            jobs = [j for j in self.store.queries.jobs(job.repo, job.sha, 1) if j.sha == job.sha]
+            overall = Overall.of(j.status for j in jobs).value
+            runs = self.plan.result(job, overall)
+            done = all(j.id in ids or j.state in (JobState.PUBLISHED, JobState.SET_ASIDE) for j in jobs)
+            if done and last_of[job.repo, job.sha] is finished:
+                runs += self.plan.commit_done(job.repo, job.sha, job.branch,
+                                              {j.arch: j.status or Status.ERROR for j in jobs})
+            if runs:
+                owed[job.id] = runs
         return owed
 
     def _offer_hooks(self) -> None:

@@ -30,6 +30,7 @@ from dispatcher.hub.publisher import Publisher
 from dispatcher.hub.reads import commit_status, status_report
 from dispatcher.hub.store.interface import State
 from dispatcher.hub.store import JobResult, JobRow, JobState, RunnerRow
+from dispatcher.hub.store.jobs import QueuedHooks
 from dispatcher.results.junit import parse as parse_junit
 from dispatcher.results.layout import File
 from dispatcher.results.layout import path as result_path
@@ -102,7 +103,8 @@ class Hub:
             raise ProtocolError(f"more than {MAX_COMMITS_PER_DISPATCH} commits in one message")
         for c in commits:
             check_commit(c.sha)
-        done = self.store.jobs.enqueue(repo.name, branch, commits, [a.value for a in repo.architectures])
+        done = self.store.jobs.enqueue(repo.name, branch, commits, [a.value for a in repo.architectures],
+                                       hooks=self._queued_hooks(repo.name, branch))
         created = done.created
         if done.rebranched:
             log.info("%d known commit(s) of %s seen on %s too", len(done.rebranched), repo.name, branch)
@@ -112,6 +114,11 @@ class Hub:
             self.notify_work()
             self.publisher.touch((repo.name, c.sha) for c in commits)
         return created
+
+    def _queued_hooks(self, repo: str, branch: str) -> Optional[QueuedHooks]:
+        if not self.publisher.plan.wanted(repo):
+            return None
+        return lambda sha, archs: self.publisher.plan.queued(repo, sha, branch, archs)
 
     def submit(self, repo_name: str, commit: str, branch: str, archs: list[str], by: str) -> int:
         """Queue one commit on some (default: all) of its repo's archs; returns new jobs.
@@ -123,7 +130,8 @@ class Hub:
         unknown = [a.value for a in chosen if a not in repo.architectures]
         if unknown:
             raise UnknownArch(f"{', '.join(unknown)} not configured for repo {repo.name}")
-        done = self.store.jobs.enqueue(repo.name, branch, [CommitInfo(commit)], [a.value for a in chosen])
+        done = self.store.jobs.enqueue(repo.name, branch, [CommitInfo(commit)], [a.value for a in chosen],
+                                       hooks=self._queued_hooks(repo.name, branch))
         created = done.created
         if done.rebranched:
             self.publisher.rebranched([(repo.name, commit)])
@@ -154,7 +162,7 @@ class Hub:
             # The result's log lives in its file once published: it goes with the attempt.
             output = read_regular(result_path(self.config.dispatcher.results_dir, File.LOG, repo=job.repo,
                                               commit=job.sha, arch=job.arch), 64 << 20)
-            if self.store.jobs.rerun(job.id, output, by) is not None:
+            if self.store.jobs.rerun(job.id, output, by, hooks=self._queued_hooks(repo.name, job.branch)) is not None:
                 log.info("rerun of %s %s on %s queued (attempt %d was %s; asked by %s)", job.repo, job.sha[:12],
                          job.arch, job.attempt, job.status.value if job.status else "?", by)
                 queued += 1

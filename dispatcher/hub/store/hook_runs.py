@@ -1,7 +1,7 @@
-"""The hook_runs table: every hook a published result owes, until it has run once.
+"""The hook_runs table: every hook an event owes, until it has run once.
 
-A hook is recorded in the transaction that marks its result published, so a crash can
-neither lose it nor run it for a result whose files are not there; a hook that had not
+A hook is recorded in the transaction that queues its jobs or marks its result
+published, so a crash can neither lose it nor run it for a result whose files are not there; a hook that had not
 finished when the dispatcher stopped runs again at the next start (at least once: its
 POLYARCH_HOOK_ID lets it tell a repeat).
 """
@@ -20,10 +20,15 @@ from dispatcher.hub.store.database import Database
 @dataclasses.dataclass(frozen=True)
 class HookRun:
     id: int
-    event: str  # on_result or on_failure
+    event: str  # on_queued, on_result, on_failure or on_commit_done
     command: str
     timeout: float
-    env: dict[str, str]  # the result's fields, as the hook's environment
+    env: dict[str, str]  # the event's fields, as the hook's environment
+
+    @property
+    def commit(self) -> tuple[str, str]:
+        """(repo, commit) the hook is about: the hooks of one commit run in order."""
+        return self.env.get("POLYARCH_REPO", ""), self.env.get("POLYARCH_COMMIT", "")
 
 
 class HookRuns:
@@ -31,7 +36,8 @@ class HookRuns:
         self.db = db
 
     def add(self, db: sqlite3.Connection, job_id: int, runs: Iterable[tuple[str, str, float, dict[str, str]]]) -> None:
-        """Inside the caller's transaction: (event, command, timeout, env) owed for a job."""
+        """Inside the caller's transaction: (event, command, timeout, env) owed for a job
+        (for a commit's event: one of its jobs)."""
         now = time.time()
         db.executemany("INSERT INTO hook_runs (job_id, event, command, timeout, env, created_at) "
                        "VALUES (?, ?, ?, ?, ?, ?)",

@@ -20,7 +20,7 @@ import secrets
 import sqlite3
 import time
 from types import MappingProxyType
-from typing import Iterable, Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 from dispatcher.common.states import Status
 from dispatcher.hub.store.attempts import Attempts
@@ -31,6 +31,9 @@ from dispatcher.hub.store.rows import JOB_COLUMNS, JOB_FROM, Expired, FinishedJo
 from dispatcher.results.junit import MAX_NAMED_TESTS, JUnit
 from dispatcher.wire.protocol import CommitInfo
 
+
+# (commit, its architectures just queued) -> the hooks owed, as HookRuns.add takes them
+QueuedHooks = Callable[[str, list[str]], list[tuple[str, str, float, dict[str, str]]]]
 
 MAX_HANDBACKS = 20  # rolling restarts hand a job back once each; twenty is a loop
 
@@ -99,14 +102,17 @@ class Jobs:
             return None
         return self._cancel("1 = 1", (), why)
 
-    def rerun(self, job_id: int, log: bytes, by: str) -> Optional[JobRow]:
+    def rerun(self, job_id: int, log: bytes, by: str, hooks: Optional[QueuedHooks] = None) -> Optional[JobRow]:
         """Queue a final job again: its result becomes an earlier attempt (with `log`, read
         back from its files), and the files keep showing it until the new one replaces
-        them. None when the job is not final (queued or running: nothing to rerun)."""
+        them. None when the job is not final (queued or running: nothing to rerun).
+        `hooks` as for enqueue, recorded with it."""
         with self._lock, self.db.tx() as db:
             job = _job_by(db, "j.id = ?", job_id)
             if job is None or not job.state.final or job.status is None:
                 return None
+            if hooks is not None:
+                self.hook_runs.add(db, job_id, hooks(job.sha, [job.arch]))
             self.attempts.add(db, job, job.status, job.exit_code, job.started_at or 0.0, job.finished_at or 0.0,
                               job.reason, log)
             db.execute("UPDATE jobs SET state = ?, status = NULL, exit_code = NULL, lease_id = NULL, reason = '', "
@@ -145,19 +151,26 @@ class Jobs:
                     out.append(job)
         return out
 
-    def enqueue(self, repo: str, branch: str, commits: Iterable[CommitInfo], archs: Iterable[str]) -> Enqueued:
+    def enqueue(self, repo: str, branch: str, commits: Iterable[CommitInfo], archs: Iterable[str],
+                hooks: Optional[QueuedHooks] = None) -> Enqueued:
         """Record commits and one job per arch; says how many jobs are new and which known
-        commits reached a new branch. Idempotent."""
+        commits reached a new branch. Idempotent. `hooks(sha, archs)` names the hooks a
+        commit whose jobs on `archs` are new owes, recorded in the same transaction."""
         now = time.time()
         archs = list(archs)
         created = 0
         with self.db.tx() as db:
             shas, rebranched = self.commits.add(db, repo, branch, commits)
             for sha in shas:
+                new: list[tuple[int, str]] = []
                 for arch in archs:
                     cur = db.execute("INSERT OR IGNORE INTO jobs (repo, sha, arch, state, created_at) "
                                      "VALUES (?, ?, ?, ?, ?)", (repo, sha, arch, JobState.QUEUED.value, now))
-                    created += cur.rowcount
+                    if cur.rowcount:
+                        new.append((cur.lastrowid or 0, arch))
+                created += len(new)
+                if new and hooks is not None:
+                    self.hook_runs.add(db, new[0][0], hooks(sha, [arch for _, arch in new]))
         return Enqueued(created, tuple(rebranched))
 
     def claim(self, runner: RunnerRow, alone: bool = True) -> Optional[JobRow]:
