@@ -87,6 +87,52 @@ def status(config_path: str, repo: Optional[str], commit: Optional[str], limit: 
             Console().print(render(report()))
 
 
+@main.command()
+@config_option
+@click.option("--repo", required=True, help="Repository name from the config.")
+@click.option("--test", "test_id", required=True, help="Test id as the results name it (classname::name).")
+@click.option("--arch", "archs", multiple=True, help="Architecture (repeatable; default: the repository's).")
+@click.option("--limit", default=30, show_default=True, type=click.IntRange(1, 10000), help="Commits to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@one_line_errors
+def history(config_path: str, repo: str, test_id: str, archs: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """One test's outcome commit by commit (newest first) and architecture by architecture:
+    where it first failed (its first parent passed), and where it was flaky (both outcomes
+    on one commit). Read from the state database, on the dispatcher's host."""
+    from rich.console import Console
+
+    from dispatcher.common.errors import PolyarchError, UnknownArch, UnknownName
+    from dispatcher.common.names import parse_arch
+    from dispatcher.hub.server import db_path
+    from dispatcher.hub.store import Store
+    from dispatcher.views.history import render, to_json
+
+    config = load_config(config_path)
+    cfg = config.require_repo(repo)
+    chosen = [parse_arch(a).value for a in archs] or [a.value for a in cfg.architectures]
+    unknown = [a for a in chosen if a not in {x.value for x in cfg.architectures}]
+    if unknown:
+        raise UnknownArch(f"{', '.join(unknown)} not configured for repo {repo}")
+    if not test_id.strip():
+        raise click.exceptions.UsageError("--test must name a test (classname::name)")
+    if not db_path(config).exists():
+        raise PolyarchError(f"no state database at {db_path(config)}: history reads it on the dispatcher's host "
+                            "(run it there, with the dispatcher's config)")
+    store = Store(db_path(config), readonly=True)
+    try:
+        lines = store.history.test_history(cfg.name, test_id, chosen, limit)
+    finally:
+        store.close()
+    if not any(o.outcome not in ("absent", "no-junit", "not-run", "queued", "running")
+               for h in lines for o in h.outcomes):
+        raise UnknownName(f"no result of {cfg.name} among its newest {limit} commits names test {test_id!r} "
+                          "(ids are classname::name, as failed_tests in <arch>.json spells them)")
+    if as_json:
+        click.echo(json.dumps(to_json(cfg.name, test_id, lines), indent=2))
+    else:
+        Console().print(render(cfg.name, test_id, lines, chosen))
+
+
 @contextlib.contextmanager
 def _status_source(config, repo: Optional[str], commit: Optional[str], limit: int, remote: bool):
     """A function giving the status report now: from the state database when it is on

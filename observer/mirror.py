@@ -114,15 +114,15 @@ class Mirror:
 
     def _log(self, rev_range: str, limit: int, no_walk: bool = False) -> tuple[CommitInfo, ...]:
         # -n takes the newest `limit`; --reverse then lists them oldest first.
-        args = ["--format=%H%x1f%an%x1f%ct%x1f%s", f"-n{limit}", "--topo-order", "--reverse"]
+        args = ["--format=%H%x1f%an%x1f%ct%x1f%P%x1f%s", f"-n{limit}", "--topo-order", "--reverse"]
         if no_walk:
             args.append("--no-walk")
         out = self.repo.git.log(*args, rev_range, "--")
         commits = []
         for line in out.splitlines():
-            sha, author, ts, subject = (line.split("\x1f", 3) + ["", "", ""])[:4]
+            sha, author, ts, parents, subject = (line.split("\x1f", 4) + ["", "", "", ""])[:5]
             commits.append(CommitInfo(sha=sha, author=author[:100], subject=subject[:SUBJECT_LIMIT],
-                                      timestamp=int(ts or 0)))
+                                      timestamp=int(ts or 0), parent=parents.split(" ")[0]))
         return tuple(commits)
 
     def _has(self, sha: str) -> bool:

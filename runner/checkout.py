@@ -122,15 +122,17 @@ class Mirrors:
         """Author, date and subject of a commit the mirror has (for one queued by hand or
         by the gate, which the dispatcher knows by id only); None if git cannot say."""
         try:
-            out = self._mirror(repo).git.log("-1", "--no-walk", "--format=%an%x1f%ct%x1f%s", commit, "--",
+            out = self._mirror(repo).git.log("-1", "--no-walk", "--format=%an%x1f%ct%x1f%P%x1f%s", commit, "--",
                                             stdout_as_string=False)
         except git.GitCommandError as exc:
             log.warning("cannot describe %s %s: %s", repo, commit[:12], error_text(exc))
             return None
         # Bytes are bytes: an author name that is not UTF-8 still travels, replaced.
         author, _, rest = out.decode("utf-8", "replace").strip().partition("\x1f")
-        stamp, _, subject = rest.partition("\x1f")
-        return CommitInfo(commit, author[:100], subject[:200], int(stamp) if stamp.isdigit() else 0)
+        stamp, _, rest = rest.partition("\x1f")
+        parents, _, subject = rest.partition("\x1f")
+        return CommitInfo(commit, author[:100], subject[:200], int(stamp) if stamp.isdigit() else 0,
+                          parents.split(" ")[0])
 
     def clean(self, repo: str) -> None:
         """After a job: remove all the test left, so the next checkout starts clean."""

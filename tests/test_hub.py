@@ -7,6 +7,7 @@ pipeline and fault tests' to show.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import textwrap
 from pathlib import Path
@@ -55,8 +56,9 @@ class FakeRunner:
         return answer
 
 
-@pytest.fixture
-def hub(tmp_path: Path):
+@contextlib.contextmanager
+def in_process_hub(tmp_path: Path, repo_settings: str = "retry_failed = 1"):
+    """A Hub over a real SQLite file in tmp_path, its demo repository on amd64 and arm64."""
     config = tmp_path / "polyarch.toml"
     config.write_text(textwrap.dedent(f"""\
         [dispatcher]
@@ -68,12 +70,19 @@ def hub(tmp_path: Path):
         url = "{tmp_path}"
         architectures = ["amd64", "arm64"]
         test_command = "true"
-        retry_failed = 1
-        """))
+        """) + repo_settings + "\n")
     cfg = load_config(config)
     store = Store(db_path(cfg), policy_of(cfg))
-    yield Hub(cfg, store)
-    store.close()
+    try:
+        yield Hub(cfg, store)
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def hub(tmp_path: Path):
+    with in_process_hub(tmp_path) as h:
+        yield h
 
 
 def test_each_arch_leases_its_own_jobs_oldest_first(hub: Hub) -> None:
@@ -131,7 +140,7 @@ def test_the_sqlite_store_has_every_method_of_the_state_interface(hub: Hub) -> N
     for protocol, impl in ((interface.State, store), (interface.JobsTable, store.jobs),
                            (interface.AttemptsTable, store.attempts), (interface.RunnersTable, store.runners),
                            (interface.HookRunsTable, store.hook_runs),
-                           (interface.StateQueries, store.queries)):
+                           (interface.StateQueries, store.queries), (interface.HistoryQueries, store.history)):
         methods = {n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")}
         assert methods and all(callable(getattr(impl, n, None)) for n in methods), protocol.__name__
         fields = set(getattr(protocol, "__annotations__", {}))

@@ -125,6 +125,10 @@ def check_commit(sha: str) -> str:
     return sha
 
 
+def is_commit(text: object) -> bool:
+    return isinstance(text, str) and _COMMIT_RE.fullmatch(text) is not None
+
+
 def check_commit_prefix(text: str) -> str:
     """A commit id or the start of one (what `status --commit` takes)."""
     if not isinstance(text, str) or not re.fullmatch(r"[0-9a-f]{1,64}", text):

@@ -27,7 +27,7 @@ from dispatcher.common.names import check_repo
 from dispatcher.hub.reads import commit_lines, summary_of
 from dispatcher.hub.store import Store
 from dispatcher.results.layout import File, path
-from dispatcher.views.html import commit_page, grid, legend, page, pager, repo_section
+from dispatcher.views.html import commit_page, failing_at_heads, grid, legend, page, pager, repo_section
 from dispatcher.views.records import CommitLine
 
 log = logging.getLogger("polyarch.dashboard")
@@ -111,7 +111,8 @@ class Dashboard:
         lines = self._lines(repo, max(0, total - PER_PAGE), PER_PAGE, now)
         pages = (total + PER_PAGE - 1) // PER_PAGE
         body = (f'<p><a href="../index.html">all repositories</a></p><h1>{check_repo(repo)}</h1>'
-                f'<p class="muted">{total} commit(s); the newest {len(lines)} below.</p>' + legend()
+                f'<p class="muted">{total} commit(s); the newest {len(lines)} below.</p>'
+                + failing_at_heads(self.store.history.failing_at_heads(repo)) + legend()
                 + grid(lines, self._archs_of(repo, lines), "") + pager(pages, None, PER_PAGE, total))
         self._write(path(self.root, File.REPO_PAGE, repo),
                     page(f"polyarch: {repo}", body, now, any(line.pending for line in lines)))

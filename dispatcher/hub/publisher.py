@@ -55,8 +55,8 @@ class Publisher:
         self._wanted.set()
 
     def rebranched(self, commits: Iterable[tuple[str, str]]) -> None:
-        """These (repo, commit), known before, reached another branch: the results already
-        written say so (`branches`) soon."""
+        """These (repo, commit), known before, reached another branch (or their parent's
+        result came): the results already written say so soon."""
         with self._touch_lock:
             self._rebranched.update(commits)
         self._wanted.set()
@@ -178,6 +178,7 @@ class Publisher:
                               failed.job.repo, failed.job.sha[:12], failed.job.arch, self.results_dir, exc)
                     self._next = time.monotonic() + PUBLISH_RETRY
                     return
+                self._children_of(written)
                 for finished in written:
                     job = finished.job
                     self.metrics.result((job.status or Status.ERROR).value,
@@ -185,6 +186,13 @@ class Publisher:
                     log.info("result %s %s %s: %s (attempt %d, runner %s)", job.repo, job.sha[:12], job.arch,
                              (job.status or Status.ERROR).value, job.attempt, job.runner)
                 self._offer_hooks()
+
+    def _children_of(self, written: list[FinishedJob]) -> None:
+        """A result that arrives after its children's: their summary.json (new_failures,
+        fixed) and pages compare with it now, so they are rewritten like a rebranched one."""
+        stale = {(f.job.repo, child) for f in written for child in self.store.history.children(f.job.repo, f.job.sha)}
+        if stale:
+            self.rebranched(stale)
 
     def _update_pages(self, written: list[FinishedJob]) -> None:
         """The dashboard: derived from the files just written, so a failure here is

@@ -28,9 +28,12 @@ def record_of(job: JobRow, earlier: tuple[Attempt, ...] = ()) -> ResultRecord:
 
 
 def summary_of(store: Store, repo: str, sha: str, branch: str) -> dict:
-    """summary.json of one commit, from the state: the statuses and recorded JUnit reports."""
+    """summary.json of one commit, from the state: the statuses and recorded JUnit reports,
+    and its first parent's, to say which tests it broke and fixed."""
+    parent = store.history.parent(repo, sha)
     return summary_dict(repo, sha, branch, store.queries.commit_states(repo, sha),
-                        store.queries.commit_reports(repo, sha), branches=store.queries.commit_branches(repo, sha))
+                        store.queries.commit_reports(repo, sha), branches=store.queries.commit_branches(repo, sha),
+                        parent=parent, parent_junit=store.queries.commit_reports(repo, parent) if parent else None)
 
 
 def cell(job: JobRow, now: float, store: Optional[Store] = None) -> Cell:

@@ -21,7 +21,8 @@ from dispatcher.common.errors import (LeaseLost, NotAllowed, PolyarchError, Prot
                                      UnknownName)
 from dispatcher.common.files import read_from, read_regular
 from dispatcher.common.utf8 import whole_characters
-from dispatcher.common.names import check_branch, check_commit, check_commit_prefix, check_runner, parse_arch
+from dispatcher.common.names import (check_branch, check_commit, check_commit_prefix, check_runner, is_commit,
+                                     parse_arch)
 from dispatcher.common.states import CellState, Status
 from dispatcher.hub.live import JobKey, LiveLogs
 from dispatcher.hub.metrics import Metrics
@@ -103,8 +104,10 @@ class Hub:
             raise ProtocolError(f"more than {MAX_COMMITS_PER_DISPATCH} commits in one message")
         for c in commits:
             check_commit(c.sha)
+            if c.parent:
+                check_commit(c.parent)
         done = self.store.jobs.enqueue(repo.name, branch, commits, [a.value for a in repo.architectures],
-                                       hooks=self._queued_hooks(repo.name, branch))
+                                       hooks=self._queued_hooks(repo.name, branch), moves_head=True)
         created = done.created
         if done.rebranched:
             log.info("%d known commit(s) of %s seen on %s too", len(done.rebranched), repo.name, branch)
@@ -360,9 +363,12 @@ class Hub:
         """(1, what happened) for a result recorded or retried; (0, ...) for a late or
         duplicate one, acknowledged and dropped. The JUnit is parsed here, once."""
         junit = msg.junit.encode("utf-8", "replace")
+        info = msg.commit_info
+        if info is not None and info.parent and not is_commit(info.parent):
+            info = dataclasses.replace(info, parent="")  # a description is a courtesy: the result still counts
         job = self.store.jobs.record_result(msg.lease_id, JobResult(
             Status.of(msg.status), msg.exit_code, msg.started_at, msg.finished_at, msg.log.encode("utf-8", "replace"),
-            msg.log_truncated, junit, parse_junit(junit) if junit else None, msg.reason, msg.commit_info),
+            msg.log_truncated, junit, parse_junit(junit) if junit else None, msg.reason, info),
             runner=runner.name)
         if job is not None and job.state == JobState.QUEUED:
             log.info("%s %s %s %s on %s (attempt %d); retry %d of %d, on another runner if one is connected",

@@ -109,6 +109,19 @@ def _outcome(case: ET.Element) -> Outcome:
     return Outcome.PASSED
 
 
+def changes(reports: dict[str, JUnit], parents: dict[str, JUnit]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(new_failures, fixed), arch -> tests, against the first parent's reports: failing
+    here and passed there, and the reverse. Only the archs both have a report for: on the
+    others nothing can be said, and they are left out rather than shown empty."""
+    new: dict[str, list[str]] = {}
+    fixed: dict[str, list[str]] = {}
+    for arch in sorted(reports.keys() & parents.keys()):
+        here, there = reports[arch].outcomes, parents[arch].outcomes
+        new[arch] = [t for t in reports[arch].failing if there.get(t) == Outcome.PASSED][:MAX_NAMED_TESTS]
+        fixed[arch] = [t for t in parents[arch].failing if here.get(t) == Outcome.PASSED][:MAX_NAMED_TESTS]
+    return new, fixed
+
+
 def arch_specific(reports: dict[str, JUnit]) -> list[dict[str, object]]:
     """Tests that fail on some architectures and pass on others: portability bugs.
 

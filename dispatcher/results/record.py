@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional
 
 from dispatcher.common.states import Overall, Status
 from dispatcher.common.states import arch_specific as arch_specific_failure
-from dispatcher.results.junit import MAX_NAMED_TESTS, JUnit, TestCounts, arch_specific
+from dispatcher.results.junit import MAX_NAMED_TESTS, JUnit, TestCounts, arch_specific, changes
 from dispatcher.results.layout import File, name
 
 SCHEMA_VERSION = 1
@@ -162,9 +162,12 @@ def _status(value: object) -> Optional[Status]:
 
 def summary_dict(repo: str, commit: str, branch: str, statuses: Mapping[str, Optional[Status | str]],
                  junit: Optional[Mapping[str, JUnit]] = None, now: Optional[float] = None,
-                 branches: tuple[str, ...] = ()) -> dict[str, Any]:
+                 branches: tuple[str, ...] = (), parent: str = "",
+                 parent_junit: Optional[Mapping[str, JUnit]] = None) -> dict[str, Any]:
     """summary.json: every configured arch of one commit (None: not final yet), the overall
-    verdict, and the tests that fail on some architectures only (from `junit`, by arch)."""
+    verdict, the tests that fail on some architectures only (from `junit`, by arch), and
+    what changed against the first `parent` (its `parent_junit`)."""
+    new_failures, fixed = changes(dict(junit or {}), dict(parent_junit or {}))
     finals = {arch: _status(s) for arch, s in sorted(statuses.items())}
     archs = {arch: (s.value if s else Overall.PENDING.value) for arch, s in finals.items()}
     failing = sorted(a for a, s in finals.items() if s is not None and not s.passing)
@@ -183,5 +186,10 @@ def summary_dict(repo: str, commit: str, branch: str, statuses: Mapping[str, Opt
         "flaky_architectures": sorted(a for a, s in finals.items() if s is Status.FLAKY),
         # Tests that fail on one arch and pass on another (from the JUnit reports).
         "arch_specific_tests": arch_specific(dict(junit or {})),
+        # Against the first parent, per arch (an arch is missing where either has no JUnit):
+        # tests failing here that passed there, and the reverse.
+        "parent": parent,
+        "new_failures": new_failures,
+        "fixed": fixed,
         "updated_at": iso(time.time() if now is None else now),
     }

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 
 from dispatcher.common.states import CellState
 from dispatcher.results.layout import File, name
-from dispatcher.views.records import MARKS, UNKNOWN, Cell, CommitLine
+from dispatcher.views.records import MARKS, UNKNOWN, Breakage, Cell, CommitLine
 
 STYLE = """
 body{font:14px/1.4 system-ui,-apple-system,"DejaVu Sans",sans-serif;margin:1.5em;color:#1f2328;background:#fff}
@@ -29,7 +29,7 @@ white-space:nowrap}.st{font-weight:600;white-space:nowrap}.cell small{display:bl
 .queued,.pending{background:#f6f8fa;color:#656d76}
 tr.archspecific td:first-child{box-shadow:inset 4px 0 #cf222e}
 .badge{display:inline-block;border-radius:1em;padding:0 .6em;font-size:.85em;font-weight:600}
-.warn{background:#cf222e;color:#fff}.legend span{margin-right:.8em}.pager a{margin-right:.5em}
+.warn{background:#cf222e;color:#fff}.first{background:#9a6700;color:#fff}.legend span{margin-right:.8em}.pager a{margin-right:.5em}
 """
 
 
@@ -177,14 +177,39 @@ def commit_page(line: CommitLine, summary: dict[str, Any]) -> str:
         out.append("</ul>")
     out.append("<h2>Failing tests by architecture</h2>")
     any_failing = False
+    new = summary.get("new_failures") or {}
     for c in line.cells:
         if c.result is None or not c.result.failed_tests:
             continue
         any_failing = True
-        items = "".join(f"<li><code>{_e(t)}</code></li>" for t in c.result.failed_tests)
+        here = set(new.get(c.arch) or ())
+        items = "".join(f"<li><code>{_e(t)}</code>"
+                        + (' <span class="badge first" title="passed on the first parent">first failure here</span>'
+                           if t in here else "") + "</li>" for t in c.result.failed_tests)
         log = f' (<a href="{_e(name(File.LOG, c.arch))}">log</a>)'
         out.append(f'<h3 id="failing-{_e(c.arch)}">{_e(c.arch)}{log}</h3><ul class="failing">{items}</ul>')
     if not any_failing:
         out.append('<p class="muted">None named: either all passed, or the test command left no JUnit XML '
                    "(see the logs).</p>")
+    fixed = {a: ts for a, ts in (summary.get("fixed") or {}).items() if ts}
+    if fixed:
+        out.append("<h2>Fixed here</h2><p class=\"muted\">failing on the first parent, passing on this commit</p><ul>")
+        out += [f"<li>{_e(a)}: " + ", ".join(f"<code>{_e(t)}</code>" for t in ts) + "</li>" for a, ts in fixed.items()]
+        out.append("</ul>")
     return "\n".join(out)
+
+
+def failing_at_heads(broken: Sequence[Breakage]) -> str:
+    """The tests failing at each branch's head, per architecture, and the commit that broke each."""
+    if not broken:
+        return ""
+    rows = []
+    for b in broken:
+        since = (f'<a class="sha" href="{_e(b.broke)}/{name(File.COMMIT_PAGE)}">{_e(b.broke[:10])}</a> '
+                 f'{_e(b.subject)}')
+        when = "broke in " + since if b.known else "failing since at least " + since + \
+            ' <span class="muted">(older commits not tested there)</span>'
+        rows.append(f'<tr data-arch="{_e(b.arch)}"><td>{_e(b.branch)}</td><td>{_e(b.arch)}</td>'
+                    f"<td><code>{_e(b.test)}</code></td><td>{when}</td></tr>")
+    return ("<h2>Failing at the head of each branch</h2><table class=\"broken\"><thead><tr><th>branch</th>"
+            "<th>arch</th><th>test</th><th>since</th></tr></thead><tbody>\n" + "\n".join(rows) + "\n</tbody></table>")

@@ -15,7 +15,8 @@ from dispatcher.results.record import ResultRecord
 # records are the views' too.
 from dispatcher.wire.protocol import ActiveJob, RunnerLine
 
-__all__ = ["MARKS", "UNKNOWN", "ActiveJob", "Cell", "CommitLine", "Mark", "Report", "RunnerLine"]
+__all__ = ["MARKS", "UNKNOWN", "ActiveJob", "Breakage", "Cell", "CommitLine", "HistoryLine", "Mark", "Outcome", "Report",
+           "RunnerLine"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,3 +86,35 @@ MARKS: dict[str, Mark] = {
     CellState.CANCELLED.value: Mark("⊘", "dim"),
 }
 UNKNOWN = Mark("?", "white")
+
+
+@dataclasses.dataclass(frozen=True)
+class Breakage:
+    """A test failing at a branch's head on one architecture, and since when."""
+
+    branch: str
+    head: str
+    arch: str
+    test: str
+    broke: str  # the oldest commit of the run of failures that reaches the head
+    subject: str  # that commit's subject
+    known: bool  # its first parent passed the test; False: the run goes back past what was tested
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """One test on one commit and architecture, over every attempt there."""
+
+    arch: str
+    # passed, failed, error, skipped; absent (not in its JUnit), no-junit, queued, running, not-run
+    outcome: str
+    flaky: bool = False  # both passed and failed (or error) among the attempts
+    first_failure: bool = False  # failing here, passed on the first parent
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryLine:
+    commit: str
+    subject: str
+    timestamp: int
+    outcomes: tuple[Outcome, ...]

@@ -70,6 +70,7 @@ class CommitInfo:
     author: str = ""
     subject: str = ""
     timestamp: int = 0
+    parent: str = ""  # the first parent ("" for a root commit, or not known): what "broke" compares with
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ component per table over it, as buildbot's db connector composes its components.
     store.runners   registered runners
     store.hook_runs hooks owed by published results, until run
     store.queries   the views' reads
+    store.history   tests over time: what broke each one where, and its outcomes
 
 interface.py writes down what a backend provides; SQLite is this one.
 """
@@ -20,6 +21,7 @@ from typing import Optional
 from dispatcher.hub.store.attempts import Attempts
 from dispatcher.hub.store.commits import Commits
 from dispatcher.hub.store.database import Database
+from dispatcher.hub.store.history import History
 from dispatcher.hub.store.hook_runs import HookRuns
 from dispatcher.hub.store.jobs import Enqueued, JobResult, Jobs, Policy
 from dispatcher.hub.store.queries import Queries
@@ -40,6 +42,7 @@ class Store:
         self.jobs = Jobs(self.db, self.policy, self.commits, self.attempts, self.hook_runs, readonly=readonly)
         self.runners = Runners(self.db)
         self.queries = Queries(self.db)
+        self.history = History(self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -16,12 +16,13 @@ class Attempts:
         self._read = db.read
 
     def add(self, db: sqlite3.Connection, job: JobRow, status: Status, exit_code: Optional[int], started_at: float,
-            finished_at: float, reason: str, log: bytes) -> None:
-        """Inside the caller's transaction: keep the attempt that just failed, with its log."""
+            finished_at: float, reason: str, log: bytes, outcomes: Optional[bytes] = None) -> None:
+        """Inside the caller's transaction: keep the attempt that just ended, with its log
+        and its tests' outcomes (JUnit.to_bytes; None without JUnit)."""
         db.execute("INSERT OR REPLACE INTO attempts (job_id, attempt, runner, status, exit_code, started_at, "
-                   "finished_at, reason, log) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   "finished_at, reason, log, outcomes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    (job.id, job.attempt, job.runner or "", status.value, exit_code, started_at, finished_at,
-                    reason, log))
+                    reason, log, outcomes))
 
     def of(self, job_id: int) -> tuple[Attempt, ...]:
         """A job's earlier attempts, oldest first (their logs only until it is published)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dispatcher.common.errors import StateError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commits (
@@ -131,6 +131,23 @@ ALTER TABLE jobs ADD COLUMN rerun_by TEXT NOT NULL DEFAULT '';
     7: """
 ALTER TABLE commits ADD COLUMN branches TEXT NOT NULL DEFAULT '[]';
 UPDATE commits SET branches = json_array(branch) WHERE branch != '';
+""",
+    # The commit that broke a test: each commit's first parent (from the observer), the
+    # head of each branch, and the outcomes of a job's earlier attempts (a test that both
+    # failed and passed on one commit is flaky).
+    8: """
+ALTER TABLE commits ADD COLUMN parent TEXT NOT NULL DEFAULT '';
+CREATE INDEX IF NOT EXISTS commits_parent ON commits (repo, parent);
+ALTER TABLE attempts ADD COLUMN outcomes BLOB;
+CREATE TABLE IF NOT EXISTS branch_heads (
+    repo TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    moved_at REAL NOT NULL,
+    PRIMARY KEY (repo, branch)
+);
+INSERT OR REPLACE INTO branch_heads (repo, branch, sha, moved_at)
+    SELECT repo, branch, sha, received_at FROM commits WHERE branch != '' ORDER BY received_at, rowid;
 """,
 }
 

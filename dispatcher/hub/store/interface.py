@@ -16,6 +16,7 @@ from dispatcher.hub.store.hook_runs import HookRun
 from dispatcher.hub.store.jobs import Enqueued, JobResult, Policy, QueuedHooks
 from dispatcher.results.junit import JUnit
 from dispatcher.results.record import Attempt
+from dispatcher.views.records import Breakage, HistoryLine
 from dispatcher.wire.protocol import CommitInfo
 
 
@@ -37,6 +38,16 @@ class StateQueries(Protocol):
     def runners(self) -> list[RunnerRow]: ...
 
 
+class HistoryQueries(Protocol):
+    """Tests over time: first parents, branch heads, and what broke each test where."""
+
+    def parent(self, repo: str, sha: str) -> str: ...
+    def children(self, repo: str, sha: str) -> list[str]: ...
+    def heads(self, repo: str) -> list[tuple[str, str]]: ...
+    def failing_at_heads(self, repo: str) -> list[Breakage]: ...
+    def test_history(self, repo: str, test: str, archs: Iterable[str], limit: int) -> list[HistoryLine]: ...
+
+
 class JobsTable(Protocol):
     """The jobs and the rules of their leases; commits and attempts are written inside its
     transactions."""
@@ -44,7 +55,7 @@ class JobsTable(Protocol):
     policy: Policy
 
     def enqueue(self, repo: str, branch: str, commits: Iterable[CommitInfo], archs: Iterable[str],
-                hooks: Optional[QueuedHooks] = None) -> Enqueued: ...
+                hooks: Optional[QueuedHooks] = None, moves_head: bool = False) -> Enqueued: ...
     def cancel_unconfigured(self, configured: Mapping[str, Iterable[str]]) -> list[JobRow]: ...
     def cancel(self, repo: str, sha: str, archs: Iterable[str], reason: str) -> list[JobRow]: ...
     def rerun(self, job_id: int, log: bytes, by: str, hooks: Optional[QueuedHooks] = None) -> Optional[JobRow]: ...
@@ -85,5 +96,6 @@ class State(Protocol):
     runners: RunnersTable
     hook_runs: HookRunsTable
     queries: StateQueries
+    history: HistoryQueries
 
     def close(self) -> None: ...

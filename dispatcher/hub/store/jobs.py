@@ -113,8 +113,9 @@ class Jobs:
                 return None
             if hooks is not None:
                 self.hook_runs.add(db, job_id, hooks(job.sha, [job.arch]))
+            outcomes = db.execute("SELECT outcomes FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
             self.attempts.add(db, job, job.status, job.exit_code, job.started_at or 0.0, job.finished_at or 0.0,
-                              job.reason, log)
+                              job.reason, log, outcomes)
             db.execute("UPDATE jobs SET state = ?, status = NULL, exit_code = NULL, lease_id = NULL, reason = '', "
                        "log = NULL, junit = NULL, tests = NULL, failed_tests = '[]', outcomes = NULL, "
                        "reruns = reruns + 1, rerun_by = ?, avoid_runner = NULL, handbacks = 0 WHERE id = ?",
@@ -152,15 +153,16 @@ class Jobs:
         return out
 
     def enqueue(self, repo: str, branch: str, commits: Iterable[CommitInfo], archs: Iterable[str],
-                hooks: Optional[QueuedHooks] = None) -> Enqueued:
+                hooks: Optional[QueuedHooks] = None, moves_head: bool = False) -> Enqueued:
         """Record commits and one job per arch; says how many jobs are new and which known
         commits reached a new branch. Idempotent. `hooks(sha, archs)` names the hooks a
-        commit whose jobs on `archs` are new owes, recorded in the same transaction."""
+        commit whose jobs on `archs` are new owes, recorded in the same transaction;
+        `moves_head`: the last commit is the branch's head (an observer's report)."""
         now = time.time()
         archs = list(archs)
         created = 0
         with self.db.tx() as db:
-            shas, rebranched = self.commits.add(db, repo, branch, commits)
+            shas, rebranched = self.commits.add(db, repo, branch, commits, moves_head)
             for sha in shas:
                 new: list[tuple[int, str]] = []
                 for arch in archs:
@@ -306,7 +308,7 @@ class Jobs:
                 status = result.status
                 if status.retryable and job.retries < self.policy.retry_failed.get(job.repo, 0):
                     self.attempts.add(db, job, status, result.exit_code, result.started_at, result.finished_at,
-                                      result.reason, result.log)
+                                      result.reason, result.log, result.report.to_bytes() if result.report else None)
                     db.execute("UPDATE jobs SET state = ?, lease_id = NULL, retries = retries + 1, avoid_runner = ? "
                                "WHERE id = ?", (JobState.QUEUED.value, job.runner, job.id))
                     job = _job_by(db, "j.id = ?", job.id)
