@@ -206,6 +206,8 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
     # A result published before the upgrade is published after it; it has no test counts.
     [old] = upgraded.queries.jobs("demo", B)
     assert old.state == JobState.PUBLISHED and old.status == Status.PASSED and old.tests is None
+    # Each branch's head is the newest commit received on it; parents were not known then.
+    assert upgraded.history.heads("demo") == [("main", B)] and upgraded.history.parent("demo", B) == ""
     upgraded.close()
     assert Store(path, readonly=True).queries.queued_count("amd64") == 0
 
