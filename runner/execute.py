@@ -18,6 +18,7 @@ from typing import Callable, Mapping, Optional
 from dispatcher.common.process import signal_group, stop_group
 
 from .live import LiveOutput
+from .warm import Warm
 
 GUARD = Path(__file__).with_name("guard.py")
 
@@ -162,34 +163,25 @@ class Process:
     def __init__(self, command: str, cwd: Path, env: Mapping[str, str], log_path: Path, log_limit: int,
                  guard: Guard, launch: Optional[Callable[[int], list[str]]] = None,
                  live: Optional[LiveOutput] = None, tty: bool = False,
-                 tty_owner: Optional[tuple[int, int]] = None) -> None:
+                 tty_owner: Optional[tuple[int, int]] = None, warm: Optional[Warm] = None) -> None:
         self.started_at = time.time()  # for the result, which people read
         self._began = time.monotonic()  # for the timeout, which a clock step must not move
         self._stop_requested = threading.Event()
         self._exited = threading.Event()
         self.log = CappedLog(log_path, log_limit)
         self.live = live
-        full_env = dict(env)
-        full_env["POLYARCH_RUNNER_PID"] = str(os.getpid())  # the guard's mark, see guard.py
+        full_env = job_env(env, tty)
         self._report = -1
-        argv, fds = ["/bin/sh", "-c", command], ()
-        if launch is not None:
-            self._report, report_w = os.pipe()
-            os.set_blocking(self._report, False)
-            argv, fds = launch(report_w), (report_w,)
-        self._output, sink = _terminal(tty_owner, full_env) if tty else os.pipe()
-        try:
-            self.proc = subprocess.Popen(
-                argv, cwd=cwd, env=full_env, pass_fds=fds,
-                stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
-                start_new_session=True)
-        except BaseException:
-            os.close(self._output)
-            raise
-        finally:
-            os.close(sink)
-            for fd in fds:
-                os.close(fd)
+        if warm is not None and launch is not None:
+            # Its terminal, report pipe and process group were made when it started.
+            try:
+                warm.go(launch(warm.report_fd), full_env)
+            except BaseException:
+                warm.discard()
+                raise
+            self.proc, self._output, self._report = warm.proc, warm.output, warm.report
+        else:
+            self.proc, self._output = self._spawn(command, cwd, full_env, launch, tty, tty_owner)
         self.pgid = self.proc.pid
         self._guard = guard
         guard.watch(self.pgid)
@@ -199,6 +191,19 @@ class Process:
         # 50 ms, which a job that takes 2 ms would pay in full.
         self._waiter = threading.Thread(target=self._wait_exit, name="waitpid", daemon=True)
         self._waiter.start()
+
+    def _spawn(self, command: str, cwd: Path, env: dict[str, str], launch: Optional[Callable[[int], list[str]]],
+               tty: bool, tty_owner: Optional[tuple[int, int]]) -> tuple[subprocess.Popen[bytes], int]:
+        argv, fds = ["/bin/sh", "-c", command], ()
+        if launch is not None:
+            self._report, report_w = os.pipe()
+            os.set_blocking(self._report, False)
+            argv, fds = launch(report_w), (report_w,)
+        try:
+            return start_group(argv, cwd, env, fds, tty, tty_owner)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _wait_exit(self) -> None:
         # WNOWAIT: learn of the exit but leave the shell a zombie, so its pid (the group's
@@ -283,7 +288,33 @@ class Process:
         signal_group(self.pgid, sig)
 
 
-def _terminal(owner: Optional[tuple[int, int]], env: dict[str, str]) -> tuple[int, int]:
+# A terminal invites colour codes and pagers; a log wants neither.
+TTY_ENV = {"TERM": "dumb", "PAGER": "cat", "GIT_PAGER": "cat"}
+
+
+def job_env(env: Mapping[str, str], tty: bool) -> dict[str, str]:
+    """A command's environment: the job's, the guard's mark (see guard.py), and TTY_ENV
+    when its output is a terminal."""
+    out = {**env, "POLYARCH_RUNNER_PID": str(os.getpid())}
+    return {**out, **TTY_ENV} if tty else out
+
+
+def start_group(argv: list[str], cwd: Path | str, env: Mapping[str, str], fds: tuple[int, ...], tty: bool,
+                tty_owner: Optional[tuple[int, int]]) -> tuple[subprocess.Popen[bytes], int]:
+    """`argv` in a new session (its own process group), its output to a new terminal or
+    pipe; returns the process and the runner's end of its output."""
+    output, sink = _terminal(tty_owner) if tty else os.pipe()
+    try:
+        return subprocess.Popen(argv, cwd=cwd, env=env, pass_fds=fds, stdin=subprocess.DEVNULL, stdout=sink,
+                                stderr=sink, start_new_session=True), output
+    except BaseException:
+        os.close(output)
+        raise
+    finally:
+        os.close(sink)
+
+
+def _terminal(owner: Optional[tuple[int, int]]) -> tuple[int, int]:
     """A pseudo-terminal for the job's output: (the runner's end, the job's end)."""
     ours, theirs = os.openpty()
     try:
@@ -297,6 +328,4 @@ def _terminal(owner: Optional[tuple[int, int]], env: dict[str, str]) -> tuple[in
         os.close(ours)
         os.close(theirs)
         raise
-    # A terminal invites colour codes and pagers; a log wants neither.
-    env.update(TERM="dumb", PAGER="cat", GIT_PAGER="cat")
     return ours, theirs

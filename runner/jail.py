@@ -24,6 +24,9 @@ A step that fails before the exec is written to the report descriptor (--report 
 one line, and the runner turns it into an `error` result: a job the runner could not
 isolate never runs.
 
+Started ahead of its job (runner/warm.py), it is `jail.py --orders FD` and reads the
+arguments below and the job's environment from FD when the job comes.
+
 Arguments, each once unless marked (all paths absolute):
   --root DIR --uid N --gid N --cwd DIR --home DIR --stage DIR --report FD
   --bind SRC DST (rw|ro)   repeated: a folder or file the job may see, at DST
@@ -188,7 +191,26 @@ def become_job(opts):
                         "folders above runner.work_dir searchable by others (chmod o+x)") from None
 
 
-def child(opts, report):
+def orders(fd):
+    """A jail started ahead (runner/warm.py): its arguments and the job's environment, as
+    NUL-separated fields (the count of arguments first), read to end-of-file. None when
+    the runner closed it unused (it stops, or is gone)."""
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    if not chunks:
+        return None
+    fields = [f.decode("utf-8", "surrogateescape") for f in b"".join(chunks).split(b"\0")]
+    count = int(fields[0])
+    env = dict(f.split("=", 1) for f in fields[1 + count:])
+    return fields[1:1 + count], env
+
+
+def child(opts, report, environ):
     try:
         _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
         if opts["root"] == "/":
@@ -199,11 +221,17 @@ def child(opts, report):
     except (JailError, OSError) as exc:
         os.write(report, f"cannot isolate the job: {exc}\n".encode())
         os._exit(125)
-    os.execve("/bin/sh", ["sh", "-c", opts["command"]], os.environ)  # noqa: S606 - the job's shell, as without a jail
+    os.execve("/bin/sh", ["sh", "-c", opts["command"]], environ)  # noqa: S606 - the job's shell, as without a jail
 
 
 def main():
-    opts = parse(sys.argv[1:])
+    argv, environ = sys.argv[1:], os.environ
+    if argv[:1] == ["--orders"]:
+        given = orders(int(argv[1]))
+        if given is None:
+            os._exit(0)
+        argv, environ = given
+    opts = parse(argv)
     report = int(opts["report"])
     os.set_inheritable(report, False)  # the job must not inherit it
     try:
@@ -216,7 +244,7 @@ def main():
         sys.exit(125)
     pid = os.fork()
     if pid == 0:
-        child(opts, report)
+        child(opts, report, environ)
     os.close(report)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)

@@ -183,9 +183,10 @@ class JobWork:
             cgroups = sandbox.cgroups_for(self.job.lease_id)
             launch = (lambda fd: sandbox.argv(command, paths, fd, cgroups)) if sandbox.isolated else None
             try:
+                warm = self.runner.spares.take() if launch is not None and self.runner.spares else None
                 self._process = Process(command, self.src, env, self.folder / log_name, settings.log_limit,
                                         self.runner.guard, launch, live=self.live, tty=settings.job_tty,
-                                        tty_owner=sandbox.owner)
+                                        tty_owner=sandbox.owner, warm=warm)
             except OSError as exc:
                 sandbox.verdict(cgroups)
                 self.result = _error(self.job, started, f"cannot start {command!r}: {exc}")

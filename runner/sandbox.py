@@ -36,6 +36,7 @@ from .rootfs import RootfsError, check, packages_digest
 log = logging.getLogger("polyarch.runner")
 
 JAIL = Path(__file__).with_name("jail.py")
+JAIL_START = (sys.executable, "-I", "-S", str(JAIL))  # a jail's command line, before its arguments
 HOME = "/tmp/home"  # noqa: S108 - in the job's private /tmp
 # Lets the job's own git use its checkout, whose git folder belongs to the runner.
 # Given through the environment, git's command-line level, the only one it trusts for this.
@@ -139,7 +140,7 @@ class Sandbox:
         """The command line that runs `command` for this job, isolated."""
         if self.user is None:
             return ["/bin/sh", "-c", command]
-        args = [sys.executable, "-I", "-S", str(JAIL), "--root", str(self.rootfs or "/"),
+        args = [*JAIL_START, "--root", str(self.rootfs or "/"),
                 "--uid", str(self.user.uid), "--gid", str(self.user.gid), "--cwd", str(paths.checkout),
                 "--home", HOME if self.rootfs is None else f"{self.rootfs}{HOME}", "--stage", str(paths.stage),
                 "--report", str(report_fd)]

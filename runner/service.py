@@ -35,11 +35,12 @@ from dispatcher.wire.errors import ErrorCode
 from dispatcher.wire.protocol import Ack, Heartbeat, Job, Lease, Register, Release, Result, Role, encode
 
 from .checkout import Cleaning, Mirrors
-from .execute import Guard
+from .execute import Guard, job_env, start_group
 from .envcache import EnvCache
 from .job import JobWork
 from .live import CHUNK, INTERVAL, LIMIT, Piece
-from .sandbox import Root, Sandbox
+from .sandbox import JAIL_START, Root, Sandbox
+from .warm import Spares
 from .spool import Spool
 
 log = logging.getLogger("polyarch.runner")
@@ -77,6 +78,7 @@ class Runner:
         self.guard = Guard()
         self.cleaning: Optional[Cleaning] = None  # the last job's `git clean`, finished before the next checkout
         self.sandbox: Optional[Sandbox] = None  # made at start: its checks are the runner's to fail
+        self.spares: Optional[Spares] = None  # a jail started ahead of each job, when jobs are isolated
         # Where the jobs run: this machine, or a root of another architecture (what its
         # jobs see of uname is the root's, as on a real host of that architecture).
         self.emulated = root is not None and root.emulated
@@ -110,6 +112,9 @@ class Runner:
         self.lock_work()
         self.sandbox = Sandbox(self.config, self.name, self.root)
         self.sandbox.prepare_root()
+        if self.sandbox.isolated:
+            self.spares = jail_spares(self.sandbox.owner, self.config.runner.job_tty)
+            self.spares.refill()
         self.clean_after_crash()
         self.envs.clean_unfinished()
         log.info("runner %s (%s, %s%s) starting; work dir %s", self.name, self.arch.value, self.machine,
@@ -141,6 +146,8 @@ class Runner:
                 log.warning("results left in %s for the next start: %s", self.spool.folder, exc)
         self._disconnect()
         self.finish_cleaning()
+        if self.spares is not None:
+            self.spares.close()
         self.guard.close()
         log.info("runner %s stopped", self.name)
 
@@ -258,6 +265,8 @@ class Runner:
             cleaning = time.time()
             work.cleanup()
             work.steps["cleanup"] = time.time() - cleaning
+            if self.spares is not None:
+                self.spares.refill()
             if work.steps:
                 log.info("timing %s %s: %s", job.repo, job.commit[:12],
                          ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in work.steps.items()))
@@ -340,3 +349,9 @@ def serve(config: Config, arch: Arch, name: str, root: Optional[Root] = None) ->
     runner.install_signal_handlers()
     runner.run()
 
+
+def jail_spares(owner: Optional[tuple[int, int]], tty: bool) -> Spares:
+    """Jails started ahead of their jobs, as Process would start one (runner/warm.py). An
+    idle one's environment is only PATH and the guard's mark: the job's comes with it."""
+    env = job_env({"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, tty=False)
+    return Spares(list(JAIL_START), lambda argv, fds: start_group(argv, "/", env, fds, tty, owner))

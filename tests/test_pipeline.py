@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -50,6 +51,36 @@ def test_commits_one_at_a_time_and_in_a_burst_get_the_right_status(polyarch: Pol
     data = json.loads(status.stdout)
     assert len(data["commits"]) == 16
     assert {c["commit"]: c["status"] for c in data["commits"]}[one_by_one[1]] == "failed"
+
+
+def _jails_ahead(runner_pid: int) -> list[int]:
+    """The runner's jails started ahead of a job (runner/warm.py): `jail.py --orders FD`."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--orders" in cmdline and f"POLYARCH_RUNNER_PID={runner_pid}".encode() in environ:
+            found.append(int(entry))
+    return found
+
+
+def test_a_jail_started_ahead_runs_the_next_job_and_dies_with_its_runner(polyarch: Polyarch) -> None:
+    polyarch.dispatcher()
+    runner = polyarch.runner("r1")
+    wait_for(lambda: _jails_ahead(runner.pid), what="a jail started ahead of the first job")
+    [ahead] = _jails_ahead(runner.pid)
+    first = polyarch.repo.commit("test \"$(id -un)\" = polyarch-job")  # isolated as ever
+    polyarch.observer()
+    assert polyarch.wait_results([first])[first]["status"] == "passed"
+    # That jail ran the job (it is gone), and another waits for the next.
+    wait_for(lambda: _jails_ahead(runner.pid) and ahead not in _jails_ahead(runner.pid),
+             what="the next jail started ahead")
+    pid = runner.pid
+    runner.kill()
+    wait_for(lambda: not _jails_ahead(pid), timeout=10, what="the idle jail to go with its runner")
 
 
 def test_runner_killed_mid_job_loses_the_lease_and_another_runner_finishes(polyarch: Polyarch) -> None:

@@ -28,6 +28,10 @@ log = logging.getLogger("polyarch.dispatcher")
 PUBLISH_RETRY = 5.0
 RETRY_SLEEP = 0.2
 PAGES_INTERVAL = 1.0  # seconds between two rewrites of pages for work that started
+# Pages of work that just started wait this long: a short job's result, published by then,
+# rewrites them once instead of three times (queued, running, final), and the job does
+# not share a small machine's CPU with page rendering while it starts.
+PAGES_DELAY = 0.25
 
 
 class Publisher:
@@ -68,6 +72,8 @@ class Publisher:
             before = len(self._touched)
             self._touched.update(commits)
             grew = len(self._touched) > before
+            if grew and not before:
+                self._pages_due = max(self._pages_due, time.monotonic() + PAGES_DELAY)
         if grew:
             self._wanted.set()
 
@@ -196,8 +202,12 @@ class Publisher:
 
     def _update_pages(self, written: list[FinishedJob]) -> None:
         """The dashboard: derived from the files just written, so a failure here is
-        logged and holds nothing up (the next result rewrites the same pages)."""
-        self._update_pages_of((f.job.repo, f.job.sha) for f in written)
+        logged and holds nothing up (the next result rewrites the same pages). Pages
+        waiting to show these commits' started work are written here already."""
+        commits = {(f.job.repo, f.job.sha) for f in written}
+        with self._touch_lock:
+            self._touched -= commits
+        self._update_pages_of(commits)
 
     def _update_pages_of(self, commits: Iterable[tuple[str, str]]) -> None:
         try:

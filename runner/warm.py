@@ -1,0 +1,153 @@
+"""A jail started before the job that will use it, waiting for its orders.
+
+A jail is a Python process (runner/jail.py): its start with ctypes costs 15-18 ms on a
+2-core VM, most of what polyarch adds to an emulated job. So the runner keeps one jail
+started ahead: its own process group, its terminal (or pipe) for the output, its report
+pipe, blocked reading its orders. A job hands it the arguments and the environment it
+would have had on its command line and gets it running at once; the next one starts in
+the background once the job is done. It is still the runner's child, so waiting for it,
+killing its group and the guard work exactly as for a jail started on demand.
+
+An idle one carries the runner's POLYARCH_RUNNER_PID (the guard's mark) and reads
+end-of-file when the runner is gone, so none outlives the runner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import subprocess
+import threading
+from typing import Callable, Mapping, Optional
+
+log = logging.getLogger("polyarch.runner")
+
+
+@dataclasses.dataclass
+class Warm:
+    """One jail waiting for its orders."""
+
+    proc: subprocess.Popen[bytes]
+    output: int  # the runner's end of the jail's terminal (or pipe)
+    report: int  # the read end of its report pipe (why it could not isolate a job)
+    report_fd: int  # the report pipe's number inside the jail (its --report)
+    orders: int  # the write end of its orders; end-of-file makes an idle jail exit
+    prefix: tuple[str, ...]  # the jail's own start (python -I -S jail.py), which the orders leave out
+
+    def go(self, argv: list[str], env: Mapping[str, str]) -> None:
+        """Start the job: `argv` is the command line a jail started on demand would have
+        had (the jail's own start, then its arguments); `env`, the job's environment."""
+        if argv[:len(self.prefix)] != list(self.prefix):
+            raise ValueError(f"not a jail command line: {argv[:len(self.prefix)]}")
+        args = argv[len(self.prefix):]
+        fields = [str(len(args)), *args, *(f"{k}={v}" for k, v in env.items())]
+        data = b"\0".join(f.encode("utf-8", "surrogateescape") for f in fields)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.orders, view):]
+        finally:
+            self._close_orders()
+
+    def _close_orders(self) -> None:
+        if self.orders >= 0:
+            os.close(self.orders)
+            self.orders = -1
+
+    def discard(self) -> None:
+        """Never used: it reads end-of-file and exits (and its descriptors go)."""
+        self._close_orders()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.output)
+        os.close(self.report)
+
+
+class Spares:
+    """Keeps one Warm jail ready: `prefix --orders FD`, started with `start(argv, fds)`
+    (the process and the runner's end of its output)."""
+
+    def __init__(self, prefix: list[str],
+                 start: Callable[[list[str], tuple[int, ...]], tuple[subprocess.Popen[bytes], int]]) -> None:
+        self.prefix = tuple(prefix)
+        self._start = start
+        self._lock = threading.Lock()
+        self._ready: Optional[Warm] = None
+        self._starting: Optional[threading.Thread] = None
+        self._closed = False
+
+    def take(self) -> Warm:
+        """The jail started ahead, or one started now (the next is `refill`'s)."""
+        with self._lock:
+            thread = self._starting
+        if thread is not None:
+            thread.join()
+        with self._lock:
+            warm, self._ready = self._ready, None
+        if warm is None or warm.proc.poll() is not None:
+            if warm is not None:
+                log.warning("the jail started ahead exited (%s); starting one now", warm.proc.returncode)
+                _close(warm)
+            warm = self._new()
+        return warm
+
+    def refill(self) -> None:
+        """Start the next jail in the background, unless one is ready or starting. The
+        runner calls it between jobs: a jail starting beside a job would slow it on a
+        small machine."""
+        with self._lock:
+            if self._closed or self._ready is not None or (self._starting and self._starting.is_alive()):
+                return
+            self._starting = threading.Thread(target=self._fill, name="warm-jail", daemon=True)
+            self._starting.start()
+
+    def _fill(self) -> None:
+        try:
+            warm = self._new()
+        except OSError as exc:  # the next job starts one itself, and says why if it fails again
+            log.warning("cannot start a jail ahead of the next job: %s", exc)
+            return
+        with self._lock:
+            if self._closed:
+                warm.discard()
+            else:
+                self._ready = warm
+
+    def _new(self) -> Warm:
+        report_r, report_w = os.pipe()
+        orders_r, orders_w = os.pipe()
+        os.set_blocking(report_r, False)
+        try:
+            proc, output = self._start([*self.prefix, "--orders", str(orders_r)], (report_w, orders_r))
+        except BaseException:
+            for fd in (report_r, orders_w):
+                os.close(fd)
+            raise
+        finally:
+            os.close(report_w)
+            os.close(orders_r)
+        return Warm(proc, output, report_r, report_w, orders_w, self.prefix)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            thread, warm, self._ready = self._starting, self._ready, None
+        if thread is not None:
+            thread.join(timeout=10)
+        with self._lock:
+            warm, self._ready = warm or self._ready, None
+        if warm is not None:
+            warm.discard()
+
+
+def _close(warm: Warm) -> None:
+    warm._close_orders()
+    for fd in (warm.output, warm.report):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
