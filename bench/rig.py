@@ -210,10 +210,15 @@ def command_seconds(test: str = "true", runs: int = 20, rootfs: Optional[Path] =
     """A test command's own time through `sh -c` (in `rootfs`, the root's own sh, under
     qemu-user for another architecture): the fastest of `runs`. (A median taken on this
     noisy VM once read 0.26 s for `sleep 0.2` and gave utilisations over 100 %.)"""
+    return min(command_samples(test, runs, rootfs))
+
+
+def command_samples(test: str = "true", runs: int = 20, rootfs: Optional[Path] = None) -> list[float]:
+    """Each of `runs` timings of the command alone, as command_seconds takes them."""
     samples = []
     prefix = ["chroot", str(rootfs)] if rootfs is not None else []
     for _ in range(runs):
         began = time.perf_counter()
         subprocess.run([*prefix, "/bin/sh", "-c", test], check=True)
         samples.append(time.perf_counter() - began)
-    return min(samples)
+    return samples

@@ -128,3 +128,25 @@ def test_a_commit_that_is_nowhere_is_an_error_naming_it(mirrors: Mirrors, repo: 
         mirrors.checkout("r", served, missing)
     with pytest.raises(CheckoutError, match=missing):
         mirrors.checkout("r", str(repo.path), missing)
+
+
+def test_refs_are_written_as_git_writes_them_or_left_to_git(tmp_path: Path, repo: GitRepo) -> None:
+    from dispatcher.common.git import write_loose_refs
+
+    first = repo.commit("exit 0")
+    second = repo.commit("exit 1")
+    mirror = tmp_path / "mirror.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo.path), str(mirror)], check=True)
+    subprocess.run(["git", "--git-dir", str(mirror), "pack-refs", "--all"], check=True)
+    # A loose ref outranks the packed one; a new one under a new folder is made.
+    assert write_loose_refs(mirror, {"refs/heads/main": first, "refs/heads/fix#12/arm": second})
+
+    def rev(ref: str) -> str:
+        return subprocess.run(["git", "--git-dir", str(mirror), "rev-parse", ref], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    assert rev("refs/heads/main") == first and rev("refs/heads/fix#12/arm") == second
+    # A name that is not plainly safe, or a ref whose lock is held, is git's to handle.
+    assert not write_loose_refs(mirror, {"refs/heads/../../escape": first})
+    assert not (tmp_path / "escape").exists()
+    (mirror / "refs/heads/main.lock").write_text("")
+    assert not write_loose_refs(mirror, {"refs/heads/main": second}) and rev("refs/heads/main") == first
