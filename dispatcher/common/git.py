@@ -165,12 +165,12 @@ def write_loose_refs(git_dir: Path, refs: dict[str, str]) -> bool:
         except OSError:
             return False
         try:
-            os.write(fd, f"{sha}\n".encode())
-        finally:
-            os.close(fd)
-        try:
+            try:
+                os.write(fd, f"{sha}\n".encode())
+            finally:
+                os.close(fd)
             os.replace(lock, path)
-        except OSError:
+        except OSError:  # a full disk, say: git, asked next, says so with the path
             lock.unlink(missing_ok=True)
             return False
     return True
