@@ -257,10 +257,10 @@ class Runner:
                 piece = work.live.take(final=True)
                 if piece is None or not self._heartbeat(job, work, piece) or work.live.taken:
                     break
-            work.start_cleanup()
             delivering = time.time()
             self._deliver(work.result)
             work.steps["deliver"] = time.time() - delivering
+            work.start_cleanup()
         finally:
             cleaning = time.time()
             work.cleanup()
