@@ -79,6 +79,7 @@ class Runner:
         self.cleaning: Optional[Cleaning] = None  # the last job's `git clean`, finished before the next checkout
         self.sandbox: Optional[Sandbox] = None  # made at start: its checks are the runner's to fail
         self.spares: Optional[Spares] = None  # a jail started ahead of each job, when jobs are isolated
+        self.next_job: Optional[Job] = None  # leased with the last result's answer, not started yet
         # Where the jobs run: this machine, or a root of another architecture (what its
         # jobs see of uname is the root's, as on a real host of that architecture).
         self.emulated = root is not None and root.emulated
@@ -127,10 +128,13 @@ class Runner:
             try:
                 self._connect()
                 self._flush_spool()
-                reply = self._request(Lease(wait=LEASE_WAIT), timeout=LEASE_WAIT + 30)
+                job, self.next_job = self.next_job, None
+                if job is None:  # else the last result's answer brought it: no Lease round trip
+                    reply = self._request(Lease(wait=LEASE_WAIT), timeout=LEASE_WAIT + 30)
+                    job = reply if isinstance(reply, Job) else None
                 backoff = 0.1
-                if isinstance(reply, Job):
-                    self._run_job(reply)
+                if job is not None:
+                    self._run_job(job)
             except (OSError, ProtocolError, RemoteError, ConfigError) as exc:
                 self._disconnect()
                 log.warning("dispatcher unavailable (%s); retrying in %.1f s", exc, backoff)
@@ -138,6 +142,9 @@ class Runner:
                 # Never back off past a heartbeat period: a spooled result must arrive before
                 # the dispatcher, restarted, gives up on our lease.
                 backoff = min(backoff * 2, MAX_BACKOFF, self.heartbeat_interval)
+        if self.next_job is not None:
+            self._release(self.next_job, "runner stopping")
+            self.next_job = None
         if self.conn is not None or self.spool.pending():
             try:
                 self._connect()
@@ -201,14 +208,22 @@ class Runner:
             self._disconnect()
             raise
 
-    def _flush_spool(self) -> None:
+    def _flush_spool(self, ask_next: str = "") -> None:
+        """Send every spooled result; the one for lease `ask_next` asks for the next job
+        too, which its answer brings (self.next_job)."""
         for result in self.spool.pending():
-            reply = self._request(result)
+            wants = result.lease_id == ask_next and not self.stop.is_set()
+            reply = self._request(dataclasses.replace(result, next_job=True) if wants else result)
             if not isinstance(reply, Ack):
                 raise ProtocolError(f"dispatcher answered a result with {reply.KIND.value}")
             if not reply.created:
                 log.warning("dispatcher discarded our result for lease %s: %s", result.lease_id, reply.message)
             self.spool.remove(result.lease_id)
+            if reply.job is not None:
+                if wants and self.next_job is None:
+                    self.next_job = reply.job
+                else:  # not asked for (an old answer?): the lease is not ours to keep
+                    self._release(reply.job, "not asked for")
 
     # --- one job ------------------------------------------------------------------------
 
@@ -313,7 +328,7 @@ class Runner:
                           "again", result.lease_id, sent)
             return
         try:
-            self._flush_spool()
+            self._flush_spool(ask_next=result.lease_id)
         except (OSError, ProtocolError, RemoteError, ConfigError) as exc:
             log.warning("result kept in %s until the dispatcher is back: %s", self.spool.folder, exc)
 

@@ -49,11 +49,16 @@ class FakeRunner:
             self.jobs.append(job)
         return job
 
-    def report(self, job: Job, status: Reported, junit: str = "") -> tuple[int, str]:
-        answer = self.hub.record_result(self.hub.heard(self.row), Result(job.lease_id, status, 0, 1.0, 2.0, "log",
-                                                                         junit=junit))
-        self.answers.append(answer)
-        return answer
+    def report(self, job: Job, status: Reported, junit: str = "", next_job: bool = False) -> tuple[int, str]:
+        """(created, message) of the answer; with `next_job`, the job leased with it is
+        recorded in `jobs` too."""
+        created, message, following = self.hub.record_result(
+            self.hub.heard(self.row), Result(job.lease_id, status, 0, 1.0, 2.0, "log", junit=junit,
+                                             next_job=next_job))
+        if following is not None:
+            self.jobs.append(following)
+        self.answers.append((created, message))
+        return created, message
 
 
 @contextlib.contextmanager
@@ -107,6 +112,23 @@ def test_a_failure_is_retried_on_another_runner_and_a_pass_then_is_flaky(hub: Hu
     assert again.attempt == 2 and second.report(again, Reported.PASSED) == (1, "recorded")
     [row] = hub.store.queries.jobs("demo", A)
     assert row.state == JobState.RECORDED and row.status == Status.FLAKY
+
+
+def test_a_result_can_bring_back_the_next_job_leased_in_the_same_transaction(hub: Hub) -> None:
+    hub.dispatch("demo", "main", [CommitInfo(A), CommitInfo(B)])
+    runner = FakeRunner(hub, "amd").register()
+    first = runner.lease()
+    assert runner.report(first, Reported.PASSED, next_job=True) == (1, "recorded")
+    following = runner.jobs[-1]
+    assert following.commit == B and following.lease_id != first.lease_id
+    assert hub.store.jobs.current(following.lease_id) and hub.store.queries.commit_states("demo", A)["amd64"]
+    # Nothing queued for amd64 now: the answer carries no job and does not wait.
+    assert runner.report(following, Reported.PASSED, next_job=True) == (1, "recorded")
+    assert runner.jobs[-1] is following
+    # A late result that asks for work still gets it if there is some.
+    hub.dispatch("demo", "main", [CommitInfo("c" * 40)])
+    assert runner.report(first, Reported.FAILED, next_job=True) == (0, "late or duplicate result: discarded")
+    assert runner.jobs[-1].commit == "c" * 40
 
 
 def test_a_late_or_duplicate_result_is_acknowledged_and_dropped(hub: Hub) -> None:

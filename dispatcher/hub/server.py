@@ -269,8 +269,8 @@ class _Handler(socketserver.BaseRequestHandler):
                                         msg.attempt)
 
     def on_result(self, msg: Result) -> Message:
-        created, message = self.server.hub.record_result(self._runner(), msg)
-        return Ack(created=created, message=message)
+        created, message, job = self.server.hub.record_result(self._runner(), msg)
+        return Ack(created=created, message=message, job=job)
 
     def on_release(self, msg: Release) -> Message:
         self.server.hub.release(self._runner(), msg.lease_id, msg.reason)

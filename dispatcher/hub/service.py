@@ -260,19 +260,10 @@ class Hub:
                 generation = self._generation
             row = self.store.jobs.claim(runner, alone=not self.presence.others(arch, runner.name))
             if row is not None:
-                repo = self.config.repo(row.repo)
-                if repo is None:
-                    self._finish_orphan(row.lease_id, row.repo)
+                job = self._job_for(runner, row)
+                if job is None:
                     continue
-                log.info("leased %s %s %s to %s (attempt %d)", row.repo, row.sha[:12], arch, runner.name,
-                         row.attempt)
-                self.publisher.touch([(row.repo, row.sha)])
-                return Job(lease_id=row.lease_id or "", repo=row.repo, url=repo.url, branch=row.branch,
-                           commit=row.sha, arch=arch, attempt=row.attempt, test_command=repo.test_command,
-                           timeout=repo.timeout,
-                           timeout_factor=self.config.timeout_factor(parse_arch(arch), runner.emulated),
-                           describe=not (row.author or row.subject), setup=repo.setup or "",
-                           setup_key=list(repo.setup_key))
+                return job
             with self._work:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -280,6 +271,22 @@ class Hub:
                 if self._generation == generation:
                     self._work.wait(remaining)
         return None
+
+    def _job_for(self, runner: RunnerRow, row: JobRow) -> Optional[Job]:
+        """The Job message for a job just leased to `runner`; None when its repository is
+        no longer configured (the job ends `error` instead)."""
+        repo = self.config.repo(row.repo)
+        if repo is None:
+            self._finish_orphan(row.lease_id, row.repo)
+            return None
+        log.info("leased %s %s %s to %s (attempt %d)", row.repo, row.sha[:12], row.arch, runner.name, row.attempt)
+        self.publisher.touch([(row.repo, row.sha)])
+        return Job(lease_id=row.lease_id or "", repo=row.repo, url=repo.url, branch=row.branch,
+                   commit=row.sha, arch=row.arch, attempt=row.attempt, test_command=repo.test_command,
+                   timeout=repo.timeout,
+                   timeout_factor=self.config.timeout_factor(parse_arch(row.arch), runner.emulated),
+                   describe=not (row.author or row.subject), setup=repo.setup or "",
+                   setup_key=list(repo.setup_key))
 
     def _finish_orphan(self, lease_id: Optional[str], repo: str) -> None:
         now = time.time()
@@ -359,33 +366,39 @@ class Hub:
         data = live.read(offset, LOG_READ_MOST)
         return text(LogSource.LIVE, data, not data and state.final and job.attempt == live.attempt)
 
-    def record_result(self, runner: RunnerRow, msg: Result) -> tuple[int, str]:
-        """(1, what happened) for a result recorded or retried; (0, ...) for a late or
-        duplicate one, acknowledged and dropped. The JUnit is parsed here, once."""
+    def record_result(self, runner: RunnerRow, msg: Result) -> tuple[int, str, Optional[Job]]:
+        """(1, what happened, next job) for a result recorded or retried; (0, ...) for a
+        late or duplicate one, acknowledged and dropped. The JUnit is parsed here, once.
+        With msg.next_job, the runner's next job (or None: none queued) is leased in the
+        same transaction as the result is recorded."""
         junit = msg.junit.encode("utf-8", "replace")
         info = msg.commit_info
         if info is not None and info.parent and not is_commit(info.parent):
             info = dataclasses.replace(info, parent="")  # a description is a courtesy: the result still counts
-        job = self.store.jobs.record_result(msg.lease_id, JobResult(
+        job, claimed = self.store.jobs.record_and_claim(msg.lease_id, JobResult(
             Status.of(msg.status), msg.exit_code, msg.started_at, msg.finished_at, msg.log.encode("utf-8", "replace"),
             msg.log_truncated, junit, parse_junit(junit) if junit else None, msg.reason, info),
-            runner=runner.name)
+            runner=runner.name, claimer=runner if msg.next_job else None,
+            alone=not self.presence.others(runner.arch, runner.name))
+        following = self._job_for(runner, claimed) if claimed is not None else None
+        if job is None and msg.next_job:
+            following = self.lease(runner, wait=0)  # a late result: still, the runner wants work
         if job is not None and job.state == JobState.QUEUED:
             log.info("%s %s %s %s on %s (attempt %d); retry %d of %d, on another runner if one is connected",
                      job.repo, job.sha[:12], job.arch, msg.status.value, runner.name, job.attempt, job.retries,
                      self.store.policy.retry_failed.get(job.repo, 0))
             self.notify_work()
-            return 1, "recorded; the job runs again (retry_failed)"
+            return 1, "recorded; the job runs again (retry_failed)", following
         if job is None:
             late = self.store.jobs.by_lease(msg.lease_id)
             what = f"{late.repo} {late.sha[:12]} {late.arch}" if late else "an unknown lease"
             if late is not None and late.runner and late.runner != runner.name:
                 log.warning("refused a result from %s for %s: that lease is %s's", runner.name, what, late.runner)
-                return 0, "that lease belongs to another runner: discarded"
+                return 0, "that lease belongs to another runner: discarded", following
             log.warning("dropped late or duplicate result from %s for %s", runner.name, what)
-            return 0, "late or duplicate result: discarded"
+            return 0, "late or duplicate result: discarded", following
         self.publisher.wake()  # files follow; the result is already durable
-        return 1, "recorded"
+        return 1, "recorded", following
 
     def release(self, runner: RunnerRow, lease_id: str, reason: str) -> None:
         job = self.store.jobs.release(lease_id, reason, runner=runner.name)

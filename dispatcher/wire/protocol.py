@@ -129,6 +129,7 @@ class Ack:
     KIND: ClassVar[Kind] = Kind.ACK
     created: int = 0
     message: str = ""
+    job: Optional[Job] = None  # the answer to a Result with next_job: the runner's next lease, if one is queued
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +201,9 @@ class Result:
     junit: str = ""
     reason: str = ""
     commit_info: Optional[CommitInfo] = None  # when the job asked to `describe` its commit
+    # The runner wants its next job in the answer (Ack.job), leased in the transaction that
+    # records this result: one round trip between two jobs. None queued: no job, no wait.
+    next_job: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -182,22 +182,25 @@ class Jobs:
         arch, unless `alone` says no other is connected. The runner's host, machine and
         kernel are copied onto the job: the result must say where it ran even if that
         runner later re-registers elsewhere."""
+        with self.db.tx() as db:
+            return self._claim(db, runner, alone)
+
+    def _claim(self, db: sqlite3.Connection, runner: RunnerRow, alone: bool) -> Optional[JobRow]:
         lease_id = secrets.token_hex(12)
         now = time.time()
-        with self.db.tx() as db:
-            row = db.execute("SELECT id FROM jobs WHERE state = ? AND arch = ? AND (avoid_runner IS NULL "
-                             "OR avoid_runner != ? OR ?) ORDER BY id LIMIT 1",
-                             (JobState.QUEUED.value, runner.arch, runner.name, int(alone))).fetchone()
-            if row is None:
-                return None
-            db.execute("UPDATE jobs SET state = ?, attempt = attempt + 1, lease_id = ?, runner = ?, leased_at = ?, "
-                       "runner_host = ?, runner_machine = ?, runner_emulated = ?, runner_kernel = ?, runner_qemu = ?, "
-                       "runner_root = ? WHERE id = ?",
-                       (JobState.LEASED.value, lease_id, runner.name, now, runner.host, runner.machine,
-                        int(runner.emulated), runner.kernel, runner.qemu, runner.root, row["id"]))
-            self._deadlines[lease_id] = time.monotonic() + self.policy.heartbeat_timeout
-            self._holders[lease_id] = runner.name
-            return _job_by(db, "j.id = ?", row["id"])
+        row = db.execute("SELECT id FROM jobs WHERE state = ? AND arch = ? AND (avoid_runner IS NULL "
+                         "OR avoid_runner != ? OR ?) ORDER BY id LIMIT 1",
+                         (JobState.QUEUED.value, runner.arch, runner.name, int(alone))).fetchone()
+        if row is None:
+            return None
+        db.execute("UPDATE jobs SET state = ?, attempt = attempt + 1, lease_id = ?, runner = ?, leased_at = ?, "
+                   "runner_host = ?, runner_machine = ?, runner_emulated = ?, runner_kernel = ?, runner_qemu = ?, "
+                   "runner_root = ? WHERE id = ?",
+                   (JobState.LEASED.value, lease_id, runner.name, now, runner.host, runner.machine,
+                    int(runner.emulated), runner.kernel, runner.qemu, runner.root, row["id"]))
+        self._deadlines[lease_id] = time.monotonic() + self.policy.heartbeat_timeout
+        self._holders[lease_id] = runner.name
+        return _job_by(db, "j.id = ?", row["id"])
 
     def _current(self, lease_id: str, runner: Optional[str]) -> bool:
         """Whether `lease_id` is a live lease held by `runner` (None: by anyone, for the
@@ -296,39 +299,52 @@ class Jobs:
         A failure (or timeout) with retries left under the policy's retry_failed is kept
         as an attempt and the job queued again: the returned row is then in state QUEUED.
         A pass after such a retry is recorded as FLAKY."""
+        return self.record_and_claim(lease_id, result, runner)[0]
+
+    def record_and_claim(self, lease_id: str, result: JobResult, runner: Optional[str] = None,
+                         claimer: Optional[RunnerRow] = None,
+                         alone: bool = True) -> tuple[Optional[JobRow], Optional[JobRow]]:
+        """record_result, and then, in the same transaction, claim the next job for
+        `claimer` (the runner that sent the result): one round trip and one commit per job
+        instead of two. (recorded job or None, claimed job or None); a late or duplicate
+        result claims nothing (the runner asks for work as usual)."""
         with self._lock:
             if not self._current(lease_id, runner):
-                return None
+                return None, None
             with self.db.tx() as db:
-                job = _job_by(db, "j.lease_id = ? AND j.state = 'leased'", lease_id)
-                if job is None:
-                    return None
-                if result.commit_info is not None and result.commit_info.sha == job.sha:
-                    self.commits.describe(db, job.repo, result.commit_info)
-                status = result.status
-                if status.retryable and job.retries < self.policy.retry_failed.get(job.repo, 0):
-                    self.attempts.add(db, job, status, result.exit_code, result.started_at, result.finished_at,
-                                      result.reason, result.log, result.report.to_bytes() if result.report else None)
-                    db.execute("UPDATE jobs SET state = ?, lease_id = NULL, retries = retries + 1, avoid_runner = ? "
-                               "WHERE id = ?", (JobState.QUEUED.value, job.runner, job.id))
-                    job = _job_by(db, "j.id = ?", job.id)
-                    self._forget(lease_id)
-                    return job
-                if status == Status.PASSED and job.retries:
-                    status = Status.FLAKY
-                report = result.report
-                tests = json.dumps(dataclasses.asdict(report.counts)) if report else None
-                failed = json.dumps(report.failing[:MAX_NAMED_TESTS]) if report else "[]"
-                db.execute("UPDATE jobs SET state = ?, status = ?, exit_code = ?, started_at = ?, "
-                           "finished_at = ?, log = ?, log_truncated = ?, junit = ?, reason = ?, tests = ?, "
-                           "failed_tests = ?, outcomes = ? WHERE id = ?",
-                           (JobState.RECORDED.value, status.value, result.exit_code, result.started_at,
-                            result.finished_at, result.log, int(result.log_truncated),
-                            (result.junit or None) if report else None, result.reason, tests, failed,
-                            report.to_bytes() if report else None, job.id))
-                job = _job_by(db, "j.id = ?", job.id)
-            self._forget(lease_id)
-            return job
+                job = self._record(db, lease_id, result)
+                claimed = self._claim(db, claimer, alone) if job is not None and claimer is not None else None
+            if job is not None:
+                self._forget(lease_id)
+            return job, claimed
+
+    def _record(self, db: sqlite3.Connection, lease_id: str, result: JobResult) -> Optional[JobRow]:
+        """Inside the caller's transaction and lock: the result of a current lease."""
+        job = _job_by(db, "j.lease_id = ? AND j.state = 'leased'", lease_id)
+        if job is None:
+            return None
+        if result.commit_info is not None and result.commit_info.sha == job.sha:
+            self.commits.describe(db, job.repo, result.commit_info)
+        status = result.status
+        if status.retryable and job.retries < self.policy.retry_failed.get(job.repo, 0):
+            self.attempts.add(db, job, status, result.exit_code, result.started_at, result.finished_at,
+                              result.reason, result.log, result.report.to_bytes() if result.report else None)
+            db.execute("UPDATE jobs SET state = ?, lease_id = NULL, retries = retries + 1, avoid_runner = ? "
+                       "WHERE id = ?", (JobState.QUEUED.value, job.runner, job.id))
+            return _job_by(db, "j.id = ?", job.id)
+        if status == Status.PASSED and job.retries:
+            status = Status.FLAKY
+        report = result.report
+        tests = json.dumps(dataclasses.asdict(report.counts)) if report else None
+        failed = json.dumps(report.failing[:MAX_NAMED_TESTS]) if report else "[]"
+        db.execute("UPDATE jobs SET state = ?, status = ?, exit_code = ?, started_at = ?, "
+                   "finished_at = ?, log = ?, log_truncated = ?, junit = ?, reason = ?, tests = ?, "
+                   "failed_tests = ?, outcomes = ? WHERE id = ?",
+                   (JobState.RECORDED.value, status.value, result.exit_code, result.started_at,
+                    result.finished_at, result.log, int(result.log_truncated),
+                    (result.junit or None) if report else None, result.reason, tests, failed,
+                    report.to_bytes() if report else None, job.id))
+        return _job_by(db, "j.id = ?", job.id)
 
     def release(self, lease_id: str, reason: str = "", runner: Optional[str] = None) -> Optional[JobRow]:
         """A runner handed a job back: requeue it without spending an attempt. After
