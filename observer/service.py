@@ -7,6 +7,7 @@ poll finds the same commits again: the cursor file is the outbox.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import socket
@@ -52,6 +53,7 @@ class Observer:
         self.cursors = Cursors(self.settings.state_dir / "cursors.json")
         self.mirrors: dict[str, Mirror] = {}
         self.conn: Optional[Connection] = None
+        self.plain_commits = False  # the dispatcher is older than CommitInfo.parent
         self.name = f"observer@{socket.gethostname()}"[:100]
         self.wake = threading.Event()
         self.stop = StopRequest(wake=(self.wake,))
@@ -117,11 +119,19 @@ class Observer:
                      len(batch), batch[-1].sha[:12], reply.created)
 
     def _send(self, msg: Dispatch) -> Ack:
+        if self.plain_commits:
+            msg = _without_parents(msg)
         try:
             reply = self._request(msg)
         except RemoteError as exc:
             if exc.code == ErrorCode.UNAVAILABLE:  # its disk is full: like down, retry soon
                 raise DispatcherDown(str(exc)) from None
+            if exc.code == ErrorCode.BAD_MESSAGE and "parent" in str(exc) and not self.plain_commits:
+                # A dispatcher older than this observer: it cannot take a commit's parent
+                # (which only "what broke it" needs), so the commits go without.
+                log.info("the dispatcher does not know commit parents (an older version); sending commits without")
+                self.plain_commits = True
+                return self._send(msg)
             raise
         except (OSError, ProtocolError, ConfigError) as exc:
             if self.conn is not None:
@@ -263,3 +273,7 @@ def serve(config: Config) -> None:
 
 def once(config: Config, progress: Optional[Sink] = None) -> bool:
     return Observer(config, progress).poll_once()
+
+
+def _without_parents(msg: Dispatch) -> Dispatch:
+    return dataclasses.replace(msg, commits=[dataclasses.replace(c, parent="") for c in msg.commits])

@@ -80,6 +80,7 @@ class Runner:
         self.sandbox: Optional[Sandbox] = None  # made at start: its checks are the runner's to fail
         self.spares: Optional[Spares] = None  # a jail started ahead of each job, when jobs are isolated
         self.next_job: Optional[Job] = None  # leased with the last result's answer, not started yet
+        self.plain_results = False  # the dispatcher is older than Result.next_job
         # Where the jobs run: this machine, or a root of another architecture (what its
         # jobs see of uname is the root's, as on a real host of that architecture).
         self.emulated = root is not None and root.emulated
@@ -184,13 +185,17 @@ class Runner:
             address = dispatcher_address(self.config, "runner")
             conn = Connection(address, Role.RUNNER, self.name, self.secret, tls=self.tls)
             try:
-                conn.request(Register(arch=self.arch.value, version=__version__, host=socket.gethostname(),
-                                      machine=self.machine, emulated=self.emulated,
-                                      kernel=platform.release(), qemu=self.root.qemu if self.root else "",
-                                      root=self.root.described if self.root else ""))
+                welcome = conn.request(Register(arch=self.arch.value, version=__version__, host=socket.gethostname(),
+                                                machine=self.machine, emulated=self.emulated,
+                                                kernel=platform.release(), qemu=self.root.qemu if self.root else "",
+                                                root=self.root.described if self.root else ""))
             except BaseException:
                 conn.close()
                 raise
+            features = welcome.message.split() if isinstance(welcome, Ack) else []
+            if "next_job" not in features and not self.plain_results:
+                log.info("the dispatcher does not take next_job (an older version); leasing each job apart")
+            self.plain_results = "next_job" not in features
             self.conn, self.heartbeat_interval = conn, conn.heartbeat_interval
             log.info("connected to dispatcher at %s", address)
         return self.conn
@@ -212,7 +217,7 @@ class Runner:
         """Send every spooled result; the one for lease `ask_next` asks for the next job
         too, which its answer brings (self.next_job)."""
         for result in self.spool.pending():
-            wants = result.lease_id == ask_next and not self.stop.is_set()
+            wants = result.lease_id == ask_next and not self.stop.is_set() and not self.plain_results
             reply = self._request(dataclasses.replace(result, next_job=True) if wants else result)
             if not isinstance(reply, Ack):
                 raise ProtocolError(f"dispatcher answered a result with {reply.KIND.value}")

@@ -37,7 +37,7 @@ from dispatcher.hub.service import Hub
 from dispatcher.hub.store import Policy, RunnerRow, Store
 from dispatcher.wire.auth import AuthThrottle, client_mac, load_secret, new_nonce, server_proof, verify
 from dispatcher.wire.errors import ErrorCode, code_for
-from dispatcher.wire.protocol import (Ack, Auth, Channel, Dispatch, Error, Heartbeat, Hello, Lease, Message, NoJob,
+from dispatcher.wire.protocol import (RUNNER_FEATURES, Ack, Auth, Channel, Dispatch, Error, Heartbeat, Hello, Lease, Message, NoJob,
                                       Query, Register, Release, Result, Role, Submit, Welcome, Cancel, Rerun,
                                       LogRead, StatusRead)
 from dispatcher.wire.tls import for_server
@@ -251,7 +251,9 @@ class _Handler(socketserver.BaseRequestHandler):
 
     def on_register(self, msg: Register) -> Message:
         self.runner = self.server.hub.register(self.name, msg, self.runner, self.peer)
-        return Ack()
+        # What this dispatcher understands beyond the first protocol, for a newer runner to
+        # use; an older dispatcher's empty message says "none of it".
+        return Ack(message=RUNNER_FEATURES)
 
     def on_lease(self, msg: Lease) -> Message:
         job = self.server.hub.lease(self._runner(), msg.wait)

@@ -132,6 +132,11 @@ class Ack:
     job: Optional[Job] = None  # the answer to a Result with next_job: the runner's next lease, if one is queued
 
 
+# The answer to a runner's Register names what this dispatcher takes beyond the first
+# protocol (Ack.message, space-separated), so a newer runner talks down to an older one.
+RUNNER_FEATURES = "features: next_job"
+
+
 @dataclasses.dataclass(frozen=True)
 class Register:
     KIND: ClassVar[Kind] = Kind.REGISTER
@@ -374,13 +379,34 @@ _BY_KIND: dict[str, type] = {cls.KIND.value: cls for cls in typing.get_args(Mess
 def encode(msg: Message) -> bytes:
     """Message -> one frame (header + JSON body)."""
     body = {"v": PROTOCOL_VERSION, "kind": msg.KIND.value}
-    body.update(dataclasses.asdict(msg))
+    body.update(_wire(msg))
     # Text that came from bytes that were not UTF-8 (an author, a file name in git's
     # output, a test's log) may hold lone surrogates: they travel as U+FFFD, never crash.
     data = utf8(json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
     if len(data) > MAX_FRAME:
         raise MessageTooLarge(f"message of {len(data)} bytes exceeds the {MAX_FRAME}-byte limit")
     return _HEADER.pack(len(data)) + data
+
+
+def _wire(value: Any) -> Any:
+    """A message as JSON values; a field still at its default is left out (the other side
+    fills it in), so a field added later reaches an older peer, whose decoder refuses
+    names it does not know, only when it says something."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {}
+        for field in dataclasses.fields(value):
+            item = getattr(value, field.name)
+            if field.default is not dataclasses.MISSING and item == field.default:
+                continue
+            if field.default_factory is not dataclasses.MISSING and item == field.default_factory():
+                continue
+            out[field.name] = _wire(item)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_wire(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
 
 
 def _as_bad_bytes(exc: UnicodeError) -> tuple[bytes, int]:
