@@ -49,21 +49,26 @@ class Mirror:
         self.namespaces = namespaces
         self.refspecs = tuple(f"+{ns}*:{ns}*" for ns in namespaces)
         self.repo = open_mirror(path)
+        self._read: Optional[dict[str, str]] = None  # the mirror's refs as up_to_date read them
 
     def up_to_date(self) -> bool:
         """True when the remote is a local repository whose branch heads the mirror already
         has: then there is nothing to fetch. Any doubt answers False (fetch as usual)."""
+        self._read = None
         source = local_git_dir(self.url)
         if source is None:
             return False
         try:
-            return read_refs(source, self.namespaces) == read_refs(self.path, self.namespaces)
+            theirs = read_refs(source, self.namespaces)
+            self._read = read_refs(self.path, self.namespaces)
         except (OSError, RefsUnclear):
             return False
+        return theirs == self._read
 
     def fetch(self, progress: Optional[Callable[[str, int, int], None]] = None) -> None:
         """Bring the mirror's heads up to date; `progress` gets git's progress (a first
         mirror of a large repository from `polyarch-observer once`)."""
+        self._read = None
         source = local_git_dir(self.url)
         if source is not None and borrow(self.path, source, self.namespaces):
             return
@@ -86,7 +91,10 @@ class Mirror:
         return {branch_of(ref): sha for ref, sha in self.refs().items() if ref.startswith(HEADS)}
 
     def refs(self) -> dict[str, str]:
-        """Full ref name -> commit, for the mirrored namespaces."""
+        """Full ref name -> commit, for the mirrored namespaces (as up_to_date just read
+        them, when nothing was fetched since: one read of the mirror per poll, not two)."""
+        if self._read is not None:
+            return dict(self._read)
         try:
             return read_refs(self.path, self.namespaces)  # our own bare mirror, written only by our fetch
         except (OSError, RefsUnclear):

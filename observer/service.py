@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 import random
 import socket
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from dispatcher.wire.auth import load_secret
 from dispatcher.wire.client import Connection
@@ -65,6 +66,7 @@ class Observer:
         # delays only itself; the dispatcher connection and the cursor file are shared.
         self._report_lock = threading.Lock()
         self._fetch_slots = threading.BoundedSemaphore(MAX_PARALLEL_FETCHES)
+        self._pool = Pool(MAX_PARALLEL_FETCHES)
         self._busy: set[str] = set()
         self._deleted: set[tuple[str, str]] = set()  # (repo, branch) deleted, cursor kept: said once
 
@@ -169,15 +171,20 @@ class Observer:
 
     def poll_once(self, repos: Optional[list[RepoConfig]] = None) -> bool:
         """Poll the given repos (default all) once, in parallel; True when every one succeeded."""
+        chosen = repos if repos is not None else list(self.config.repos)
         outcome: dict[str, bool] = {}
-        threads = [threading.Thread(target=lambda r=r: outcome.__setitem__(r.name, self._poll_one(r)),
-                                    name=f"poll-{r.name}", daemon=True)
-                   for r in (repos if repos is not None else list(self.config.repos))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return all(outcome.values())
+        done = threading.Semaphore(0)
+
+        def one(repo: RepoConfig) -> None:
+            try:
+                outcome[repo.name] = self._poll_one(repo)
+            finally:
+                done.release()
+        for repo in chosen:
+            self._pool.submit(lambda r=repo: one(r))
+        for _ in chosen:
+            done.acquire()
+        return all(outcome.get(r.name, False) for r in chosen)
 
     def _poll_one(self, repo: RepoConfig) -> bool:
         if self.stop.is_set():
@@ -212,7 +219,7 @@ class Observer:
                 self.wake.set()
 
         self._busy.add(repo.name)
-        threading.Thread(target=work, name=f"poll-{repo.name}", daemon=True).start()
+        self._pool.submit(work)
 
     def _backoff(self, name: str, cap: float, message: str) -> None:
         n = self.failures[name] = self.failures.get(name, 0) + 1
@@ -277,3 +284,29 @@ def once(config: Config, progress: Optional[Sink] = None) -> bool:
 
 def _without_parents(msg: Dispatch) -> Dispatch:
     return dataclasses.replace(msg, commits=[dataclasses.replace(c, parent="") for c in msg.commits])
+
+
+class Pool:
+    """A few daemon threads that poll repositories: a thread started per repository and
+    poll cost more than an idle local poll itself at 1,000 repositories. Daemon threads,
+    so that a fetch still running cannot hold up the observer's exit."""
+
+    def __init__(self, size: int) -> None:
+        self._work: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._size, self._threads = size, 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        self._work.put(fn)
+        with self._lock:
+            if self._threads < self._size:
+                self._threads += 1
+                threading.Thread(target=self._serve, name=f"poll-{self._threads}", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            fn = self._work.get()
+            try:
+                fn()
+            except Exception:  # _poll_one handles its own; a bug in it must not kill the pool
+                log.exception("a poll failed unexpectedly")
