@@ -32,7 +32,8 @@ from dispatcher.common.sdnotify import Watchdog, notify
 from dispatcher.wire.tls import for_client
 from dispatcher.common.daemon import StopRequest
 from dispatcher.wire.errors import ErrorCode
-from dispatcher.wire.protocol import Ack, Heartbeat, Job, Lease, Register, Release, Result, Role, encode
+from dispatcher.wire.protocol import Ack, Heartbeat, Job, Lease, Register, Release, Result, Role
+from dispatcher.wire.frames import encode
 
 from .checkout import Cleaning, Mirrors
 from .execute import Guard, job_env, start_group

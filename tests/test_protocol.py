@@ -8,8 +8,9 @@ import struct
 import pytest
 
 from dispatcher.common.errors import MessageTooLarge, ProtocolError
-from dispatcher.wire.protocol import (MAX_FRAME, PROTOCOL_VERSION, Ack, Auth, CommitInfo, Dispatch, Error, ErrorCode,
-                                 Heartbeat, Job, Lease, NoJob, Result, Role, Reported, Submit, decode, encode)
+from dispatcher.wire.protocol import (MAX_FRAME, PROTOCOL_VERSION, Ack, Auth, CommitInfo, Dispatch, Error,
+                                      ErrorCode, Heartbeat, Job, Lease, NoJob, Result, Role, Reported, Submit)
+from dispatcher.wire.frames import decode, encode
 
 SHA = "a" * 40
 

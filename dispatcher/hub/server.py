@@ -37,9 +37,10 @@ from dispatcher.hub.service import Hub
 from dispatcher.hub.store import Policy, RunnerRow, Store
 from dispatcher.wire.auth import AuthThrottle, client_mac, load_secret, new_nonce, server_proof, verify
 from dispatcher.wire.errors import ErrorCode, code_for
-from dispatcher.wire.protocol import (RUNNER_FEATURES, Ack, Auth, Channel, Dispatch, Error, Heartbeat, Hello, Lease, Message, NoJob,
-                                      Query, Register, Release, Result, Role, Submit, Welcome, Cancel, Rerun,
-                                      LogRead, StatusRead)
+from dispatcher.wire.protocol import (RUNNER_FEATURES, Ack, Auth, Dispatch, Error, Heartbeat, Hello, Lease,
+                                      Message, NoJob, Query, Register, Release, Result, Role, Submit, Welcome,
+                                      Cancel, Rerun, LogRead, StatusRead)
+from dispatcher.wire.frames import Channel
 from dispatcher.wire.tls import for_server
 
 log = logging.getLogger("polyarch.dispatcher")

@@ -10,7 +10,8 @@ from typing import Optional
 from dispatcher.wire.auth import client_mac, new_nonce, server_proof, verify
 from dispatcher.common.config import Address
 from dispatcher.common.errors import AuthError, ProtocolError, RemoteError
-from dispatcher.wire.protocol import Ack, Auth, Channel, Error, ErrorCode, Hello, Message, Role, Welcome
+from dispatcher.wire.protocol import Ack, Auth, Error, ErrorCode, Hello, Message, Role, Welcome
+from dispatcher.wire.frames import Channel
 
 
 CONNECT_TIMEOUT = 5.0

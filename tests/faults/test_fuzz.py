@@ -20,8 +20,9 @@ from conftest import Polyarch, dispatcher_in_thread
 from dispatcher.wire.auth import client_mac
 from dispatcher.wire.client import Connection
 from dispatcher.common.errors import ProtocolError
-from dispatcher.wire.protocol import (MAX_FRAME, PROTOCOL_VERSION, Ack, Auth, Channel, Dispatch, Error, Hello, Kind,
-                                 Message, Role, decode, encode)
+from dispatcher.wire.protocol import (MAX_FRAME, PROTOCOL_VERSION, Ack, Auth, Dispatch, Error, Hello, Kind,
+                                      Message, Role)
+from dispatcher.wire.frames import Channel, decode, encode
 from faults.conftest import record, scale
 
 FIELDS = ["role", "name", "nonce", "mac", "server", "proof", "heartbeat_interval", "code", "message", "repo",

@@ -14,7 +14,8 @@ from dispatcher.wire.auth import AuthThrottle
 from dispatcher.wire.client import Connection
 from dispatcher.common.errors import AuthError, InvalidName, ProtocolError
 from dispatcher.common.names import check_branch, check_commit, check_repo, check_runner, parse_arch
-from dispatcher.wire.protocol import Role, decode
+from dispatcher.wire.protocol import Role
+from dispatcher.wire.frames import decode
 from dispatcher.results.layout import File, path
 from faults.conftest import record, scale
 
