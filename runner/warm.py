@@ -91,7 +91,7 @@ class Spares:
         if warm is None or warm.proc.poll() is not None:
             if warm is not None:
                 log.warning("the jail started ahead exited (%s); starting one now", warm.proc.returncode)
-                _close(warm)
+                warm.discard()
             warm = self._new()
         return warm
 
@@ -133,21 +133,11 @@ class Spares:
         return Warm(proc, output, report_r, report_w, orders_w, self.prefix)
 
     def close(self) -> None:
+        """Discard the jail ready; one still starting discards itself (_fill sees closed)."""
         with self._lock:
             self._closed = True
             thread, warm, self._ready = self._starting, self._ready, None
-        if thread is not None:
-            thread.join(timeout=10)
-        with self._lock:
-            warm, self._ready = warm or self._ready, None
         if warm is not None:
             warm.discard()
-
-
-def _close(warm: Warm) -> None:
-    warm._close_orders()
-    for fd in (warm.output, warm.report):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        if thread is not None:
+            thread.join(timeout=10)

@@ -32,7 +32,7 @@ from typing import Callable, Mapping, Optional
 from dispatcher.common.config import Config, RepoConfig
 from dispatcher.common.process import popen_exited, stop_group
 from dispatcher.common.states import Overall, Status
-from dispatcher.hub.store.hook_runs import HookRun
+from dispatcher.hub.store.hook_runs import HookRun, Owed
 from dispatcher.hub.store.rows import JobRow
 from dispatcher.results.layout import File, path
 
@@ -50,9 +50,6 @@ class Event(str, enum.Enum):
     RESULT = "on_result"
     FAILURE = "on_failure"
     COMMIT_DONE = "on_commit_done"
-
-
-Owed = tuple[str, str, float, dict[str, str]]  # (event, command, timeout, env), as the store records it
 
 
 class HookPlan:

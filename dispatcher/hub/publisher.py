@@ -16,7 +16,8 @@ from typing import Iterable, Optional
 from dispatcher.common.config import Config
 from dispatcher.hub.dashboard import Dashboard
 from dispatcher.common.errors import StateError
-from dispatcher.hub.hooks import HookPlan, HookRunner, Owed
+from dispatcher.hub.hooks import HookPlan, HookRunner
+from dispatcher.hub.store.hook_runs import Owed
 from dispatcher.hub.metrics import Metrics
 from dispatcher.common.states import Overall, Status
 from dispatcher.hub.reads import record_of, summary_of
@@ -222,11 +223,15 @@ class Publisher:
         owed: dict[int, list[Owed]] = {}
         ids = {f.job.id for f in written}
         last_of: dict[tuple[str, str], FinishedJob] = {(f.job.repo, f.job.sha): f for f in written}
+        of_commit: dict[tuple[str, str], list] = {}  # one read per commit, however many of its archs
         for finished in written:
             job = finished.job
             if not self.plan.wanted(job.repo):
                 continue
-            jobs = [j for j in self.store.queries.jobs(job.repo, job.sha, 1) if j.sha == job.sha]
+            key = (job.repo, job.sha)
+            if key not in of_commit:
+                of_commit[key] = [j for j in self.store.queries.jobs(job.repo, job.sha, 1) if j.sha == job.sha]
+            jobs = of_commit[key]
             overall = Overall.of(j.status for j in jobs).value
             runs = self.plan.result(job, overall)
             done = all(j.id in ids or j.state in (JobState.PUBLISHED, JobState.SET_ASIDE) for j in jobs)

@@ -61,13 +61,19 @@ class History:
     def test_history(self, repo: str, test: str, archs: Iterable[str], limit: int) -> list[HistoryLine]:
         """One test's outcome on the newest `limit` commits (newest first), per arch."""
         archs = list(archs)
+        memo: dict[tuple[str, str], Optional[list[str]]] = {}  # a parent is usually the next line's commit
+
+        def outcomes(db: sqlite3.Connection, sha: str, arch: str) -> Optional[list[str]]:
+            if (sha, arch) not in memo:
+                memo[sha, arch] = _outcomes(db, repo, sha, arch, test)
+            return memo[sha, arch]
         with self._read() as db:
             commits = db.execute("SELECT sha, subject, timestamp, parent FROM commits WHERE repo = ? "
                                  "ORDER BY rowid DESC LIMIT ?", (repo, limit)).fetchall()
             lines = []
             for c in commits:
-                here = {a: _outcomes(db, repo, c["sha"], a, test) for a in archs}
-                parent = {a: _outcomes(db, repo, c["parent"], a, test) for a in archs} if c["parent"] else {}
+                here = {a: outcomes(db, c["sha"], a) for a in archs}
+                parent = {a: outcomes(db, c["parent"], a) for a in archs} if c["parent"] else {}
                 cells = []
                 for arch in archs:
                     seen = here[arch] or []

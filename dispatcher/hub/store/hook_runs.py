@@ -31,11 +31,15 @@ class HookRun:
         return self.env.get("POLYARCH_REPO", ""), self.env.get("POLYARCH_COMMIT", "")
 
 
+# A hook owed, as it is recorded: (event, command, timeout, env).
+Owed = tuple[str, str, float, dict[str, str]]
+
+
 class HookRuns:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def add(self, db: sqlite3.Connection, job_id: int, runs: Iterable[tuple[str, str, float, dict[str, str]]]) -> None:
+    def add(self, db: sqlite3.Connection, job_id: int, runs: Iterable[Owed]) -> None:
         """Inside the caller's transaction: (event, command, timeout, env) owed for a job
         (for a commit's event: one of its jobs)."""
         now = time.time()

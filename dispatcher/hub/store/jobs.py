@@ -26,14 +26,14 @@ from dispatcher.common.states import Status
 from dispatcher.hub.store.attempts import Attempts
 from dispatcher.hub.store.commits import Commits
 from dispatcher.hub.store.database import Database
-from dispatcher.hub.store.hook_runs import HookRuns
+from dispatcher.hub.store.hook_runs import HookRuns, Owed
 from dispatcher.hub.store.rows import JOB_COLUMNS, JOB_FROM, Expired, FinishedJob, JobRow, JobState, RunnerRow
 from dispatcher.results.junit import MAX_NAMED_TESTS, JUnit
 from dispatcher.wire.protocol import CommitInfo
 
 
 # (commit, its architectures just queued) -> the hooks owed, as HookRuns.add takes them
-QueuedHooks = Callable[[str, list[str]], list[tuple[str, str, float, dict[str, str]]]]
+QueuedHooks = Callable[[str, list[str]], list[Owed]]
 
 MAX_HANDBACKS = 20  # rolling restarts hand a job back once each; twenty is a loop
 
