@@ -39,13 +39,13 @@ from dispatcher.wire.protocol import (CommitInfo, Dispatch, Heartbeat, Job, Leas
 class Dispatcher:
     """A real dispatcher process in a temporary folder."""
 
-    def __init__(self, root: Path, heartbeat_timeout: float, extra: str = "") -> None:
+    def __init__(self, root: Path, heartbeat_timeout: float, extra: str = "", connections: int = 4096) -> None:
         self.root = root
         (root / "polyarch.toml").write_text(extra + "\n" + textwrap.dedent(f"""\
             [dispatcher]
             listen = "127.0.0.1:0"
             heartbeat_timeout = {heartbeat_timeout}
-            max_connections = 4096
+            max_connections = {connections}
             [[repos]]
             name = "bench"
             url = "{root}"

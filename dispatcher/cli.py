@@ -27,7 +27,7 @@ def main() -> None:
 @one_line_errors
 def serve(config_path: str, verbose: bool) -> None:
     """Run the dispatcher until SIGTERM."""
-    from dispatcher.hub.server import serve as run
+    from dispatcher.hub.daemon import serve as run
 
     config = load_config(config_path)
     setup_logging(verbose)

@@ -1,7 +1,7 @@
-"""Who gets a connection slot: bounded threads, and strangers cannot crowd out runners.
+"""Who gets a connection slot: a bounded number, and strangers cannot crowd out runners.
 
-Every connection costs a thread, so the total is capped (`max_connections`). Peers that
-have not yet authenticated are capped separately (`max_unauthenticated`): when a new
+Every connection costs a descriptor and memory (and a thread until it authenticates),
+so the total is capped (`max_connections`). Peers that have not yet authenticated are capped separately (`max_unauthenticated`): when a new
 connection arrives and either cap is reached, the oldest unauthenticated connection is
 cut to make room. A real runner authenticates within milliseconds, so it is never the
 oldest stranger; a flood of silent or slow connections only ever evicts itself.

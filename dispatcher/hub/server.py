@@ -1,38 +1,33 @@
 """The dispatcher daemon's transport: a threading socketserver speaking the wire protocol.
 
-One handler thread per connection. This module keeps the framing, the TLS handshake,
-the challenge-response authentication and one table from message type to (the roles
-that may send it, the handler); every rule lives in the hub's service (service.py),
-which the HTTP API (http_api.py) calls too. Periodic work runs in `service_actions`, on
-the serve_forever thread.
+socketserver accepts and starts a thread for each connection's TLS and authentication;
+then the park (park.py) keeps it without a thread and runs each request on a bounded
+pool. This module keeps the framing, the TLS handshake, the challenge-response
+authentication and one table from message type to (the roles that may send it, the
+handler); every rule lives in the hub's service (service.py), which the HTTP API
+(http_api.py) calls too. Periodic work runs in `service_actions`, on the serve_forever
+thread.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import logging
-import os
-import resource
 import socket
 import socketserver
 import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 from dispatcher import __version__
-from dispatcher.common.config import Config, write_address_file
-from dispatcher.common.errors import (ConfigError, InvalidName, MessageTooLarge, NotAllowed, PolyarchError,
-                                      ProtocolError, StateError)
-from dispatcher.common.files import atomic_write, remove_stale_temporaries
+from dispatcher.common.config import Config
+from dispatcher.common.errors import (InvalidName, MessageTooLarge, NotAllowed, PolyarchError,
+                                      ProtocolError)
 from dispatcher.common.names import check_runner
-from dispatcher.common.daemon import StopRequest
-from dispatcher.common.sdnotify import Watchdog, notify
+from dispatcher.common.sdnotify import Watchdog
 from dispatcher.hub.admission import Admission
-from dispatcher.hub.http_api import start_api
+from dispatcher.hub.park import Park, WaitForWork
 from dispatcher.hub.service import Hub
 from dispatcher.hub.store import Policy, RunnerRow, Store
 from dispatcher.wire.auth import AuthThrottle, client_mac, load_secret, new_nonce, server_proof, verify
@@ -79,6 +74,11 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
         self.admission = Admission(config.dispatcher.max_connections, config.dispatcher.max_unauthenticated)
         self.throttle = AuthThrottle()
         self.watchdog = Watchdog()
+        self.park = Park(config.dispatcher.idle_timeout, lambda: self.hub.generation,
+                         store.queries.queued_count)
+        self.hub.on_work(self.park.work_for)
+        self._kept: set[socket.socket] = set()
+        self._kept_lock = threading.Lock()
         addr = config.dispatcher.listen
         self.address_family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
         super().__init__((addr.host, addr.port), _Handler)
@@ -112,11 +112,27 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
             self.hub.stopping.set()
             self.hub.publisher.stop()
 
+    def keep(self, request: socket.socket) -> None:
+        """The handler handed this connection to the park: socketserver must not close it."""
+        with self._kept_lock:
+            self._kept.add(request)
+
+    def shutdown_request(self, request) -> None:
+        with self._kept_lock:
+            if request in self._kept:
+                self._kept.discard(request)
+                return
+        super().shutdown_request(request)
+
     def stop(self) -> None:
         self.hub.stop()
+        self.park.close()
 
 
 class _Handler(socketserver.BaseRequestHandler):
+    """One connection. Its handshake runs on the accepting thread socketserver starts;
+    then the park (park.py) owns it, and each request runs on one of the park's workers."""
+
     server: DispatcherServer
 
     def setup(self) -> None:
@@ -127,6 +143,9 @@ class _Handler(socketserver.BaseRequestHandler):
         self.role: Optional[Role] = None
         self.name = ""
         self.runner: Optional[RunnerRow] = None
+        self.parked = False
+        self._closed = False
+        self._close_lock = threading.Lock()
 
     def _start_tls(self) -> bool:
         """The TLS handshake, here in the connection's thread: a slow peer stalls only itself."""
@@ -140,32 +159,49 @@ class _Handler(socketserver.BaseRequestHandler):
             log.warning("TLS handshake with %s failed: %s", self.peer, exc)
             return False
 
+    def handle(self) -> None:
+        if self._guarded(lambda: self._start_tls() and self._authenticate()):
+            self.parked = True
+            self.server.keep(self.request)
+            self.server.park.adopt(self)
+
     def finish(self) -> None:
+        if not self.parked:
+            self.close()
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.parked:
+            self.server.park.forget(self)  # before the close: the fd may be reused at once
         self.server.admission.closed(self.raw)  # before the close: see Admission._evict_oldest
         self.channel.close()
         if self.runner is not None:
             self.server.hub.runner_left(self.runner)
 
-    def handle(self) -> None:
+    def close_idle(self) -> None:
+        log.info("closing idle or slow connection from %s %s", self.peer, self.name)
+        self.close()
+
+    def _guarded(self, step: Callable[[], object]) -> bool:
+        """Run one step of the conversation; False (the connection must close) on EOF or
+        on anything wrong, which is logged and, where the peer can use it, answered."""
         try:
-            if not self._start_tls() or not self._authenticate():
-                return
-            while not self.server.stopping.is_set():
-                msg = self.channel.recv(self.server.config.dispatcher.idle_timeout)
-                if msg is None:
-                    return
-                self.channel.send(self._answer(msg))
+            return bool(step())
         except MessageTooLarge as exc:
             self._fail(ErrorCode.TOO_LARGE, str(exc))
         except ProtocolError as exc:
             self._fail(ErrorCode.BAD_MESSAGE, str(exc))
         except (TimeoutError, socket.timeout):
-            log.info("closing idle or slow connection from %s %s", self.peer, self.name)
+            log.info("closing slow connection from %s %s", self.peer, self.name)
         except OSError as exc:
             log.info("connection from %s %s lost: %s", self.peer, self.name, exc)
         except Exception:  # one broken request must not take the server's log quiet
             log.exception("internal error serving %s %s; connection closed", self.peer, self.name)
             self._fail(ErrorCode.INTERNAL, "internal error; see the dispatcher's log")
+        return False
 
     def _fail(self, code: ErrorCode, message: str) -> None:
         log.warning("closing connection from %s %s: %s", self.peer, self.name, message)
@@ -173,6 +209,62 @@ class _Handler(socketserver.BaseRequestHandler):
             self.channel.send(Error(code, message))
         except OSError:
             pass
+
+    # --- what the park calls (park.Parked) ------------------------------------------------
+
+    def fileno(self) -> int:
+        return self.channel.sock.fileno()
+
+    def has_buffered(self) -> bool:
+        sock = self.channel.sock
+        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+    def serve_one(self) -> None:
+        """The peer has something for us: a frame (read whole within idle_timeout, as
+        before), or EOF."""
+        if not self._guarded(self._one):
+            self.close()
+
+    def _one(self) -> bool:
+        msg = self.channel.recv(self.server.config.dispatcher.idle_timeout)
+        if msg is None or self.server.stopping.is_set():
+            return False
+        if isinstance(msg, LogRead) and msg.wait > 0:
+            # A follower's read waits up to MAX_LEASE_WAIT for output: a thread of its own,
+            # not one of the pool's.
+            threading.Thread(target=self._reply_to, args=(lambda: self._answer(msg),), daemon=True,
+                             name=f"follow {self.peer}").start()
+            return True
+        self._reply_to(lambda: self._answer(msg))
+        return True
+
+    def _reply_to(self, answer: Callable[[], Message | WaitForWork]) -> None:
+        def step() -> bool:
+            reply = answer()
+            if isinstance(reply, WaitForWork):
+                self.server.park.wait_for_work(self, reply)
+            else:
+                self.channel.send(reply)
+                self.server.park.park(self)
+            return True
+
+        if not self._guarded(step):
+            self.close()
+
+    def lease_again(self, wait: WaitForWork, timed_out: bool) -> None:
+        """A parked lease: work came for its arch (look again), or its deadline passed."""
+        def step() -> bool:
+            reply = NoJob() if timed_out or self.server.stopping.is_set() else \
+                self._call(Lease.KIND.value, lambda: self._lease(wait.deadline, wait.hops))
+            if isinstance(reply, WaitForWork):
+                self.server.park.found_nothing(self, reply)
+            else:
+                self.channel.send(reply)
+                self.server.park.park(self)
+            return True
+
+        if not self._guarded(step):
+            self.close()
 
     def _authenticate(self) -> bool:
         nonce = new_nonce()
@@ -210,22 +302,25 @@ class _Handler(socketserver.BaseRequestHandler):
 
     # --- requests -----------------------------------------------------------------------
 
-    def _answer(self, msg: Message) -> Message:
+    def _answer(self, msg: Message) -> Message | WaitForWork:
         """One request through the table to the hub; a refusal is an Error reply and the
-        connection goes on. Garbage (ProtocolError from the frame) closes it, in handle."""
+        connection goes on. Garbage (ProtocolError from the frame) closes it, in _guarded."""
         entry = ROUTES.get(type(msg))
+        role = self.role or Role.CLIENT
+        if entry is None or role not in entry[0]:
+            return self._call(msg.KIND.value, lambda: _refuse(f"{msg.KIND.value} is not allowed for a {role.value}"))
+        return self._call(msg.KIND.value, lambda: entry[1](self, msg))
+
+    def _call(self, kind: str, handler: Callable[[], Message | WaitForWork]) -> Message | WaitForWork:
         try:
-            if entry is None or (self.role or Role.CLIENT) not in entry[0]:
-                role = (self.role or Role.CLIENT).value
-                raise NotAllowed(f"{msg.KIND.value} is not allowed for a {role}")
-            return entry[1](self, msg)
+            return handler()
         except PolyarchError as exc:
             code = code_for(exc)
             if code == ErrorCode.UNAVAILABLE:
-                log.error("refused %s from %s: %s", msg.KIND.value, self.name, exc)
+                log.error("refused %s from %s: %s", kind, self.name, exc)
                 text = f"dispatcher cannot record this now: {exc}"
             else:
-                log.warning("refused %s from %s (%s): %s", msg.KIND.value, self.peer, self.name, exc)
+                log.warning("refused %s from %s (%s): %s", kind, self.peer, self.name, exc)
                 text = str(exc)
             return Error(code, text)
 
@@ -256,9 +351,20 @@ class _Handler(socketserver.BaseRequestHandler):
         # use; an older dispatcher's empty message says "none of it".
         return Ack(message=RUNNER_FEATURES)
 
-    def on_lease(self, msg: Lease) -> Message:
-        job = self.server.hub.lease(self._runner(), msg.wait)
-        return job if job is not None else NoJob()
+    def on_lease(self, msg: Lease) -> Message | WaitForWork:
+        return self._lease(Hub.lease_deadline(msg.wait), 0)
+
+    def _lease(self, deadline: float, hops: int) -> Message | WaitForWork:
+        """A job now, NoJob when the wait is over, or the wait to park."""
+        hub = self.server.hub
+        runner = self._runner()
+        generation = hub.generation
+        job = hub.lease_now(runner)
+        if job is not None:
+            return job
+        if time.monotonic() >= deadline or self.server.stopping.is_set():
+            return NoJob()
+        return WaitForWork(runner.arch, deadline, generation, hops)
 
     def on_heartbeat(self, msg: Heartbeat) -> Message:
         self.server.hub.heartbeat(self._runner(), msg)
@@ -280,11 +386,15 @@ class _Handler(socketserver.BaseRequestHandler):
         return Ack()
 
 
+def _refuse(why: str) -> Message:
+    raise NotAllowed(why)
+
+
 _OBSERVING = frozenset({Role.OBSERVER})
 _ASKING = frozenset({Role.OBSERVER, Role.CLIENT})
 _RUNNING = frozenset({Role.RUNNER})
 # message type -> (the roles that may send it, the handler)
-ROUTES: dict[type, tuple[frozenset[Role], Callable[[_Handler, Message], Message]]] = {
+ROUTES: dict[type, tuple[frozenset[Role], Callable[[_Handler, Message], Message | WaitForWork]]] = {
     Dispatch: (_OBSERVING, _Handler.on_dispatch),
     Submit: (_ASKING, _Handler.on_submit),
     Query: (_ASKING, _Handler.on_query),
@@ -298,118 +408,3 @@ ROUTES: dict[type, tuple[frozenset[Role], Callable[[_Handler, Message], Message]
     Result: (_RUNNING, _Handler.on_result),
     Release: (_RUNNING, _Handler.on_release),
 }
-
-
-def serve(config: Config) -> None:
-    """Run the dispatcher until SIGTERM/SIGINT. Raises PolyarchError on bad state or secret."""
-    # On loopback a missing secret is made on the spot; anywhere else it must be made
-    # and handed to the runners on purpose.
-    with _writable(config, "dispatcher.token_file"):
-        secret = load_secret(config.dispatcher.token_file, create=config.dispatcher.listen.is_loopback)
-    _raise_fd_limit(config.dispatcher.max_connections)
-    with _writable(config, "dispatcher.state_dir"):
-        lock = _own_state(config)  # held (open) until the process exits
-        store = Store(db_path(config), policy_of(config))
-    results = config.dispatcher.results_dir
-    try:
-        removed = remove_stale_temporaries(results)
-        results.mkdir(parents=True, exist_ok=True)
-        probe = results / ".polyarch-write-probe"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        store.close()
-        raise ConfigError(config.path, "dispatcher.results_dir",
-                          f"{results} is not a writable folder: {exc.strerror or exc}") from None
-    if removed:
-        log.info("removed %d temporary file(s) a crash left in %s", removed, results)
-    try:
-        server = DispatcherServer(config, store, secret)
-    except OSError as exc:
-        store.close()
-        raise PolyarchError(f"cannot listen on {config.dispatcher.listen} ({config.path}: dispatcher.listen): "
-                            f"{exc.strerror}") from None
-    stop = StopRequest()  # first or second signal alike: the dispatcher's work is already durable
-    stop.install()
-    host, port = server.server_address[:2]
-    write_address_file(config, f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    try:
-        api = start_api(config, server.hub, secret)
-    except PolyarchError:
-        server.server_close()
-        store.close()
-        raise
-    if api is not None:
-        api_host, api_port = api.server_address[:2]
-        atomic_write(config.dispatcher.state_dir / "http-address",
-                     f"{api_host}:{api_port}\n".encode(), durable=False)
-        log.info("HTTP API on http://%s:%d/", api_host, api_port)
-        if not config.dispatcher.http_listen.is_loopback:
-            log.warning("HTTP API listens off loopback without TLS: the bearer secret of POST /jobs crosses the "
-                        "network in clear; put a TLS reverse proxy in front, or listen on loopback")
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="serve")
-    thread.start()
-    log.info("dispatcher listening on %s:%d, state %s, results %s", host, port, db_path(config),
-             config.dispatcher.results_dir)
-    notify("READY=1")
-    try:
-        while not stop.wait(1.0):
-            pass
-    finally:
-        log.info("stopping")
-        notify("STOPPING=1")
-        server.stop()
-        if api is not None:
-            api.shutdown()
-        server.shutdown()
-        server.server_close()
-        thread.join()
-        # The store is not closed: handler threads may still be finishing a request, and
-        # every acknowledged change is already committed.
-        os.close(lock)
-
-
-@contextlib.contextmanager
-def _writable(config: Config, key: str) -> Iterator[None]:
-    """A path the dispatcher must create or write but cannot (a read-only /etc under the
-    unit's ProtectSystem=strict, a missing permission) is a setup mistake: one line
-    naming the path and its setting, exit 2, so that systemd does not restart it forever."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR):
-            raise
-        where = exc.filename or "?"
-        raise ConfigError(config.path, key, f"cannot write {where}: {exc.strerror}; point {key} at a writable "
-                          "place (under systemd: the unit's StateDirectory, /var/lib/polyarch)") from None
-
-
-def _own_state(config: Config) -> int:
-    """One dispatcher per state: an exclusive lock on state_dir/dispatcher.lock, which the
-    kernel drops when the process dies however it dies. A second one would expire the
-    first one's leases and run every hook twice."""
-    state_dir = config.dispatcher.state_dir
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / "dispatcher.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise StateError(f"another dispatcher (pid {holder}) is running on {state_dir}; stop it first, or give "
-                         f"this one its own dispatcher.state_dir in {config.path}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def _raise_fd_limit(max_connections: int) -> None:
-    """One descriptor per connection: lift the soft limit (often 1024) toward the hard one."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max_connections + 256
-    if soft != resource.RLIM_INFINITY and soft < want:
-        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-        if new < want:
-            log.warning("open-file limit %d is below max_connections + 256 = %d; raise LimitNOFILE", new, want)

@@ -2,8 +2,10 @@
 release and query. The socket handler (server.py) and the HTTP API (http_api.py) only
 translate their wire into these calls and the typed errors back into replies.
 
-Runners long-poll for work: a lease waits on a condition that every enqueue notifies,
-so a new job reaches a waiting runner within milliseconds. `periodic` (expiring leases,
+Runners long-poll for work. New work bumps a generation and tells the listeners (the
+socket server's park, hub/park.py, which keeps waiting runners without a thread each)
+which architectures it is for; `lease`, for callers in-process, waits on a condition
+instead. Either way a new job reaches a waiting runner within milliseconds. `periodic` (expiring leases,
 waking the publisher for results a crash or a full disk left unwritten, recording when
 runners were seen) runs from the server's service_actions.
 """
@@ -14,7 +16,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from dispatcher.common.config import Config, RepoConfig
 from dispatcher.common.errors import (LeaseLost, NotAllowed, PolyarchError, ProtocolError, StateError, UnknownArch,
@@ -61,6 +63,7 @@ class Hub:
         self.stopping = threading.Event()
         self._work = threading.Condition()
         self._generation = 0
+        self._work_listeners: list[Callable[[tuple[str, ...]], None]] = []
         self._next_service = 0.0
         self._last_tick = 0.0
         self._next_flush = 0.0
@@ -78,10 +81,25 @@ class Hub:
             log.warning("cancelled %d more job(s) of repositories or architectures no longer configured",
                         len(ended) - 20)
 
-    def notify_work(self) -> None:
+    def notify_work(self, *archs: str) -> None:
+        """Work for `archs` (none named: any) may be there now: queued, handed back, or
+        a runner came or went (which changes who may take a retry)."""
         with self._work:
             self._generation += 1
             self._work.notify_all()
+        for listener in self._work_listeners:
+            listener(archs)
+
+    def on_work(self, listener: Callable[[tuple[str, ...]], None]) -> None:
+        """Call `listener(archs)` after each notify_work (on the notifying thread: keep it short)."""
+        self._work_listeners.append(listener)
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every notify_work: read it before a lease finds nothing, and a change
+        after says the lease must look again rather than wait."""
+        with self._work:
+            return self._generation
 
     def stop(self) -> None:
         self.stopping.set()
@@ -114,7 +132,7 @@ class Hub:
             self.publisher.rebranched((repo.name, sha) for sha in done.rebranched)
         if created:
             log.info("queued %d job(s) for %d commit(s) of %s/%s", created, len(commits), repo.name, branch)
-            self.notify_work()
+            self.notify_work(*(a.value for a in repo.architectures))
             self.publisher.touch((repo.name, c.sha) for c in commits)
         return created
 
@@ -140,7 +158,7 @@ class Hub:
             self.publisher.rebranched([(repo.name, commit)])
         if created:
             log.info("queued %d job(s) for %s %s (submitted by %s)", created, repo.name, commit[:12], by)
-            self.notify_work()
+            self.notify_work(*(a.value for a in chosen))
             self.publisher.touch([(repo.name, commit)])
         return created
 
@@ -170,7 +188,7 @@ class Hub:
                          job.arch, job.attempt, job.status.value if job.status else "?", by)
                 queued += 1
         if queued:
-            self.notify_work()
+            self.notify_work(*(chosen or (a.value for a in repo.architectures)))
             self.publisher.touch([(repo.name, commit)])
         return queued
 
@@ -229,13 +247,13 @@ class Hub:
         self.presence.arrived(runner)
         log.info("runner %s registered from %s: %s (%s%s), polyarch %s", name, peer, arch, msg.machine,
                  ", emulated" if msg.emulated else "", msg.version)
-        self.notify_work()
+        self.notify_work(arch)
         return runner
 
     def runner_left(self, runner: RunnerRow) -> None:
         self.presence.left(runner.name)
         # A retry kept away from its failing runner may now have nobody else to run it.
-        self.notify_work()
+        self.notify_work(runner.arch)
 
     def heard(self, runner: Optional[RunnerRow]) -> RunnerRow:
         """Every request after REGISTER: the runner is alive."""
@@ -245,24 +263,13 @@ class Hub:
         return runner
 
     def lease(self, runner: RunnerRow, wait: float) -> Optional[Job]:
-        """The oldest queued job of the runner's arch, waiting up to `wait` s for one."""
-        arch = runner.arch
-        deadline = time.monotonic() + min(max(wait, 0.0), MAX_LEASE_WAIT)
-        # A runner runs one job at a time: asking for another means it no longer runs the
-        # one it holds (it restarted), and one connection can never hoard the queue.
-        for gone in self.store.jobs.take_back(runner.name):
-            log.warning("runner %s asked for new work while holding %s %s %s; that lease is taken back (%s)",
-                        runner.name, gone.job.repo, gone.job.sha[:12], gone.job.arch,
-                        "queued again" if gone.requeued else "no attempts left: error")
-            self.publisher.wake()
+        """The oldest queued job of the runner's arch, waiting up to `wait` s for one (on
+        this thread: the socket server waits without one, through lease_now and the park)."""
+        deadline = self.lease_deadline(wait)
         while not self.stopping.is_set():
-            with self._work:
-                generation = self._generation
-            row = self.store.jobs.claim(runner, alone=not self.presence.others(arch, runner.name))
-            if row is not None:
-                job = self._job_for(runner, row)
-                if job is None:
-                    continue
+            generation = self.generation
+            job = self.lease_now(runner)
+            if job is not None:
                 return job
             with self._work:
                 remaining = deadline - time.monotonic()
@@ -271,6 +278,28 @@ class Hub:
                 if self._generation == generation:
                     self._work.wait(remaining)
         return None
+
+    def lease_now(self, runner: RunnerRow) -> Optional[Job]:
+        """The oldest queued job of the runner's arch, or None at once."""
+        # A runner runs one job at a time: asking for another means it no longer runs the
+        # one it holds (it restarted), and one connection can never hoard the queue.
+        for gone in self.store.jobs.take_back(runner.name):
+            log.warning("runner %s asked for new work while holding %s %s %s; that lease is taken back (%s)",
+                        runner.name, gone.job.repo, gone.job.sha[:12], gone.job.arch,
+                        "queued again" if gone.requeued else "no attempts left: error")
+            self.publisher.wake()
+        while True:
+            row = self.store.jobs.claim(runner, alone=not self.presence.others(runner.arch, runner.name))
+            if row is None:
+                return None
+            job = self._job_for(runner, row)
+            if job is not None:
+                return job
+
+    @staticmethod
+    def lease_deadline(wait: float) -> float:
+        """The monotonic time a lease asking to wait `wait` s gives up (capped)."""
+        return time.monotonic() + min(max(wait, 0.0), MAX_LEASE_WAIT)
 
     def _job_for(self, runner: RunnerRow, row: JobRow) -> Optional[Job]:
         """The Job message for a job just leased to `runner`; None when its repository is
@@ -382,12 +411,12 @@ class Hub:
             alone=not self.presence.others(runner.arch, runner.name))
         following = self._job_for(runner, claimed) if claimed is not None else None
         if job is None and msg.next_job:
-            following = self.lease(runner, wait=0)  # a late result: still, the runner wants work
+            following = self.lease_now(runner)  # a late result: still, the runner wants work
         if job is not None and job.state == JobState.QUEUED:
             log.info("%s %s %s %s on %s (attempt %d); retry %d of %d, on another runner if one is connected",
                      job.repo, job.sha[:12], job.arch, msg.status.value, runner.name, job.attempt, job.retries,
                      self.store.policy.retry_failed.get(job.repo, 0))
-            self.notify_work()
+            self.notify_work(job.arch)
             return 1, "recorded; the job runs again (retry_failed)", following
         if job is None:
             late = self.store.jobs.by_lease(msg.lease_id)
@@ -410,7 +439,7 @@ class Hub:
         else:
             log.info("runner %s handed back %s %s %s: %s", runner.name, job.repo, job.sha[:12], job.arch,
                      reason or "stopping")
-        self.notify_work()
+        self.notify_work(job.arch)
 
     # --- periodic work -------------------------------------------------------------------
 
@@ -437,7 +466,7 @@ class Hub:
                             what)
             if expired:
                 self.metrics.expired(len(expired))
-                self.notify_work()
+                self.notify_work(*{e.job.arch for e in expired})
                 self.publisher.touch((e.job.repo, e.job.sha) for e in expired)
             if self.store.jobs.has_unpublished():
                 self.publisher.wake()  # results a crash or a full disk left unwritten

@@ -78,15 +78,14 @@ class Jobs:
         # lease id -> the runner holding it: a heartbeat, result or release for a lease
         # counts only from its holder (any runner can name any lease id it has seen).
         self._holders: dict[str, str] = {}
+        self._leases_of: dict[str, set[str]] = {}  # runner -> its lease ids (one, normally)
         if not readonly:
             now = time.monotonic()
             # Leases survive a restart; their runners get a full heartbeat period to come back.
             with db.read() as conn:
                 for row in conn.execute("SELECT lease_id, runner FROM jobs WHERE state = ?",
                                         (JobState.LEASED.value,)):
-                    self._deadlines[row["lease_id"]] = now + policy.heartbeat_timeout
-                    self._holders[row["lease_id"]] = row["runner"] or ""
-
+                    self._hold(row["lease_id"], row["runner"] or "", now + policy.heartbeat_timeout)
 
     def cancel_unconfigured(self, configured: Mapping[str, Iterable[str]]) -> list[JobRow]:
         """End as `cancelled` every unfinished job of a repository or architecture the
@@ -198,8 +197,7 @@ class Jobs:
                    "runner_root = ? WHERE id = ?",
                    (JobState.LEASED.value, lease_id, runner.name, now, runner.host, runner.machine,
                     int(runner.emulated), runner.kernel, runner.qemu, runner.root, row["id"]))
-        self._deadlines[lease_id] = time.monotonic() + self.policy.heartbeat_timeout
-        self._holders[lease_id] = runner.name
+        self._hold(lease_id, runner.name, time.monotonic() + self.policy.heartbeat_timeout)
         return _job_by(db, "j.id = ?", row["id"])
 
     def _current(self, lease_id: str, runner: Optional[str]) -> bool:
@@ -212,18 +210,27 @@ class Jobs:
         with self._lock:
             return self._current(lease_id, None)
 
+    def _hold(self, lease_id: str, runner: str, deadline: float) -> None:
+        self._deadlines[lease_id] = deadline
+        self._holders[lease_id] = runner
+        self._leases_of.setdefault(runner, set()).add(lease_id)
+
     def _forget(self, lease_id: str) -> None:
         self._deadlines.pop(lease_id, None)
-        self._holders.pop(lease_id, None)
+        runner = self._holders.pop(lease_id, None)
+        held = self._leases_of.get(runner) if runner is not None else None
+        if held is not None:
+            held.discard(lease_id)
+            if not held:
+                del self._leases_of[runner]
 
     def held_by(self, runner: str) -> list[str]:
         with self._lock:
             return self._held_by(runner)
 
     def _held_by(self, runner: str) -> list[str]:
-        # A scan of the live leases (one per busy runner): cheap at hundreds of runners;
-        # a name -> lease index is issue 18's to add when 10,000 make it count.
-        return [lease for lease, name in self._holders.items() if name == runner]
+        # Every lease asks this of its runner: an index, not a scan of 10,000 leases.
+        return sorted(self._leases_of.get(runner, ()))
 
     def take_back(self, runner: str) -> list[Expired]:
         """End every lease `runner` holds, as if it had expired: the runner asks for new
