@@ -81,6 +81,20 @@ def test_result_is_recorded_once_and_a_duplicate_is_refused(store: Store) -> Non
     assert row.state == JobState.PUBLISHED and row.failed_tests == ("b",)
 
 
+def test_a_lease_whose_runner_was_heard_from_lately_does_not_expire(store: Store) -> None:
+    # Its heartbeat may wait in line behind thousands of results: any frame from the
+    # runner counts. Silent for heartbeat_timeout (10 s here), it expires as before.
+    store.jobs.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
+    job = store.jobs.claim(runner("r1", "amd64"))
+    heard = {"r1": time.time() - 3}
+    assert store.jobs.expire(now=time.monotonic() + 11, heard=lambda name: heard.get(name, 0.0)) == []
+    assert store.jobs.current(job.lease_id)
+    heard.clear()  # it left: the deadline it was given (7 s after that look) still holds
+    assert store.jobs.expire(now=time.monotonic() + 17, heard=lambda name: heard.get(name, 0.0)) == []
+    [expired] = store.jobs.expire(now=time.monotonic() + 19, heard=lambda name: heard.get(name, 0.0))
+    assert expired.requeued and expired.job.id == job.id
+
+
 def test_expired_lease_is_requeued_then_errors_after_max_attempts(store: Store) -> None:
     store.jobs.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
     first = store.jobs.claim(runner("r1", "amd64"))

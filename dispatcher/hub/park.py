@@ -40,6 +40,7 @@ class Parked(Protocol):
 
     def fileno(self) -> int: ...
     def has_buffered(self) -> bool: ...
+    def arrived(self) -> None: ...
     def serve_one(self) -> None: ...
     def lease_again(self, wait: "WaitForWork", timed_out: bool) -> None: ...
     def close_idle(self) -> None: ...
@@ -189,15 +190,15 @@ class Park:
                 if self._closing.is_set():
                     return
                 raise
-            for fd, _ in events:
-                self._readable(fd)
+            for fd, mask in events:
+                self._readable(fd, mask)
             now = time.monotonic()
             self._expire_waits(now)
             if now >= next_sweep:
                 next_sweep = now + 1.0
                 self._close_idle(now)
 
-    def _readable(self, fd: int) -> None:
+    def _readable(self, fd: int, mask: int) -> None:
         """A frame, EOF or an error on a parked connection: a worker reads it."""
         with self._lock:
             entry = self._entries.get(fd)
@@ -206,6 +207,9 @@ class Park:
             self._unwait(fd, entry)
             entry.state = _State.BUSY
             conn = entry.conn
+        if not mask & (select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR):
+            # Bytes from the peer: it is alive now, however long the pool's queue is.
+            conn.arrived()
         self._submit(fd, conn, conn.serve_one)
 
     def _expire_waits(self, now: float) -> None:

@@ -21,6 +21,7 @@ class Presence:
         self._lock = threading.Lock()
         self._connections: dict[str, int] = {}  # name -> open connections registered under it
         self._rows: dict[str, RunnerRow] = {}
+        self._per_arch: dict[str, int] = {}  # arch -> runners of it in _rows
         self._seen: dict[str, float] = {}
         self._dirty: dict[str, float] = {}
         self._arch_seen: dict[str, float] = {}  # arch -> last contact with any runner of it
@@ -29,7 +30,11 @@ class Presence:
     def arrived(self, runner: RunnerRow) -> None:
         with self._lock:
             self._connections[runner.name] = self._connections.get(runner.name, 0) + 1
+            old = self._rows.get(runner.name)
+            if old is not None:
+                self._uncount(old.arch)
             self._rows[runner.name] = runner
+            self._per_arch[runner.arch] = self._per_arch.get(runner.arch, 0) + 1
             self._seen[runner.name] = time.time()
             self._arch_seen[runner.arch] = time.time()
 
@@ -55,9 +60,23 @@ class Presence:
                 self._connections[name] = left
                 return
             self._connections.pop(name, None)
-            self._rows.pop(name, None)
+            row = self._rows.pop(name, None)
+            if row is not None:
+                self._uncount(row.arch)
             if name in self._seen:
                 self._dirty[name] = self._seen.pop(name)
+
+    def _uncount(self, arch: str) -> None:
+        left = self._per_arch.get(arch, 0) - 1
+        if left > 0:
+            self._per_arch[arch] = left
+        else:
+            self._per_arch.pop(arch, None)
+
+    def last_heard(self, name: str) -> float:
+        """When a connected runner was last heard from (wall clock); 0 when not connected."""
+        with self._lock:
+            return self._seen.get(name, 0.0)
 
     def connected(self) -> set[str]:
         with self._lock:
@@ -68,22 +87,21 @@ class Presence:
         dispatcher's start at the earliest)."""
         now = time.time()
         with self._lock:
-            if any(r.arch == arch for r in self._rows.values()):
+            if self._per_arch.get(arch):
                 self._arch_seen[arch] = now
                 return False
             return now - self._arch_seen.get(arch, self._started) > timeout
 
     def others(self, arch: str, name: str) -> bool:
         """Whether another runner of `arch` than `name` is connected."""
+        # Asked on every lease: counts per arch, not a scan of 10,000 runners.
         with self._lock:
-            return any(r.arch == arch and r.name != name for r in self._rows.values())
+            row = self._rows.get(name)
+            return self._per_arch.get(arch, 0) - (1 if row is not None and row.arch == arch else 0) > 0
 
     def count_by_arch(self) -> dict[str, int]:
         with self._lock:
-            out: dict[str, int] = {}
-            for row in self._rows.values():
-                out[row.arch] = out.get(row.arch, 0) + 1
-            return out
+            return dict(self._per_arch)
 
     def take_seen(self) -> dict[str, float]:
         """name -> when last seen, to write to the store: now for every connected runner

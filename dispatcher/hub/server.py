@@ -219,6 +219,10 @@ class _Handler(socketserver.BaseRequestHandler):
         sock = self.channel.sock
         return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
+    def arrived(self) -> None:
+        if self.runner is not None:
+            self.server.hub.presence.heard(self.runner.name)
+
     def serve_one(self) -> None:
         """The peer has something for us: a frame (read whole within idle_timeout, as
         before), or EOF."""

@@ -458,7 +458,7 @@ class Hub:
             log.warning("the dispatcher was stalled for %.1f s; lease deadlines moved as far", stalled)
             self.store.jobs.extend_leases(stalled)
         try:
-            expired = self.store.jobs.expire()
+            expired = self.store.jobs.expire(heard=self.presence.last_heard)
             for e in expired:
                 what = "re-queued" if e.requeued else "given up (status error)"
                 log.warning("lease of %s %s %s expired: runner %s sent no heartbeat for %.0f s; job %s",

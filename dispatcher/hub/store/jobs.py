@@ -262,13 +262,17 @@ class Jobs:
             for lease_id in self._deadlines:
                 self._deadlines[lease_id] += seconds
 
-    def expire(self, now: Optional[float] = None) -> list[Expired]:
+    def expire(self, now: Optional[float] = None, heard: Optional[Callable[[str], float]] = None) -> list[Expired]:
         """Take back every lease past its deadline (`now`: monotonic); requeue, or end as
-        error after max_attempts."""
+        error after max_attempts. `heard(runner)` says when a runner was last heard from
+        (wall clock, 0: never): any frame proves it alive as a heartbeat does, so a lease
+        whose runner's result waits in line behind 10,000 others is not taken away."""
         now = time.monotonic() if now is None else now
         out: list[Expired] = []
         with self._lock:
             late = [k for k, d in self._deadlines.items() if d < now]
+            if late and heard is not None:
+                late = self._not_heard(late, now, heard)
             if not late:
                 return out
             with self.db.tx() as db:
@@ -276,6 +280,18 @@ class Jobs:
             # Only after the commit: a failed write leaves the leases to expire next time.
             for lease_id in late:
                 self._forget(lease_id)
+        return out
+
+    def _not_heard(self, late: list[str], now: float, heard: Callable[[str], float]) -> list[str]:
+        wall = time.time()
+        timeout = self.policy.heartbeat_timeout
+        out = []
+        for lease_id in late:
+            silent = wall - heard(self._holders.get(lease_id, ""))
+            if silent < timeout:
+                self._deadlines[lease_id] = now + timeout - silent
+            else:
+                out.append(lease_id)
         return out
 
     def _expire(self, db: sqlite3.Connection, late: list[str], now: float) -> list[Expired]:
