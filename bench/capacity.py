@@ -39,7 +39,8 @@ from dispatcher.wire.protocol import (CommitInfo, Dispatch, Heartbeat, Job, Leas
 class Dispatcher:
     """A real dispatcher process in a temporary folder."""
 
-    def __init__(self, root: Path, heartbeat_timeout: float, extra: str = "", connections: int = 4096) -> None:
+    def __init__(self, root: Path, heartbeat_timeout: float, extra: str = "", connections: int = 4096,
+                 repo_settings: str = "") -> None:
         self.root = root
         (root / "polyarch.toml").write_text(extra + "\n" + textwrap.dedent(f"""\
             [dispatcher]
@@ -50,12 +51,13 @@ class Dispatcher:
             name = "bench"
             url = "{root}"
             test_command = "true"
-            """))
+            """) + repo_settings + "\n")
         self.log = root / "dispatcher.log"
+        self.started_at = time.monotonic()
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "dispatcher", "serve", "--config",
                                           str(root / "polyarch.toml")], cwd=root, stdout=log, stderr=log)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120
         while "listening on" not in self.log.read_text(errors="replace"):
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise SystemExit(f"bench: dispatcher did not start:\n{self.log.read_text()}")

@@ -35,11 +35,11 @@ def config(tmp_path: Path) -> Path:
 def calls(monkeypatch) -> list:
     """Every entry point the CLIs call, recorded instead of run; logging left alone."""
     got: list = []
-    import dispatcher.hub.server
+    import dispatcher.hub.daemon
     import observer.service
     import runner.service
 
-    monkeypatch.setattr(dispatcher.hub.server, "serve", lambda cfg: got.append(("dispatcher", cfg)))
+    monkeypatch.setattr(dispatcher.hub.daemon, "serve", lambda cfg: got.append(("dispatcher", cfg)))
     monkeypatch.setattr(observer.service, "serve", lambda cfg: got.append(("observer", cfg)))
     monkeypatch.setattr(observer.service, "once", lambda cfg, progress=None: got.append(("once", cfg)) and False)
     monkeypatch.setattr(runner.service, "serve", lambda cfg, arch, name, root=None: got.append(("runner", cfg, arch, name, root)))

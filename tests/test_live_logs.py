@@ -120,7 +120,9 @@ def test_a_follower_over_http_streams_the_output_and_ends_with_the_status(polyar
     assert text.splitlines()[:4] == ["line 1", "line 2", "line 3", "done"], text
     assert text.rstrip().splitlines()[-1].startswith(f"[polyarch: demo {sha[:12]} amd64 failed"), text
     assert "test command exited with 3" in text.splitlines()[-1]
-    # Not followed: the final log, whole, with its state in a header.
+    # Not followed, once published (the follower's stream ends at the recorded result;
+    # its files follow, later on a busy machine): the final log, whole, its state in a header.
+    polyarch.wait_results([sha])
     with urllib.request.urlopen(f"{base}/jobs/{job_id}/log", timeout=10) as response:  # noqa: S310
         assert response.headers["X-Polyarch-State"] == "failed"
         assert response.read().decode() == (polyarch.results / "demo" / sha / "amd64.log").read_text()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterator, Iterable, Sequence
 
 from dispatcher.common.files import atomic_write
 from dispatcher.common.names import check_repo
@@ -72,19 +72,24 @@ class Dashboard:
 
     def rebuild_all(self) -> int:
         """Every page of every repository (after an upgrade, or by hand); returns how many."""
-        written = 0
+        return sum(self.rebuild_steps())
+
+    def rebuild_steps(self) -> Iterator[int]:
+        """rebuild_all one page of commits at a time (yields the pages each step wrote),
+        so that the publisher can write results between two steps: 1,000,000 results
+        are minutes of pages."""
         now = time.time()
         for repo, _ in self.repos:
             total = self.store.queries.commit_count(repo)
-            for k in range((total + PER_PAGE - 1) // PER_PAGE):
+            self._repo_front(repo, total, now)
+            yield 1
+            for k in range((total + PER_PAGE - 1) // PER_PAGE - 1, -1, -1):  # the newest first
                 lines = self._page(repo, k, total, now)
                 for line in lines:
                     self._write_commit(line, now)
-                written += 1 + len(lines)
-            self._repo_front(repo, total, now)
-            written += 1
+                yield 1 + len(lines)
         self._index(now)
-        return written + 1
+        yield 1
 
     # --- pages -----------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 from dispatcher.common.config import Config
 from dispatcher.hub.dashboard import Dashboard
@@ -29,6 +29,7 @@ log = logging.getLogger("polyarch.dispatcher")
 PUBLISH_RETRY = 5.0
 RETRY_SLEEP = 0.2
 PAGES_INTERVAL = 1.0  # seconds between two rewrites of pages for work that started
+BACKFILL_SLICE = 0.05  # seconds of first-start dashboard pages between two looks for results
 # Pages of work that just started wait this long: a short job's result, published by then,
 # rewrites them once instead of three times (queued, running, final), and the job does
 # not share a small machine's CPU with page rendering while it starts.
@@ -51,6 +52,9 @@ class Publisher:
         self._wanted = threading.Event()
         self._stopping = threading.Event()
         self._next = 0.0
+        self._backfill: Optional[Iterator[int]] = None  # every page, written a slice at a time
+        self._backfill_began = 0.0
+        self._backfill_pages = 0
         self._thread: Optional[threading.Thread] = None
         self._touched: set[tuple[str, str]] = set()  # commits whose work started: pages to rewrite
         self._rebranched: set[tuple[str, str]] = set()  # commits seen on a new branch: files to rewrite
@@ -116,6 +120,9 @@ class Publisher:
             self._rewrite_rebranched()
             self._pages_of_started_work()
             self._offer_hooks()  # those queued work owes
+            self._backfill_some()
+            if self._backfill is not None:
+                self._wanted.set()  # more pages to write: come straight back
 
     def _rewrite_rebranched(self) -> None:
         with self._touch_lock:
@@ -156,12 +163,28 @@ class Publisher:
             if (self.results_dir / "index.html").exists():
                 self.dashboard.rebuild()
             else:
-                started = time.monotonic()
-                pages = self.dashboard.rebuild_all()
-                log.info("wrote the HTML dashboard in %s: %d page(s) in %.1f s", self.results_dir, pages,
-                         time.monotonic() - started)
+                self._backfill = self.dashboard.rebuild_steps()
+                self._backfill_began = time.monotonic()
         except Exception:  # the pages are not worth refusing to work over
             log.exception("writing the HTML dashboard in %s failed", self.results_dir)
+
+    def _backfill_some(self) -> None:
+        """Every page when there was no dashboard, BACKFILL_SLICE s at a time between
+        results: a long history must not hold back the results of today."""
+        if self._backfill is None:
+            return
+        until = time.monotonic() + BACKFILL_SLICE
+        try:
+            with self._lock:
+                while time.monotonic() < until:
+                    self._backfill_pages += next(self._backfill)
+        except StopIteration:
+            log.info("wrote the HTML dashboard in %s: %d page(s) in %.1f s", self.results_dir, self._backfill_pages,
+                     time.monotonic() - self._backfill_began)
+            self._backfill = None
+        except Exception:  # the pages are not worth refusing to work over
+            log.exception("writing the HTML dashboard in %s failed", self.results_dir)
+            self._backfill = None
 
     def publish_pending(self) -> None:
         """Write the files of every durable result that has none yet. Safe to call often."""

@@ -22,8 +22,9 @@ class Commits:
             # A commit first queued by hand or by the gate has no description: the
             # observer's report of it, later, fills it in.
             db.execute("INSERT INTO commits (repo, sha, branch, author, subject, timestamp, received_at, branches, "
-                       "parent) VALUES (?, ?, ?, ?, ?, ?, ?, json_array(?), ?) ON CONFLICT (repo, sha) DO UPDATE SET "
-                       f"{_FILL_EMPTY}", (repo, c.sha, branch, c.author, c.subject, c.timestamp, now, branch, c.parent))
+                       "parent, seq) VALUES (?, ?, ?, ?, ?, ?, ?, json_array(?), ?, (SELECT coalesce(max(seq), -1) + 1 "
+                       f"FROM commits WHERE repo = ?)) ON CONFLICT (repo, sha) DO UPDATE SET {_FILL_EMPTY}",
+                       (repo, c.sha, branch, c.author, c.subject, c.timestamp, now, branch, c.parent, repo))
             if branch and db.execute(
                     "UPDATE commits SET branches = json_insert(branches, '$[#]', ?) WHERE repo = ? AND sha = ? AND "
                     "NOT EXISTS (SELECT 1 FROM json_each(commits.branches) WHERE value = ?)",

@@ -60,11 +60,16 @@ class Queries:
     def active_jobs(self, repo: Optional[str] = None, limit: int = 1000) -> list[JobRow]:
         """Queued and leased jobs, running ones first, then oldest first."""
         cond, args = ("AND j.repo = ?", (repo,)) if repo else ("", ())
+        rows = []
         with self._read() as db:
-            rows = db.execute(
-                f"SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE j.state IN (?, ?) {cond} "
-                "ORDER BY j.state = ? DESC, j.id LIMIT ?",
-                (JobState.QUEUED.value, JobState.LEASED.value, *args, JobState.LEASED.value, limit)).fetchall()
+            # One state at a time, each walked in id order on an index (state, id) and cut
+            # at the limit: a backlog of 100,000 is never sorted whole.
+            for state in (JobState.LEASED, JobState.QUEUED):
+                if len(rows) >= limit:
+                    break
+                rows += db.execute(
+                    f"SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE j.state = ? {cond} ORDER BY j.id LIMIT ?",
+                    (state.value, *args, limit - len(rows))).fetchall()
         return [JobRow.from_row(r) for r in rows]
 
     def job_counts(self) -> tuple[dict[str, int], dict[str, int]]:
@@ -97,24 +102,20 @@ class Queries:
 
     def commit_count(self, repo: str) -> int:
         with self._read() as db:
-            return db.execute("SELECT count(*) FROM commits WHERE repo = ?", (repo,)).fetchone()[0]
+            return db.execute("SELECT coalesce(max(seq), -1) + 1 FROM commits WHERE repo = ?", (repo,)).fetchone()[0]
 
     def ordinal(self, repo: str, sha: str) -> Optional[int]:
         """Position of a commit among its repo's commits, oldest = 0 (stable as commits arrive)."""
         with self._read() as db:
-            row = db.execute("SELECT rowid FROM commits WHERE repo = ? AND sha = ?", (repo, sha)).fetchone()
-            if row is None:
-                return None
-            return db.execute("SELECT count(*) FROM commits WHERE repo = ? AND rowid < ?",
-                                    (repo, row[0])).fetchone()[0]
+            row = db.execute("SELECT seq FROM commits WHERE repo = ? AND sha = ?", (repo, sha)).fetchone()
+        return row[0] if row is not None else None
 
     def page(self, repo: str, first: int, count: int) -> list[JobRow]:
         """Jobs of the repo's commits with ordinals first .. first+count-1, newest commit first."""
         with self._read() as db:
             rows = db.execute(
-                f"SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE c.rowid IN "
-                "(SELECT rowid FROM commits WHERE repo = ? ORDER BY rowid LIMIT ? OFFSET ?) "
-                "ORDER BY c.rowid DESC, j.arch", (repo, count, first)).fetchall()
+                f"SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE c.repo = ? AND c.seq >= ? AND c.seq < ? "
+                "ORDER BY c.seq DESC, j.arch", (repo, first, first + count)).fetchall()
         return [JobRow.from_row(r) for r in rows]
 
     def queued_count(self, arch: str) -> int:
