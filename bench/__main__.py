@@ -32,6 +32,8 @@ FULL = {
     "overhead": ["bench.overhead"],
     "observer-cost": ["bench.observer_cost"],
     "capacity": ["bench.capacity"],
+    "swarm": ["bench.swarm"],
+    "backlog": ["bench.backlog"],
     "burst": ["bench.burst"],
     "emulation": ["bench.emulation"],
     "memory": ["bench.memory"],
@@ -46,6 +48,8 @@ QUICK = {
     "overhead": ["--commits", "2"],
     "observer-cost": ["--repos", "5", "--cycles", "2"],
     "capacity": ["--runners", "5", "--jobs", "50", "--repeat", "1", "--hold-runners", "10", "--hold-seconds", "2"],
+    "swarm": ["--runners", "20", "--seconds", "2", "--heartbeat-timeout", "3"],
+    "backlog": ["--queued", "700", "--results", "7000", "--jobs", "70"],
     "burst": ["--sizes", "3", "--runners", "1", "--tests", "true", "--repeat", "1"],
     "emulation": ["--runs", "1"],
     "memory": ["--jobs", "20"],
@@ -105,6 +109,20 @@ def table(figures: dict) -> list[Row]:
         add(f"{hold['runners']} runners held: leases wrongly lost or expired", "",
             float(hold["lease_lost"] + hold["expired"]), "0")
         add(f"dispatcher RSS, {hold['runners']} runners connected", "MiB", hold.get("rss_under_load_mib"), "<= 60")
+    for size in figures.get("swarm", {}).get("sizes", []):
+        n = size["runners"]
+        target = "<= 60" if n == 1000 else "<= 200" if n == 10000 else ""
+        add(f"dispatcher RSS, {n:,} runners waiting for work", "MiB", size["waiting"]["rss_mib"], target)
+        add(f"dispatcher RSS, {n:,} runners holding a job each", "MiB", size["holding"]["rss_mib"], target)
+        add(f"{n:,} runners heartbeating: leases lost or expired", "", float(size["lease_lost"] + size["expired"]),
+            "0")
+    backlog = figures.get("backlog", {})
+    if backlog:
+        what = f"{backlog['queued']:,} queued / {backlog['results']:,} results"
+        add(f"{what}: restart to first lease", "s", backlog["serving_s"], "<= 5")
+        add(f"{what}: lease p99", "ms", backlog["lease_p99_ms"], "<= 50")
+        add(f"{what}: result p99", "ms", backlog["result_p99_ms"], "<= 50")
+        add(f"{what}: status p50", "ms", backlog["status_p50_ms"], "")
     mem = figures.get("memory", {}).get("daemons", {})
     for name, target in (("dispatcher", "<= 60"), ("observer", "<= 50"), ("runner", "<= 40")):
         if name in mem:

@@ -146,6 +146,8 @@ async def _size(d: Dispatcher, n: int, seconds: float) -> dict:
     for r in runners:
         r.close()
     rtts.sort()
+    if not rtts:
+        raise SystemExit("bench: no heartbeat was sent; give --seconds more than heartbeat_timeout / 3")
     return {"runners": n, "connect_s": connect_s, "lease_all_s": lease_all_s, "waiting": waiting,
             "holding": holding, "heartbeat_interval_s": runners[0].interval, "heartbeats": len(rtts),
             "lease_lost": lost[0], "expired": d.expired(), "results_recorded": recorded,

@@ -27,6 +27,11 @@ def test_every_benchmark_runs_quickly(tmp_path: Path) -> None:
     capacity = figures["capacity"]
     assert capacity["jobs_per_s_median"] > 0 and capacity["hold"]["heartbeats"] >= 10
     assert capacity["hold"]["lease_lost"] == 0 and capacity["hold"]["expired"] == 0
+    [swarm] = figures["swarm"]["sizes"]
+    assert swarm["runners"] == 20 and swarm["heartbeats"] > 0 and swarm["results_recorded"] == 20
+    assert swarm["lease_lost"] == 0 and swarm["expired"] == 0 and swarm["holding"]["threads"] > 0
+    backlog = figures["backlog"]
+    assert backlog["queued"] == 700 and backlog["jobs"] == 70 and backlog["serving_s"] > 0
     burst = figures["burst"]
     assert len(burst) == 1 and burst[0]["commits"] == 3 and burst[0]["median_s"] > 0
     memory = figures["memory"]["daemons"]
