@@ -74,7 +74,7 @@ class _Entry:
 
 class Park:
     def __init__(self, idle_timeout: float, generation: Callable[[], int],
-                 queued: Callable[[str], int], workers: int = WORKERS) -> None:
+                 queued: Callable[[str, int], int], workers: int = WORKERS) -> None:
         self.idle_timeout = idle_timeout
         self._generation = generation
         self._queued = queued
@@ -153,7 +153,7 @@ class Park:
             if not waiting:
                 continue
             try:
-                queued = self._queued(arch)
+                queued = self._queued(arch, waiting)
             except Exception:  # a state that cannot be read: let every waiter look itself
                 log.exception("counting queued %s jobs failed", arch)
                 queued = waiting
@@ -171,7 +171,7 @@ class Park:
         arch looks instead."""
         self.wait_for_work(conn, dataclasses.replace(wait, hops=wait.hops + 1))
         try:
-            queued = self._queued(wait.arch) if wait.hops < MAX_HOPS else 0
+            queued = self._queued(wait.arch, 1) if wait.hops < MAX_HOPS else 0
         except Exception:  # the deadline answers it anyway
             log.exception("counting queued %s jobs failed", wait.arch)
             queued = 0

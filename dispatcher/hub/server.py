@@ -242,11 +242,14 @@ class _Handler(socketserver.BaseRequestHandler):
         self._reply_to(lambda: self._answer(msg))
         return True
 
-    def _reply_to(self, answer: Callable[[], Message | WaitForWork]) -> None:
+    def _reply_to(self, answer: Callable[[], Message | WaitForWork],
+                  wait: Optional[Callable[[WaitForWork], None]] = None) -> None:
+        """Send `answer()`'s reply and park the connection, or, for a lease that found
+        nothing, hand it to `wait` (default: the park's waiters)."""
         def step() -> bool:
             reply = answer()
             if isinstance(reply, WaitForWork):
-                self.server.park.wait_for_work(self, reply)
+                (wait or (lambda w: self.server.park.wait_for_work(self, w)))(reply)
             else:
                 self.channel.send(reply)
                 self.server.park.park(self)
@@ -257,18 +260,11 @@ class _Handler(socketserver.BaseRequestHandler):
 
     def lease_again(self, wait: WaitForWork, timed_out: bool) -> None:
         """A parked lease: work came for its arch (look again), or its deadline passed."""
-        def step() -> bool:
-            reply = NoJob() if timed_out or self.server.stopping.is_set() else \
-                self._call(Lease.KIND.value, lambda: self._lease(wait.deadline, wait.hops))
-            if isinstance(reply, WaitForWork):
-                self.server.park.found_nothing(self, reply)
-            else:
-                self.channel.send(reply)
-                self.server.park.park(self)
-            return True
-
-        if not self._guarded(step):
-            self.close()
+        if timed_out or self.server.stopping.is_set():
+            self._reply_to(NoJob)
+        else:
+            self._reply_to(lambda: self._call(Lease.KIND.value, lambda: self._lease(wait.deadline, wait.hops)),
+                           lambda again: self.server.park.found_nothing(self, again))
 
     def _authenticate(self) -> bool:
         nonce = new_nonce()

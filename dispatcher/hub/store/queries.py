@@ -118,10 +118,12 @@ class Queries:
                 "ORDER BY c.seq DESC, j.arch", (repo, first, first + count)).fetchall()
         return [JobRow.from_row(r) for r in rows]
 
-    def queued_count(self, arch: str) -> int:
+    def queued_count(self, arch: str, at_most: Optional[int] = None) -> int:
+        """Queued jobs of `arch`; counted no further than `at_most` (the park asks how many
+        of its waiters to wake, on every new job: not a count of a 100,000-job backlog)."""
         with self._read() as db:
-            return db.execute("SELECT count(*) FROM jobs WHERE state = ? AND arch = ?",
-                                    (JobState.QUEUED.value, arch)).fetchone()[0]
+            return db.execute("SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = ? AND arch = ? LIMIT ?)",
+                              (JobState.QUEUED.value, arch, -1 if at_most is None else at_most)).fetchone()[0]
 
     def runners(self) -> list[RunnerRow]:
         with self._read() as db:
