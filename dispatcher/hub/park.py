@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import heapq
+import itertools
 import logging
 import select
 import threading
@@ -161,9 +162,8 @@ class Park:
                 self._take_waiter(fd, timed_out=False)
 
     def _oldest_waiters(self, arch: str, n: int, but: int = -1) -> list[int]:
-        with self._lock:
-            fds = [fd for fd in self._waiters.get(arch, ()) if fd != but]
-        return fds[:n]
+        with self._lock:  # the first n of up to 10,000, not a copy of them all
+            return list(itertools.islice((fd for fd in self._waiters.get(arch, ()) if fd != but), n))
 
     def found_nothing(self, conn: Parked, wait: WaitForWork) -> None:
         """A woken waiter's lease found nothing (another took the job, or a retry keeps

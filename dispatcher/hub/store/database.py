@@ -159,6 +159,7 @@ UPDATE commits SET seq = numbered.n FROM (
     WHERE commits.rowid = numbered.r;
 CREATE UNIQUE INDEX IF NOT EXISTS commits_seq ON commits (repo, seq);
 CREATE INDEX IF NOT EXISTS commits_received ON commits (received_at);
+CREATE INDEX IF NOT EXISTS commits_recent ON commits (repo, received_at);
 CREATE INDEX IF NOT EXISTS jobs_state_id ON jobs (state, id);
 """,
 }
