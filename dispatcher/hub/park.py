@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import fcntl
 import heapq
 import itertools
 import logging
 import select
+import struct
+import termios
 import threading
 import time
 from collections import OrderedDict
@@ -41,7 +44,6 @@ class Parked(Protocol):
 
     def fileno(self) -> int: ...
     def has_buffered(self) -> bool: ...
-    def arrived(self) -> None: ...
     def serve_one(self) -> None: ...
     def lease_again(self, wait: "WaitForWork", timed_out: bool) -> None: ...
     def close_idle(self) -> None: ...
@@ -190,15 +192,15 @@ class Park:
                 if self._closing.is_set():
                     return
                 raise
-            for fd, mask in events:
-                self._readable(fd, mask)
+            for fd, _ in events:
+                self._readable(fd)
             now = time.monotonic()
             self._expire_waits(now)
             if now >= next_sweep:
                 next_sweep = now + 1.0
                 self._close_idle(now)
 
-    def _readable(self, fd: int, mask: int) -> None:
+    def _readable(self, fd: int) -> None:
         """A frame, EOF or an error on a parked connection: a worker reads it."""
         with self._lock:
             entry = self._entries.get(fd)
@@ -207,9 +209,6 @@ class Park:
             self._unwait(fd, entry)
             entry.state = _State.BUSY
             conn = entry.conn
-        if not mask & (select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR):
-            # Bytes from the peer: it is alive now, however long the pool's queue is.
-            conn.arrived()
         self._submit(fd, conn, conn.serve_one)
 
     def _expire_waits(self, now: float) -> None:
@@ -282,6 +281,23 @@ class Park:
 
     def _close(self, fd: int, conn: Parked) -> None:
         conn.close()  # which calls forget
+
+    def speaking(self, conn: Parked) -> bool:
+        """Whether the peer has said something not answered yet: a request in a thread's
+        hands or waiting for one, or bytes unread in the socket. However long the line is,
+        that peer is alive."""
+        fd = conn.fileno()
+        with self._lock:
+            entry = self._entries.get(fd)
+            if entry is None or entry.conn is not conn:
+                return False
+            if entry.state == _State.BUSY:
+                return True
+        try:
+            unread = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        except OSError:
+            return False
+        return unread > 0 or conn.has_buffered()
 
     @property
     def connections(self) -> int:

@@ -77,6 +77,8 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
         self.park = Park(config.dispatcher.idle_timeout, lambda: self.hub.generation,
                          store.queries.queued_count)
         self.hub.on_work(self.park.work_for)
+        self.hub.speaking = self.speaking
+        self._runner_conns: dict[str, _Handler] = {}  # runner name -> its registered connection
         self._kept: set[socket.socket] = set()
         self._kept_lock = threading.Lock()
         addr = config.dispatcher.listen
@@ -116,6 +118,21 @@ class DispatcherServer(socketserver.ThreadingTCPServer):
         """The handler handed this connection to the park: socketserver must not close it."""
         with self._kept_lock:
             self._kept.add(request)
+
+    def registered(self, handler: "_Handler") -> None:
+        with self._kept_lock:
+            self._runner_conns[handler.name] = handler
+
+    def unregistered(self, handler: "_Handler") -> None:
+        with self._kept_lock:
+            if self._runner_conns.get(handler.name) is handler:
+                del self._runner_conns[handler.name]
+
+    def speaking(self, runner: str) -> bool:
+        """Whether `runner` has a request on its way through this server (for Hub.speaking)."""
+        with self._kept_lock:
+            handler = self._runner_conns.get(runner)
+        return handler is not None and handler.parked and self.park.speaking(handler)
 
     def shutdown_request(self, request) -> None:
         with self._kept_lock:
@@ -179,6 +196,7 @@ class _Handler(socketserver.BaseRequestHandler):
         self.server.admission.closed(self.raw)  # before the close: see Admission._evict_oldest
         self.channel.close()
         if self.runner is not None:
+            self.server.unregistered(self)
             self.server.hub.runner_left(self.runner)
 
     def close_idle(self) -> None:
@@ -218,10 +236,6 @@ class _Handler(socketserver.BaseRequestHandler):
     def has_buffered(self) -> bool:
         sock = self.channel.sock
         return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
-
-    def arrived(self) -> None:
-        if self.runner is not None:
-            self.server.hub.presence.heard(self.runner.name)
 
     def serve_one(self) -> None:
         """The peer has something for us: a frame (read whole within idle_timeout, as
@@ -347,6 +361,7 @@ class _Handler(socketserver.BaseRequestHandler):
 
     def on_register(self, msg: Register) -> Message:
         self.runner = self.server.hub.register(self.name, msg, self.runner, self.peer)
+        self.server.registered(self)
         # What this dispatcher understands beyond the first protocol, for a newer runner to
         # use; an older dispatcher's empty message says "none of it".
         return Ack(message=RUNNER_FEATURES)

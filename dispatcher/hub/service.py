@@ -64,6 +64,8 @@ class Hub:
         self._work = threading.Condition()
         self._generation = 0
         self._work_listeners: list[Callable[[tuple[str, ...]], None]] = []
+        # A runner with a request on its way (the socket server says) is alive, as by a heartbeat.
+        self.speaking: Callable[[str], bool] = lambda runner: False
         self._next_service = 0.0
         self._last_tick = 0.0
         self._next_flush = 0.0
@@ -255,6 +257,10 @@ class Hub:
         # A retry kept away from its failing runner may now have nobody else to run it.
         self.notify_work(runner.arch)
 
+    def _last_heard(self, runner: str) -> float:
+        """When `runner` was last heard from: now, if it is speaking."""
+        return time.time() if self.speaking(runner) else self.presence.last_heard(runner)
+
     def heard(self, runner: Optional[RunnerRow]) -> RunnerRow:
         """Every request after REGISTER: the runner is alive."""
         if runner is None:
@@ -298,8 +304,7 @@ class Hub:
 
     @staticmethod
     def lease_deadline(wait: float) -> float:
-        """The monotonic time a lease asking to wait `wait` s gives up (capped)."""
-        return time.monotonic() + min(max(wait, 0.0), MAX_LEASE_WAIT)
+        return time.monotonic() + min(max(wait, 0.0), MAX_LEASE_WAIT)  # capped
 
     def _job_for(self, runner: RunnerRow, row: JobRow) -> Optional[Job]:
         """The Job message for a job just leased to `runner`; None when its repository is
@@ -458,7 +463,7 @@ class Hub:
             log.warning("the dispatcher was stalled for %.1f s; lease deadlines moved as far", stalled)
             self.store.jobs.extend_leases(stalled)
         try:
-            expired = self.store.jobs.expire(heard=self.presence.last_heard)
+            expired = self.store.jobs.expire(heard=self._last_heard)
             for e in expired:
                 what = "re-queued" if e.requeued else "given up (status error)"
                 log.warning("lease of %s %s %s expired: runner %s sent no heartbeat for %.0f s; job %s",
