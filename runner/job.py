@@ -191,6 +191,8 @@ class JobWork:
                 sandbox.verdict(cgroups)
                 self.result = _error(self.job, started, f"cannot start {command!r}: {exc}")
                 return None
+        if warm is not None and self.runner.spares is not None:
+            self.runner.spares.refill()  # the next job's jail, ready long before its answer brings it
         # Not fsynced: it only has to outlive the runner process, not the machine (after a
         # power cut no job is left running to kill).
         atomic_write(self.runner.marker, json.dumps({"pgid": self._process.pgid,
@@ -200,11 +202,17 @@ class JobWork:
         return (ex, limit) if ex.outcome != Outcome.KILLED else None
 
     def start_cleanup(self) -> None:
-        """Start cleaning the worktree; it runs while the next job is leased, and is
-        finished before the next checkout. (Started before the result went out, its fork
-        and git's work delayed the result by about a millisecond on a 2-core machine.)"""
+        """Start cleaning the worktree; it runs while the dispatcher records the result and
+        leases the next job, and is finished before the next checkout. Started once the
+        result is on its way: started before, its fork and git's work delayed the result
+        by about a millisecond on a 2-core machine; started after the answer, the next
+        job's checkout (which the answer brings) waited for all of it."""
         if self.src is not None and self.runner.cleaning is None:
-            self.runner.cleaning = self.runner.mirrors.start_clean(self.job.repo)
+            try:
+                self.runner.cleaning = self.runner.mirrors.start_clean(self.job.repo)
+            except OSError as exc:  # no process to clean with: the next job gets a fresh worktree
+                log.warning("cannot clean the worktree of %s (%s); removing it", self.job.repo, exc)
+                self.runner.mirrors.discard(self.job.repo)
 
     def cleanup(self) -> None:
         self.runner.marker.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from dispatcher import __version__
 from dispatcher.wire.auth import load_secret
@@ -206,20 +206,21 @@ class Runner:
             self.conn.close()
             self.conn = None
 
-    def _request(self, msg, timeout: float = 30.0):
+    def _request(self, msg, timeout: float = 30.0, sent: Optional[Callable[[], None]] = None):
         conn = self._connect()
         try:
-            return conn.request(msg, timeout=timeout)
+            return conn.request(msg, timeout=timeout, sent=sent)
         except (OSError, ProtocolError):
             self._disconnect()
             raise
 
-    def _flush_spool(self, ask_next: str = "") -> None:
+    def _flush_spool(self, ask_next: str = "", sent: Optional[Callable[[], None]] = None) -> None:
         """Send every spooled result; the one for lease `ask_next` asks for the next job
-        too, which its answer brings (self.next_job)."""
+        too, which its answer brings (self.next_job), and runs `sent` once it is on its way."""
         for result in self.spool.pending():
             wants = result.lease_id == ask_next and not self.stop.is_set() and not self.plain_results
-            reply = self._request(dataclasses.replace(result, next_job=True) if wants else result)
+            reply = self._request(dataclasses.replace(result, next_job=True) if wants else result,
+                                  sent=sent if result.lease_id == ask_next else None)
             if not isinstance(reply, Ack):
                 raise ProtocolError(f"dispatcher answered a result with {reply.KIND.value}")
             if not reply.created:
@@ -279,9 +280,10 @@ class Runner:
                 if piece is None or not self._heartbeat(job, work, piece) or work.live.taken:
                     break
             delivering = time.time()
-            self._deliver(work.result)
+            # The worktree's `git clean` runs while the dispatcher records the result and
+            # leases the next job, so that job's checkout does not wait for it.
+            self._deliver(work.result, sent=work.start_cleanup)
             work.steps["deliver"] = time.time() - delivering
-            work.start_cleanup()
         finally:
             cleaning = time.time()
             work.cleanup()
@@ -318,7 +320,7 @@ class Runner:
         except (OSError, ProtocolError, RemoteError, ConfigError) as exc:
             log.warning("could not hand back %s %s (%s); its lease will expire", job.repo, job.commit[:12], exc)
 
-    def _deliver(self, result: Result) -> None:
+    def _deliver(self, result: Result, sent: Optional[Callable[[], None]] = None) -> None:
         result = _fit(result)
         try:
             self.spool.put(result)
@@ -334,7 +336,7 @@ class Runner:
                           "again", result.lease_id, sent)
             return
         try:
-            self._flush_spool(ask_next=result.lease_id)
+            self._flush_spool(ask_next=result.lease_id, sent=sent)
         except (OSError, ProtocolError, RemoteError, ConfigError) as exc:
             log.warning("result kept in %s until the dispatcher is back: %s", self.spool.folder, exc)
 

@@ -96,9 +96,9 @@ class Spares:
         return warm
 
     def refill(self) -> None:
-        """Start the next jail in the background, unless one is ready or starting. The
-        runner calls it between jobs: a jail starting beside a job would slow it on a
-        small machine."""
+        """Start the next jail in the background, unless one is ready or starting. A job
+        calls it once its own jail runs its command: the next job comes in the answer to
+        this one's result, so a jail started between jobs was waited for by every job."""
         with self._lock:
             if self._closed or self._ready is not None or (self._starting and self._starting.is_alive()):
                 return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import select
 import socket
 import ssl
-from typing import Optional
+from typing import Callable, Optional
 
 from dispatcher.wire.auth import client_mac, new_nonce, server_proof, verify
 from dispatcher.common.config import Address
@@ -66,9 +66,13 @@ class Connection:
             return True
         return bool(readable)
 
-    def request(self, msg: Message, timeout: Optional[float] = 30.0) -> Message:
-        """Send one request; return the reply, raising RemoteError for an error reply."""
+    def request(self, msg: Message, timeout: Optional[float] = 30.0,
+                sent: Optional[Callable[[], None]] = None) -> Message:
+        """Send one request; return the reply, raising RemoteError for an error reply.
+        `sent` runs once the request is on its way, while the dispatcher works on it."""
         self.channel.send(msg)
+        if sent is not None:
+            sent()
         reply = self.channel.recv(timeout)
         if reply is None:
             raise ConnectionError(f"dispatcher at {self.address} closed the connection")
