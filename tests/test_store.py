@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -93,6 +94,23 @@ def test_a_lease_whose_runner_was_heard_from_lately_does_not_expire(store: Store
     assert store.jobs.expire(now=time.monotonic() + 17, heard=lambda name: heard.get(name, 0.0)) == []
     [expired] = store.jobs.expire(now=time.monotonic() + 19, heard=lambda name: heard.get(name, 0.0))
     assert expired.requeued and expired.job.id == job.id
+
+
+def test_a_heartbeat_does_not_wait_for_the_database(store: Store) -> None:
+    # With 10,000 runners beating, a heartbeat that queued behind a transaction or the
+    # publisher's reads (the database's lock) came back after a second.
+    store.jobs.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
+    job = store.jobs.claim(runner("r1", "amd64"))
+    beats: list[bool] = []
+    with store.db.read():  # another thread's long read holds the database's lock
+        beat = threading.Thread(target=lambda: beats.append(store.jobs.heartbeat(job.lease_id, "r1")))
+        beat.start()
+        beat.join(timeout=5)
+        assert beats == [True], "the heartbeat waited for the database's lock"
+    assert store.jobs.heartbeat(job.lease_id, "r2") is False  # not r2's lease
+    assert store.jobs.record_result(job.lease_id, result(Status.PASSED), "r1") is not None
+    assert store.jobs.heartbeat(job.lease_id, "r1") is False  # finished: no deadline comes back
+    assert store.jobs.expire(now=time.monotonic() + 100) == []
 
 
 def test_expired_lease_is_requeued_then_errors_after_max_attempts(store: Store) -> None:

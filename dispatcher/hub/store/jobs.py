@@ -6,10 +6,9 @@ committed to the database (with its test counts and failing tests, parsed once);
 dispatcher acknowledge a result the moment it is durable and write the files again
 after a crash or a full disk, from the database, without ever running the job twice.
 
-Heartbeat deadlines live in memory: they change every few seconds per runner and are
-worthless after a restart, when every lease simply gets a fresh deadline. They are on
-the monotonic clock, so a step of the wall clock expires nothing; the times stored with a
-job (leased, started, finished) are wall-clock, for people.
+Heartbeat deadlines live in memory (leases.py), on the monotonic clock, so a step of the
+wall clock expires nothing; the times stored with a job (leased, started, finished) are
+wall-clock, for people.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from dispatcher.hub.store.attempts import Attempts
 from dispatcher.hub.store.commits import Commits
 from dispatcher.hub.store.database import Database
 from dispatcher.hub.store.hook_runs import HookRuns, Owed
+from dispatcher.hub.store.leases import Leases
 from dispatcher.hub.store.rows import JOB_COLUMNS, JOB_FROM, Expired, FinishedJob, JobRow, JobState, RunnerRow
 from dispatcher.results.junit import MAX_NAMED_TESTS, JUnit
 from dispatcher.wire.protocol import CommitInfo
@@ -74,18 +74,14 @@ class Jobs:
                  readonly: bool = False) -> None:
         self.db, self.policy, self.commits, self.attempts, self.hook_runs = db, policy, commits, attempts, hook_runs
         self._lock = db.lock
-        self._deadlines: dict[str, float] = {}
-        # lease id -> the runner holding it: a heartbeat, result or release for a lease
-        # counts only from its holder (any runner can name any lease id it has seen).
-        self._holders: dict[str, str] = {}
-        self._leases_of: dict[str, set[str]] = {}  # runner -> its lease ids (one, normally)
+        self.leases = Leases()
         if not readonly:
             now = time.monotonic()
             # Leases survive a restart; their runners get a full heartbeat period to come back.
             with db.read() as conn:
                 for row in conn.execute("SELECT lease_id, runner FROM jobs WHERE state = ?",
                                         (JobState.LEASED.value,)):
-                    self._hold(row["lease_id"], row["runner"] or "", now + policy.heartbeat_timeout)
+                    self.leases.hold(row["lease_id"], row["runner"] or "", now + policy.heartbeat_timeout)
 
     def cancel_unconfigured(self, configured: Mapping[str, Iterable[str]]) -> list[JobRow]:
         """End as `cancelled` every unfinished job of a repository or architecture the
@@ -145,7 +141,7 @@ class Jobs:
                            (JobState.RECORDED.value, Status.CANCELLED.value, reason, now, now,
                             (reason + "\n").encode(), row["id"]))
                 if row["lease_id"]:
-                    self._forget(row["lease_id"])
+                    self.leases.forget(row["lease_id"])
                 job = _job_by(db, "j.id = ?", row["id"])
                 if job is not None:
                     out.append(job)
@@ -197,70 +193,39 @@ class Jobs:
                    "runner_root = ? WHERE id = ?",
                    (JobState.LEASED.value, lease_id, runner.name, now, runner.host, runner.machine,
                     int(runner.emulated), runner.kernel, runner.qemu, runner.root, row["id"]))
-        self._hold(lease_id, runner.name, time.monotonic() + self.policy.heartbeat_timeout)
+        self.leases.hold(lease_id, runner.name, time.monotonic() + self.policy.heartbeat_timeout)
         return _job_by(db, "j.id = ?", row["id"])
-
-    def _current(self, lease_id: str, runner: Optional[str]) -> bool:
-        """Whether `lease_id` is a live lease held by `runner` (None: by anyone, for the
-        hub's own calls)."""
-        return lease_id in self._deadlines and (runner is None or self._holders.get(lease_id) == runner)
 
     def current(self, lease_id: str) -> bool:
         """Whether `lease_id` is a live lease."""
-        with self._lock:
-            return self._current(lease_id, None)
-
-    def _hold(self, lease_id: str, runner: str, deadline: float) -> None:
-        self._deadlines[lease_id] = deadline
-        self._holders[lease_id] = runner
-        self._leases_of.setdefault(runner, set()).add(lease_id)
-
-    def _forget(self, lease_id: str) -> None:
-        self._deadlines.pop(lease_id, None)
-        runner = self._holders.pop(lease_id, None)
-        held = self._leases_of.get(runner) if runner is not None else None
-        if held is not None:
-            held.discard(lease_id)
-            if not held:
-                del self._leases_of[runner]
+        return self.leases.current(lease_id)
 
     def held_by(self, runner: str) -> list[str]:
-        with self._lock:
-            return self._held_by(runner)
-
-    def _held_by(self, runner: str) -> list[str]:
-        # Every lease asks this of its runner: an index, not a scan of 10,000 leases.
-        return sorted(self._leases_of.get(runner, ()))
+        return self.leases.held_by(runner)
 
     def take_back(self, runner: str) -> list[Expired]:
         """End every lease `runner` holds, as if it had expired: the runner asks for new
         work, so it no longer runs that job (it restarted, or lost track). This is what
         keeps a runner to one lease at a time."""
         with self._lock:
-            held = self._held_by(runner)
+            held = self.leases.held_by(runner)
             if not held:
                 return []
             with self.db.tx() as db:
                 out = self._expire(db, held, time.time())
             for lease_id in held:
-                self._forget(lease_id)
+                self.leases.forget(lease_id)
         return out
 
     def heartbeat(self, lease_id: str, runner: Optional[str] = None) -> bool:
         """Extend a lease; False when it is no longer current (expired or finished) or
-        not `runner`'s."""
-        with self._lock:
-            if not self._current(lease_id, runner):
-                return False
-            self._deadlines[lease_id] = time.monotonic() + self.policy.heartbeat_timeout
-            return True
+        not `runner`'s. Takes no database lock (leases.py says why)."""
+        return self.leases.extend(lease_id, runner, time.monotonic() + self.policy.heartbeat_timeout)
 
     def extend_leases(self, seconds: float) -> None:
         """Move every lease's deadline `seconds` later: the dispatcher itself was stalled,
         and the runners' heartbeats of that time are still unread in their sockets."""
-        with self._lock:
-            for lease_id in self._deadlines:
-                self._deadlines[lease_id] += seconds
+        self.leases.shift(seconds)
 
     def expire(self, now: Optional[float] = None, heard: Optional[Callable[[str], float]] = None) -> list[Expired]:
         """Take back every lease past its deadline (`now`: monotonic); requeue, or end as
@@ -269,29 +234,19 @@ class Jobs:
         whose runner's result waits in line behind 10,000 others is not taken away."""
         now = time.monotonic() if now is None else now
         out: list[Expired] = []
+        silent_for = None
+        if heard is not None:
+            wall = time.time()
+            silent_for = lambda runner: wall - heard(runner)  # noqa: E731
         with self._lock:
-            late = [k for k, d in self._deadlines.items() if d < now]
-            if late and heard is not None:
-                late = self._not_heard(late, now, heard)
+            late = self.leases.late(now, silent_for, self.policy.heartbeat_timeout)
             if not late:
                 return out
             with self.db.tx() as db:
                 out = self._expire(db, late, time.time())
             # Only after the commit: a failed write leaves the leases to expire next time.
             for lease_id in late:
-                self._forget(lease_id)
-        return out
-
-    def _not_heard(self, late: list[str], now: float, heard: Callable[[str], float]) -> list[str]:
-        wall = time.time()
-        timeout = self.policy.heartbeat_timeout
-        out = []
-        for lease_id in late:
-            silent = wall - heard(self._holders.get(lease_id, ""))
-            if silent < timeout:
-                self._deadlines[lease_id] = now + timeout - silent
-            else:
-                out.append(lease_id)
+                self.leases.forget(lease_id)
         return out
 
     def _expire(self, db: sqlite3.Connection, late: list[str], now: float) -> list[Expired]:
@@ -332,13 +287,13 @@ class Jobs:
         instead of two. (recorded job or None, claimed job or None); a late or duplicate
         result claims nothing (the runner asks for work as usual)."""
         with self._lock:
-            if not self._current(lease_id, runner):
+            if not self.leases.current(lease_id, runner):
                 return None, None
             with self.db.tx() as db:
                 job = self._record(db, lease_id, result)
                 claimed = self._claim(db, claimer, alone) if job is not None and claimer is not None else None
             if job is not None:
-                self._forget(lease_id)
+                self.leases.forget(lease_id)
             return job, claimed
 
     def _record(self, db: sqlite3.Connection, lease_id: str, result: JobResult) -> Optional[JobRow]:
@@ -374,7 +329,7 @@ class Jobs:
         MAX_HANDBACKS, the job ends as error instead: something on the runners' side keeps
         it from running, and queueing it again would only loop."""
         with self._lock:
-            if runner is not None and not self._current(lease_id, runner):
+            if runner is not None and not self.leases.current(lease_id, runner):
                 return None
             with self.db.tx() as db:
                 job = _job_by(db, "j.lease_id = ? AND j.state = 'leased'", lease_id)
@@ -392,7 +347,7 @@ class Jobs:
                     db.execute("UPDATE jobs SET state = ?, lease_id = NULL, attempt = attempt - 1, handbacks = ? "
                                "WHERE id = ?", (JobState.QUEUED.value, count, job.id))
                 job = _job_by(db, "j.id = ?", job.id)
-            self._forget(lease_id)
+            self.leases.forget(lease_id)
             return job
 
     # --- publishing ------------------------------------------------------------------
