@@ -103,7 +103,7 @@ def history(config_path: str, repo: str, test_id: str, archs: tuple[str, ...], l
 
     from dispatcher.common.errors import PolyarchError, UnknownArch, UnknownName
     from dispatcher.common.names import parse_arch
-    from dispatcher.hub.server import db_path
+    from dispatcher.hub.server import local_state
     from dispatcher.hub.store import Store
     from dispatcher.views.history import render, to_json
 
@@ -115,10 +115,11 @@ def history(config_path: str, repo: str, test_id: str, archs: tuple[str, ...], l
         raise UnknownArch(f"{', '.join(unknown)} not configured for repo {repo}")
     if not test_id.strip():
         raise click.exceptions.UsageError("--test must name a test (classname::name)")
-    if not db_path(config).exists():
-        raise PolyarchError(f"no state database at {db_path(config)}: history reads it on the dispatcher's host "
-                            "(run it there, with the dispatcher's config)")
-    store = Store(db_path(config), readonly=True)
+    state = local_state(config)
+    if state is None:
+        raise PolyarchError(f"no state database at {config.dispatcher.state_dir}: history reads it on the "
+                            "dispatcher's host (run it there, with the dispatcher's config)")
+    store = Store(state, readonly=True)
     try:
         lines = store.history.test_history(cfg.name, test_id, chosen, limit)
     finally:
@@ -137,13 +138,14 @@ def history(config_path: str, repo: str, test_id: str, archs: tuple[str, ...], l
 def _status_source(config, repo: Optional[str], commit: Optional[str], limit: int, remote: bool):
     """A function giving the status report now: from the state database when it is on
     this host (it answers even while the dispatcher is down), else over the wire."""
-    from dispatcher.hub.server import db_path
+    from dispatcher.hub.server import local_state
 
-    if not remote and db_path(config).exists():
+    state = None if remote else local_state(config)
+    if state is not None:
         from dispatcher.hub.reads import collect
         from dispatcher.hub.store import Store
 
-        store = Store(db_path(config), readonly=True)
+        store = Store(state, readonly=True)
         try:
             yield lambda: collect(store, repo, commit, limit, heartbeat_timeout=config.dispatcher.heartbeat_timeout)
         finally:
@@ -169,7 +171,7 @@ def _status_source(config, repo: Optional[str], commit: Optional[str], limit: in
                     conns.pop().close()
                 if again:
                     raise PolyarchError(f"cannot reach the dispatcher at {address} ({exc.strerror or exc}), and its "
-                                        f"state database is not on this host ({db_path(config)}); is it "
+                                        f"state database is not on this host ({config.dispatcher.state_dir}); is it "
                                         "running?") from None
         if not isinstance(reply, StatusReport):
             raise PolyarchError(f"dispatcher at {address} answered status_read with {reply.KIND.value}")

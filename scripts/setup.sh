@@ -30,6 +30,12 @@ command -v chattr >/dev/null || need_apt+=(e2fsprogs)  # a poison test leaves a 
 if [ -n "${POLYARCH_WITH_BROWSER:-}" ]; then
   command -v chromium >/dev/null || need_apt+=(chromium fonts-dejavu-core)
 fi
+# The PostgreSQL backend's tests start a private cluster of Debian's postgresql (initdb,
+# pg_ctl) and talk to it through libpq; scripts/test.sh asks for it.
+if [ -n "${POLYARCH_WITH_POSTGRESQL:-}" ]; then
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
+  [ -n "$(compgen -G '/usr/lib/*/libpq.so.5' || true)" ] || need_apt+=(libpq5)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing ${need_apt[*]}; run as root or: sudo apt-get install -y ${need_apt[*]}" >&2

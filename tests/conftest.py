@@ -31,6 +31,37 @@ def skip_unless_ci(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One private PostgreSQL cluster for the session (bench/postgres.py), on a Unix
+    socket only; each test that uses it gets a database of its own (`backend`)."""
+    from bench.postgres import INSTALL, Cluster, binaries
+
+    if binaries() is None:
+        skip_unless_ci(f"PostgreSQL is not installed: {INSTALL}")
+    cluster = Cluster().init().start()
+    yield cluster
+    cluster.close()
+
+
+_databases = iter(range(1, 1_000_000))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, tmp_path: Path) -> str:
+    """The dispatcher.state value of each backend: "sqlite", or the URL of a fresh
+    database in the session's PostgreSQL cluster. A test taking it runs on both."""
+    if request.param == "sqlite":
+        return "sqlite"
+    cluster = request.getfixturevalue("pg_cluster")
+    return cluster.create_database(f"t{next(_databases)}")
+
+
+def state_of(backend: str, tmp_path: Path):
+    """Where a Store made directly by a test keeps the state of `backend`."""
+    return tmp_path / "state.sqlite3" if backend == "sqlite" else backend
+
+
 ROOTFS_I386 = Path(os.environ.get("POLYARCH_ROOTFS_I386", "/var/cache/polyarch/rootfs-i386"))
 ROOTFS_S390X = Path(os.environ.get("POLYARCH_ROOTFS_S390X", "/var/cache/polyarch/rootfs-s390x"))
 
@@ -233,11 +264,11 @@ def dispatcher_in_thread(config_path: Path):
     """The dispatcher's server in this process (real socket, real SQLite), for protocol tests."""
     from dispatcher.wire.auth import load_secret
     from dispatcher.common.config import Address, load_config
-    from dispatcher.hub.server import DispatcherServer, db_path, policy_of
+    from dispatcher.hub.server import DispatcherServer, state_location, policy_of
     from dispatcher.hub.store import Store
 
     config = load_config(config_path)
-    store = Store(db_path(config), policy_of(config))
+    store = Store(state_location(config), policy_of(config))
     srv = DispatcherServer(config, store, load_secret(config.dispatcher.token_file, create=True))
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

@@ -26,8 +26,8 @@ def junit(double_fails: bool) -> str:
 
 
 @pytest.fixture
-def hub(tmp_path: Path):
-    with in_process_hub(tmp_path, repo_settings="") as h:
+def hub(tmp_path: Path, backend: str):
+    with in_process_hub(tmp_path, repo_settings="", state=backend) as h:
         yield h
 
 

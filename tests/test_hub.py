@@ -18,7 +18,7 @@ import pytest
 from dispatcher.common.config import load_config
 from dispatcher.common.errors import LeaseLost, NotAllowed, UnknownArch, UnknownRepo
 from dispatcher.common.states import Reported, Status
-from dispatcher.hub.server import db_path, policy_of
+from dispatcher.hub.server import state_location, policy_of
 from dispatcher.hub.service import Hub
 from dispatcher.hub.store import JobState, RunnerRow, Store
 from dispatcher.wire.protocol import CommitInfo, Heartbeat, Job, Register, Result
@@ -62,12 +62,14 @@ class FakeRunner:
 
 
 @contextlib.contextmanager
-def in_process_hub(tmp_path: Path, repo_settings: str = "retry_failed = 1"):
-    """A Hub over a real SQLite file in tmp_path, its demo repository on amd64 and arm64."""
+def in_process_hub(tmp_path: Path, repo_settings: str = "retry_failed = 1", state: str = "sqlite"):
+    """A Hub over a real SQLite file in tmp_path (or the PostgreSQL database `state`), its
+    demo repository on amd64 and arm64."""
     config = tmp_path / "polyarch.toml"
     config.write_text(textwrap.dedent(f"""\
         [dispatcher]
         listen = "127.0.0.1:0"
+        state = "{state}"
         heartbeat_timeout = 5
         max_attempts = 2
         [[repos]]
@@ -77,7 +79,7 @@ def in_process_hub(tmp_path: Path, repo_settings: str = "retry_failed = 1"):
         test_command = "true"
         """) + repo_settings + "\n")
     cfg = load_config(config)
-    store = Store(db_path(cfg), policy_of(cfg))
+    store = Store(state_location(cfg), policy_of(cfg))
     try:
         yield Hub(cfg, store)
     finally:
@@ -85,8 +87,8 @@ def in_process_hub(tmp_path: Path, repo_settings: str = "retry_failed = 1"):
 
 
 @pytest.fixture
-def hub(tmp_path: Path):
-    with in_process_hub(tmp_path) as h:
+def hub(tmp_path: Path, backend: str):
+    with in_process_hub(tmp_path, state=backend) as h:
         yield h
 
 
@@ -155,7 +157,7 @@ def test_junit_is_parsed_once_when_the_result_is_recorded(hub: Hub) -> None:
     assert not amd64.published  # the publisher has not run: the answer came from the record
 
 
-def test_the_sqlite_store_has_every_method_of_the_state_interface(hub: Hub) -> None:
+def test_each_backend_has_every_method_of_the_state_interface(hub: Hub) -> None:
     from dispatcher.hub.store import interface
 
     store = hub.store

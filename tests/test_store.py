@@ -1,4 +1,5 @@
-"""Store state transitions on a real SQLite file."""
+"""Store state transitions on a real SQLite file and on a real PostgreSQL database (the
+`backend` fixture runs a test on both)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dispatcher.common.states import Status
 from dispatcher.wire.protocol import CommitInfo
 from dispatcher.hub.store import JobResult, JobState, Policy, RunnerRow, Store
 from dispatcher.results.junit import parse as parse_junit
+from conftest import state_of
 
 A, B = "a" * 40, "b" * 40
 
@@ -28,20 +30,28 @@ def result(status: Status, log: bytes = b"", reason: str = "", junit: bytes = b"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
+def store(backend: str, tmp_path: Path) -> Store:
+    s = Store(state_of(backend, tmp_path), Policy(heartbeat_timeout=10, max_attempts=2))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Store:
     s = Store(tmp_path / "state.sqlite3", Policy(heartbeat_timeout=10, max_attempts=2))
     yield s
     s.close()
 
 
 @pytest.fixture
-def retrying(tmp_path: Path):
+def retrying(backend: str, request, tmp_path: Path):
     """A store whose policy retries demo's failures `n` times."""
     made = []
 
     def make(n: int) -> Store:
-        s = Store(tmp_path / f"retry{n}.sqlite3", Policy(heartbeat_timeout=10, max_attempts=2,
-                                                        retry_failed={"demo": n}))
+        where = tmp_path / f"retry{n}.sqlite3" if backend == "sqlite" else \
+            request.getfixturevalue("pg_cluster").create_database(f"retry{n}_{id(made)}")
+        s = Store(where, Policy(heartbeat_timeout=10, max_attempts=2, retry_failed={"demo": n}))
         made.append(s)
         return s
     yield make
@@ -137,8 +147,8 @@ def test_release_requeues_without_spending_an_attempt(store: Store) -> None:
     assert store.jobs.claim(runner("r2", "amd64")).attempt == 1
 
 
-def test_leases_survive_a_restart_with_a_fresh_deadline(tmp_path: Path) -> None:
-    path = tmp_path / "state.sqlite3"
+def test_leases_survive_a_restart_with_a_fresh_deadline(backend: str, tmp_path: Path) -> None:
+    path = state_of(backend, tmp_path)
     s = Store(path, Policy(heartbeat_timeout=10))
     s.jobs.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
     job = s.jobs.claim(runner("r1", "amd64"))
@@ -162,7 +172,8 @@ def test_readonly_store_refuses_a_missing_database(tmp_path: Path) -> None:
         Store(tmp_path / "absent.sqlite3", readonly=True)
 
 
-def test_wal_and_full_sync(store: Store) -> None:
+def test_wal_and_full_sync(sqlite_store: Store) -> None:
+    store = sqlite_store
     other = sqlite3.connect(store.path)
     assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # the file's mode: seen from any connection
     other.close()

@@ -73,6 +73,7 @@ class RunnerIdentity:
 @dataclasses.dataclass(frozen=True)
 class DispatcherConfig:
     listen: Address = Address("127.0.0.1", DEFAULT_PORT)
+    state: str = "sqlite"  # or a postgresql:// URL (a database several dispatchers may share)
     state_dir: Path = Path("var/dispatcher")
     results_dir: Path = Path("test_results")
     heartbeat_timeout: float = 10.0
@@ -244,6 +245,7 @@ def _dispatcher(path: Path, table: Any) -> DispatcherConfig:
     d = DispatcherConfig()
     cfg = DispatcherConfig(
         listen=s.parsed("listen", parse_address, d.listen),
+        state=s.parsed("state", check_state, d.state),
         state_dir=s.path_("state_dir", d.state_dir),
         results_dir=s.path_("results_dir", d.results_dir),
         heartbeat_timeout=s.positive("heartbeat_timeout", d.heartbeat_timeout),
@@ -427,6 +429,18 @@ def check_key_glob(value: object) -> str:
         raise InvalidName(f"{value!r} is not a file glob")
     if value.startswith("/") or ".." in Path(value).parts:
         raise InvalidName(f"{value!r} leaves the checkout: give a glob relative to the repository's root")
+    return value
+
+
+def check_state(value: str) -> str:
+    """"sqlite" (the file in state_dir), or a PostgreSQL URL naming a database."""
+    if value == "sqlite":
+        return value
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError('give "sqlite" or a postgresql://user@host/database URL')
+    if parts.path.strip("/") == "":
+        raise ValueError("the URL names no database (postgresql://user@host/DATABASE)")
     return value
 
 

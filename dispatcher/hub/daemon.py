@@ -22,7 +22,7 @@ from dispatcher.common.errors import ConfigError, PolyarchError, StateError
 from dispatcher.common.files import atomic_write, remove_stale_temporaries
 from dispatcher.common.sdnotify import notify
 from dispatcher.hub.http_api import start_api
-from dispatcher.hub.server import DispatcherServer, db_path, policy_of
+from dispatcher.hub.server import DispatcherServer, state_location, policy_of
 from dispatcher.hub.store import Store
 from dispatcher.wire.auth import load_secret
 
@@ -38,7 +38,7 @@ def serve(config: Config) -> None:
     _raise_fd_limit(config.dispatcher.max_connections)
     with _writable(config, "dispatcher.state_dir"):
         lock = _own_state(config)  # held (open) until the process exits
-        store = Store(db_path(config), policy_of(config))
+        store = Store(state_location(config), policy_of(config))
     results = config.dispatcher.results_dir
     try:
         removed = remove_stale_temporaries(results)
@@ -78,7 +78,7 @@ def serve(config: Config) -> None:
                         "network in clear; put a TLS reverse proxy in front, or listen on loopback")
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="serve")
     thread.start()
-    log.info("dispatcher listening on %s:%d, state %s, results %s", host, port, db_path(config),
+    log.info("dispatcher listening on %s:%d, state %s, results %s", host, port, store.path,
              config.dispatcher.results_dir)
     notify("READY=1")
     try:

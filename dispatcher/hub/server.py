@@ -18,7 +18,7 @@ import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from dispatcher import __version__
 from dispatcher.common.config import Config
@@ -43,8 +43,17 @@ log = logging.getLogger("polyarch.dispatcher")
 AUTH_TIMEOUT = 10.0
 
 
-def db_path(config: Config) -> Path:
-    return config.dispatcher.state_dir / "polyarch.sqlite3"
+def state_location(config: Config) -> Union[Path, str]:
+    """Where the state is: the SQLite file in state_dir, or the configured PostgreSQL URL."""
+    state = config.dispatcher.state
+    return config.dispatcher.state_dir / "polyarch.sqlite3" if state == "sqlite" else state
+
+
+def local_state(config: Config) -> Union[Path, str, None]:
+    """The state where this host can read it: a PostgreSQL URL (reachable from anywhere
+    it is configured), or the SQLite file if it is on this host; None otherwise."""
+    location = state_location(config)
+    return location if isinstance(location, str) or location.exists() else None
 
 
 def policy_of(config: Config) -> Policy:

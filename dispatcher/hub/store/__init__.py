@@ -10,13 +10,15 @@ component per table over it, as buildbot's db connector composes its components.
     store.queries   the views' reads
     store.history   tests over time: what broke each one where, and its outcomes
 
-interface.py writes down what a backend provides; SQLite is this one.
+interface.py writes down what a backend provides. The Database is SQLite's
+(database.py, the default) or PostgreSQL's (postgres.py, for a state given as a
+postgresql:// URL); the components run the same SQL over either.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from dispatcher.hub.store.attempts import Attempts
 from dispatcher.hub.store.commits import Commits
@@ -24,6 +26,7 @@ from dispatcher.hub.store.database import Database
 from dispatcher.hub.store.history import History
 from dispatcher.hub.store.hook_runs import HookRuns
 from dispatcher.hub.store.jobs import Enqueued, JobResult, Jobs, Policy
+from dispatcher.hub.store.postgres import PgDatabase, is_url
 from dispatcher.hub.store.queries import Queries
 from dispatcher.hub.store.rows import Expired, FinishedJob, JobRow, JobState, RunnerRow
 from dispatcher.hub.store.runners import Runners
@@ -32,8 +35,10 @@ __all__ = ["Store", "Policy", "Enqueued", "JobResult", "Expired", "FinishedJob",
 
 
 class Store:
-    def __init__(self, path: Path, policy: Optional[Policy] = None, readonly: bool = False) -> None:
-        self.db = Database(path, readonly=readonly)
+    def __init__(self, location: Union[Path, str], policy: Optional[Policy] = None, readonly: bool = False) -> None:
+        """`location`: the SQLite file, or a postgresql:// URL."""
+        self.db = PgDatabase(location, readonly=readonly) if isinstance(location, str) and is_url(location) \
+            else Database(Path(location), readonly=readonly)
         self.path = self.db.path
         self.policy = policy or Policy()
         self.commits = Commits()

@@ -19,8 +19,12 @@ class Attempts:
             finished_at: float, reason: str, log: bytes, outcomes: Optional[bytes] = None) -> None:
         """Inside the caller's transaction: keep the attempt that just ended, with its log
         and its tests' outcomes (JUnit.to_bytes; None without JUnit)."""
-        db.execute("INSERT OR REPLACE INTO attempts (job_id, attempt, runner, status, exit_code, started_at, "
-                   "finished_at, reason, log, outcomes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        db.execute("INSERT INTO attempts (job_id, attempt, runner, status, exit_code, started_at, "
+                   "finished_at, reason, log, outcomes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                   "ON CONFLICT (job_id, attempt) DO UPDATE SET runner = excluded.runner, status = excluded.status, "
+                   "exit_code = excluded.exit_code, started_at = excluded.started_at, "
+                   "finished_at = excluded.finished_at, reason = excluded.reason, log = excluded.log, "
+                   "outcomes = excluded.outcomes",
                    (job.id, job.attempt, job.runner or "", status.value, exit_code, started_at, finished_at,
                     reason, log, outcomes))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from typing import Iterable
@@ -21,14 +22,18 @@ class Commits:
         for c in commits:
             # A commit first queued by hand or by the gate has no description: the
             # observer's report of it, later, fills it in.
+            # The branch list is JSON text, read and written here rather than with SQL's JSON
+            # functions: SQLite's and PostgreSQL's differ, the rule is the same.
+            known = db.execute("SELECT branches FROM commits WHERE repo = ? AND sha = ?", (repo, c.sha)).fetchone()
             db.execute("INSERT INTO commits (repo, sha, branch, author, subject, timestamp, received_at, branches, "
-                       "parent, seq) VALUES (?, ?, ?, ?, ?, ?, ?, json_array(?), ?, (SELECT coalesce(max(seq), -1) + 1 "
+                       "parent, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT coalesce(max(seq), -1) + 1 "
                        f"FROM commits WHERE repo = ?)) ON CONFLICT (repo, sha) DO UPDATE SET {_FILL_EMPTY}",
-                       (repo, c.sha, branch, c.author, c.subject, c.timestamp, now, branch, c.parent, repo))
-            if branch and db.execute(
-                    "UPDATE commits SET branches = json_insert(branches, '$[#]', ?) WHERE repo = ? AND sha = ? AND "
-                    "NOT EXISTS (SELECT 1 FROM json_each(commits.branches) WHERE value = ?)",
-                    (branch, repo, c.sha, branch)).rowcount:
+                       (repo, c.sha, branch, c.author, c.subject, c.timestamp, now,
+                        json.dumps([branch] if branch else []), c.parent, repo))
+            branches = json.loads(known["branches"]) if known is not None else None
+            if branch and branches is not None and branch not in branches:
+                db.execute("UPDATE commits SET branches = ? WHERE repo = ? AND sha = ?",
+                           (json.dumps([*branches, branch]), repo, c.sha))
                 rebranched.append(c.sha)
             out.append(c.sha)
         if moves_head and branch and out:
@@ -40,9 +45,11 @@ class Commits:
     def describe(self, db: sqlite3.Connection, repo: str, info: CommitInfo) -> None:
         """Inside the caller's transaction: a runner's description of a commit, for the
         fields still empty (what the observer said is never overwritten)."""
-        db.execute(f"UPDATE commits SET {_FILL_EMPTY.replace('excluded.', ':')} WHERE repo = :repo AND sha = :sha",
-                   {"repo": repo, "sha": info.sha, "author": info.author[:100], "subject": info.subject[:200],
-                    "timestamp": info.timestamp, "parent": info.parent})
+        db.execute("UPDATE commits SET author = CASE WHEN author = '' THEN ? ELSE author END, "
+                   "subject = CASE WHEN subject = '' THEN ? ELSE subject END, "
+                   "timestamp = CASE WHEN timestamp = 0 THEN ? ELSE timestamp END, "
+                   "parent = CASE WHEN parent = '' THEN ? ELSE parent END WHERE repo = ? AND sha = ?",
+                   (info.author[:100], info.subject[:200], info.timestamp, info.parent, repo, info.sha))
 
 
 # Each description field, set only where it is still empty.

@@ -1,7 +1,8 @@
 """The state interface the hub uses, written down in one place.
 
-Store (store/__init__.py, over SQLite) implements it today; a second backend (PostgreSQL) implements
-the same methods with the same meaning. `tests/test_hub.py` drives the rules through it.
+Store (store/__init__.py) implements it over SQLite (database.py) or PostgreSQL
+(postgres.py), with the same SQL and the same meaning; `tests/test_hub.py` and
+`tests/test_store.py` drive the rules through it on both.
 Writes commit before they return (an acknowledgement follows a commit); a method that
 cannot write raises StateError and changes nothing.
 """

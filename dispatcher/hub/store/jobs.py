@@ -161,10 +161,11 @@ class Jobs:
             for sha in shas:
                 new: list[tuple[int, str]] = []
                 for arch in archs:
-                    cur = db.execute("INSERT OR IGNORE INTO jobs (repo, sha, arch, state, created_at) "
-                                     "VALUES (?, ?, ?, ?, ?)", (repo, sha, arch, JobState.QUEUED.value, now))
-                    if cur.rowcount:
-                        new.append((cur.lastrowid or 0, arch))
+                    made = db.execute("INSERT INTO jobs (repo, sha, arch, state, created_at) VALUES (?, ?, ?, ?, ?) "
+                                      "ON CONFLICT DO NOTHING RETURNING id",
+                                      (repo, sha, arch, JobState.QUEUED.value, now)).fetchone()
+                    if made is not None:
+                        new.append((made[0], arch))
                 created += len(new)
                 if new and hooks is not None:
                     self.hook_runs.add(db, new[0][0], hooks(sha, [arch for _, arch in new]))
@@ -184,7 +185,7 @@ class Jobs:
         lease_id = secrets.token_hex(12)
         now = time.time()
         row = db.execute("SELECT id FROM jobs WHERE state = ? AND arch = ? AND (avoid_runner IS NULL "
-                         "OR avoid_runner != ? OR ?) ORDER BY id LIMIT 1",
+                         "OR avoid_runner != ? OR ? = 1) ORDER BY id LIMIT 1",
                          (JobState.QUEUED.value, runner.arch, runner.name, int(alone))).fetchone()
         if row is None:
             return None

@@ -14,6 +14,8 @@ from dispatcher.hub.store.database import Database
 from dispatcher.hub.store.rows import JOB_COLUMNS, JOB_FROM, RUNNER_COLUMNS, JobRow, JobState, RunnerRow
 from dispatcher.results.junit import JUnit
 
+NO_LIMIT = 2 ** 62  # LIMIT -1 means none to SQLite, an error to PostgreSQL
+
 
 class Queries:
     def __init__(self, db: Database) -> None:
@@ -122,8 +124,8 @@ class Queries:
         """Queued jobs of `arch`; counted no further than `at_most` (the park asks how many
         of its waiters to wake, on every new job: not a count of a 100,000-job backlog)."""
         with self._read() as db:
-            return db.execute("SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = ? AND arch = ? LIMIT ?)",
-                              (JobState.QUEUED.value, arch, -1 if at_most is None else at_most)).fetchone()[0]
+            return db.execute("SELECT count(*) FROM (SELECT 1 FROM jobs WHERE state = ? AND arch = ? LIMIT ?) AS q",
+                              (JobState.QUEUED.value, arch, NO_LIMIT if at_most is None else at_most)).fetchone()[0]
 
     def runners(self) -> list[RunnerRow]:
         with self._read() as db:

@@ -25,5 +25,5 @@ class Runners:
         """Record when connected runners were last heard from, for `status` in other processes."""
         if seen:
             with self._tx() as db:
-                db.executemany("UPDATE runners SET last_seen = max(last_seen, ?) WHERE name = ?",
-                               [(t, name) for name, t in seen.items()])
+                db.executemany("UPDATE runners SET last_seen = ? WHERE name = ? AND last_seen < ?",
+                               [(t, name, t) for name, t in seen.items()])
