@@ -374,6 +374,28 @@ def _client_connection(config, name: str):
                       load_secret(config.token_for("observer")), tls=for_client(config, "observer"))
 
 
+@main.group()
+def state() -> None:
+    """The state database: copy a SQLite state to PostgreSQL."""
+
+
+@state.command("copy")
+@config_option
+@click.option("--to", "target", required=True, metavar="URL",
+              help="postgresql://user@host/database: an empty database (createdb one).")
+@one_line_errors
+def state_copy(config_path: str, target: str) -> None:
+    """Copy this config's SQLite state into a PostgreSQL database, with the dispatcher
+    stopped; then set dispatcher.state to that URL and start it."""
+    from dispatcher.hub.daemon import copy_state_to
+    from dispatcher.hub.store.postgres import shown
+
+    config = load_config(config_path)
+    counts = copy_state_to(config, target)
+    click.echo(f"copied {counts.get('commits', 0)} commit(s) and {counts.get('jobs', 0)} job(s) to {shown(target)}; "
+               f'now set dispatcher.state = "{shown(target)}" in {config.path} and start the dispatcher')
+
+
 @main.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for ca.crt, dispatcher.crt/.key and one NAME.crt/.key per --client.")

@@ -172,9 +172,10 @@ class Daemon(rig.Daemon):
 class Polyarch:
     """One config file, a repo, and the daemons started from them."""
 
-    def __init__(self, root: Path, repo: GitRepo, **settings: object) -> None:
+    def __init__(self, root: Path, repo: GitRepo, state: str = "sqlite", **settings: object) -> None:
         self.root = root
         self.repo = repo
+        self.state = state  # dispatcher.state: "sqlite", or a PostgreSQL database's URL
         self.daemons: list[Daemon] = []
         self.config = root / "polyarch.toml"
         # Jobs run as the job user, with a private /tmp: the folder where a test's commands
@@ -194,6 +195,7 @@ class Polyarch:
         self.config.write_text(textwrap.dedent(f"""\
             [dispatcher]
             listen = "127.0.0.1:0"
+            state = "{self.state}"
             heartbeat_timeout = {heartbeat_timeout}
             max_attempts = {max_attempts}
             {dispatcher_settings}
@@ -288,7 +290,10 @@ def repo(tmp_path: Path) -> GitRepo:
 
 
 @pytest.fixture
-def polyarch(tmp_path: Path, repo: GitRepo):
-    env = Polyarch(tmp_path, repo)
+def polyarch(request, tmp_path: Path, repo: GitRepo):
+    """The daemons' environment; a test that also takes `backend` runs on SQLite and on
+    PostgreSQL."""
+    state = request.getfixturevalue("backend") if "backend" in request.fixturenames else "sqlite"
+    env = Polyarch(tmp_path, repo, state=state)
     yield env
     env.close()

@@ -9,7 +9,7 @@ from typing import Any, Callable, TypeVar
 import click
 
 from dispatcher.common.errors import (AuthError, ConfigError, InvalidName, PolyarchError, RemoteError, SetupError,
-                                      StateError, UnknownName)
+                                      StateError, StateUnavailable, UnknownName)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,6 +31,8 @@ def one_line_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except StateUnavailable as exc:
+            _die(exc, EXIT_FAILED)  # the server may be back soon: systemd restarts us
         except (ConfigError, InvalidName, UnknownName, AuthError, SetupError, StateError) as exc:
             # StateError here means a state file unreadable at start: like bad config, a
             # restart cannot fix it, so systemd's RestartPreventExitStatus=2 stops the loop.

@@ -81,6 +81,11 @@ class StateError(PolyarchError):
     """The state database or a cursor file is unreadable; never silently reset."""
 
 
+class StateUnavailable(StateError):
+    """The state's PostgreSQL server cannot be reached now: waiting (or a restart of the
+    dispatcher) may fix it, unlike an unreadable state."""
+
+
 class RemoteError(PolyarchError):
     """The dispatcher answered with an error message; `code` is its wire ErrorCode."""
 

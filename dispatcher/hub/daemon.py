@@ -14,6 +14,7 @@ import logging
 import os
 import resource
 import threading
+from pathlib import Path
 from typing import Iterator
 
 from dispatcher.common.config import Config, write_address_file
@@ -95,6 +96,31 @@ def serve(config: Config) -> None:
         thread.join()
         # The store is not closed: handler threads may still be finishing a request, and
         # every acknowledged change is already committed.
+        os.close(lock)
+
+
+def copy_state_to(config: Config, target: str) -> dict[str, int]:
+    """The configured SQLite state copied into the PostgreSQL database `target`, while no
+    dispatcher runs on it (its lock is taken: a copy beside a live dispatcher would miss
+    what it writes after). Rows per table."""
+    from dispatcher.common.config import check_state
+    from dispatcher.hub.store.copy import copy_state
+
+    try:
+        if check_state(target) == "sqlite":
+            raise ValueError("copy --to a PostgreSQL database")
+    except ValueError as exc:
+        raise ConfigError(config.path, "--to", f"{target!r}: {exc}") from None
+    source = state_location(config)
+    if not isinstance(source, Path):
+        raise ConfigError(config.path, "dispatcher.state", "the state is on PostgreSQL already; copy moves a SQLite "
+                          "state (dispatcher.state = \"sqlite\") over")
+    if not source.exists():
+        raise StateError(f"no state database at {source} (has the dispatcher run with this config?)")
+    lock = _own_state(config)
+    try:
+        return copy_state(source, target)
+    finally:
         os.close(lock)
 
 

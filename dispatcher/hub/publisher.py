@@ -52,6 +52,7 @@ class Publisher:
         self._wanted = threading.Event()
         self._stopping = threading.Event()
         self._next = 0.0
+        self._state_error = ""  # the last "state does not answer", said once
         self._backfill: Optional[Iterator[int]] = None  # every page, written a slice at a time
         self._backfill_began = 0.0
         self._backfill_pages = 0
@@ -96,7 +97,7 @@ class Publisher:
     def _loop(self) -> None:
         """The one thread that writes result files, so result handlers never wait on them.
 
-        A result is acknowledged once it is committed to SQLite; its files follow here,
+        A result is acknowledged once it is committed to the state; its files follow here,
         normally within milliseconds. After a failure (disk full) it retries every
         PUBLISH_RETRY seconds rather than at each new result."""
         self._first_pages()
@@ -113,16 +114,29 @@ class Publisher:
                 continue
             self._wanted.clear()
             try:
-                self.publish_pending()
-            except Exception:  # the publisher must outlive any one bad result
-                log.exception("writing result files failed")
+                self._round()
+            except StateError as exc:  # the state does not answer (PostgreSQL restarting): later
+                if str(exc) != self._state_error:
+                    log.error("publishing waits for the state: %s", exc)
+                self._state_error = str(exc)
                 self._next = time.monotonic() + PUBLISH_RETRY
-            self._rewrite_rebranched()
-            self._pages_of_started_work()
-            self._offer_hooks()  # those queued work owes
-            self._backfill_some()
-            if self._backfill is not None:
-                self._wanted.set()  # more pages to write: come straight back
+            else:
+                self._state_error = ""
+
+    def _round(self) -> None:
+        try:
+            self.publish_pending()
+        except StateError:
+            raise
+        except Exception:  # the publisher must outlive any one bad result
+            log.exception("writing result files failed")
+            self._next = time.monotonic() + PUBLISH_RETRY
+        self._rewrite_rebranched()
+        self._pages_of_started_work()
+        self._offer_hooks()  # those queued work owes
+        self._backfill_some()
+        if self._backfill is not None:
+            self._wanted.set()  # more pages to write: come straight back
 
     def _rewrite_rebranched(self) -> None:
         with self._touch_lock:

@@ -19,8 +19,8 @@ import time
 from typing import Callable, Optional
 
 from dispatcher.common.config import Config, RepoConfig
-from dispatcher.common.errors import (LeaseLost, NotAllowed, PolyarchError, ProtocolError, StateError, UnknownArch,
-                                     UnknownName)
+from dispatcher.common.errors import (LeaseLost, NotAllowed, PolyarchError, ProtocolError, StateError,
+                                      StateUnavailable, UnknownArch, UnknownName)
 from dispatcher.common.files import read_from, read_regular
 from dispatcher.common.utf8 import whole_characters
 from dispatcher.common.names import (check_branch, check_commit, check_commit_prefix, check_runner, is_commit,
@@ -70,6 +70,7 @@ class Hub:
         self._last_tick = 0.0
         self._next_flush = 0.0
         self._last_service_error = ""
+        self._state_lost_at: Optional[float] = None  # monotonic: when the state stopped answering
 
     # --- the work queue ------------------------------------------------------------------
 
@@ -463,6 +464,13 @@ class Hub:
             log.warning("the dispatcher was stalled for %.1f s; lease deadlines moved as far", stalled)
             self.store.jobs.extend_leases(stalled)
         try:
+            unpublished = self.store.jobs.has_unpublished()  # and the state answers again
+            if self._state_lost_at is not None:
+                # The runners could not reach the state through us either: as for a stall.
+                log.warning("the state was unreachable for %.1f s; lease deadlines moved as far",
+                            now - self._state_lost_at)
+                self.store.jobs.extend_leases(now - self._state_lost_at)
+                self._state_lost_at = None
             expired = self.store.jobs.expire(heard=self._last_heard)
             for e in expired:
                 what = "re-queued" if e.requeued else "given up (status error)"
@@ -473,7 +481,7 @@ class Hub:
                 self.metrics.expired(len(expired))
                 self.notify_work(*{e.job.arch for e in expired})
                 self.publisher.touch((e.job.repo, e.job.sha) for e in expired)
-            if self.store.jobs.has_unpublished():
+            if unpublished:
                 self.publisher.wake()  # results a crash or a full disk left unwritten
             if now >= self._next_flush:
                 self._next_flush = now + FLUSH_INTERVAL
@@ -488,6 +496,8 @@ class Hub:
                 log.info("periodic work succeeds again")
                 self._last_service_error = ""
         except PolyarchError as exc:
+            if isinstance(exc, StateUnavailable) and self._state_lost_at is None:
+                self._state_lost_at = now
             # Every 0.2 s while a disk is full: say it once, then again only if it changes.
             if str(exc) != self._last_service_error:
                 log.error("periodic work failed: %s", exc)

@@ -23,7 +23,7 @@ import threading
 from typing import Any, Iterable, Iterator, Optional, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from dispatcher.common.errors import StateError
+from dispatcher.common.errors import StateError, StateUnavailable
 from dispatcher.hub.store.database import SCHEMA_VERSION
 
 INSTALL = "pip install 'polyarch[postgresql]' (psycopg) and Debian's libpq5"
@@ -238,7 +238,7 @@ class PgDatabase:
                 conn = self._psycopg.connect(self.url, autocommit=True, row_factory=_rows, connect_timeout=5)
                 owner = self.readonly or conn.execute("SELECT pg_try_advisory_lock(%s)", (_OWNER,)).fetchone()[0]
             except self._psycopg.Error as exc:
-                raise StateError(f"{self.path}: cannot reach the state database ({_first_line(exc)}); is "
+                raise StateUnavailable(f"{self.path}: cannot reach the state database ({_first_line(exc)}); is "
                                  "PostgreSQL running, and does the URL name its host, database and user?") from None
             if not owner:
                 conn.close()
@@ -302,6 +302,12 @@ class PgDatabase:
     def read(self) -> "_Read":
         return _Read(self)
 
+    def failure(self, exc: BaseException, verb: str) -> StateError:
+        """A psycopg error as polyarch's: the server gone (restart, network) is
+        StateUnavailable, which waiting cures; anything else is StateError."""
+        kind = StateUnavailable if isinstance(exc, self._psycopg.OperationalError) else StateError
+        return kind(f"{self.path}: cannot {verb} the state database: {_first_line(exc)}")
+
     def _lost(self) -> None:
         """After a failure: a broken connection is dropped, the next request opens one."""
         conn = self._conn
@@ -325,7 +331,7 @@ class _Read:
         try:
             if isinstance(exc, self.db._psycopg.Error):
                 self.db._lost()
-                raise StateError(f"{self.db.path}: cannot read the state database: {_first_line(exc)}") from None
+                raise self.db.failure(exc, "read") from None
         finally:
             self.db.lock.release()
 
@@ -346,7 +352,7 @@ class _Transaction:
         except db._psycopg.Error as exc:
             db._lost()
             db.lock.release()
-            raise StateError(f"{db.path}: cannot write the state database: {_first_line(exc)}") from None
+            raise db.failure(exc, "write") from None
         except BaseException:
             db.lock.release()
             raise
@@ -361,11 +367,11 @@ class _Transaction:
                     self.conn.execute("COMMIT")
                 except db._psycopg.Error as error:
                     self._rollback()
-                    raise StateError(f"{db.path}: cannot write the state database: {_first_line(error)}") from None
+                    raise db.failure(error, "write") from None
             else:
                 self._rollback()
                 if isinstance(exc, db._psycopg.Error):
-                    raise StateError(f"{db.path}: cannot write the state database: {_first_line(exc)}") from None
+                    raise db.failure(exc, "write") from None
         finally:
             db.lock.release()
 

@@ -1,0 +1,127 @@
+"""The dispatcher on PostgreSQL, with real processes: the server itself restarted under
+a burst, a second dispatcher on the same database, a bad state setting. (The pipeline's
+guarantee tests in test_pipeline.py and the store's in test_store.py and test_hub.py run
+on both backends through the `backend` fixture.)"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.postgres import INSTALL, Cluster, binaries
+from conftest import GitRepo, Polyarch, skip_unless_ci, wait_for
+
+pytestmark = pytest.mark.daemons
+
+
+@pytest.fixture
+def own_cluster():
+    """A cluster of this test's own: it gets stopped and started under load."""
+    if binaries() is None:
+        skip_unless_ci(f"PostgreSQL is not installed: {INSTALL}")
+    cluster = Cluster().init().start()
+    yield cluster
+    cluster.close()
+
+
+def test_postgresql_restarted_mid_burst_loses_nothing_and_the_dispatcher_keeps_serving(
+        tmp_path: Path, repo: GitRepo, own_cluster: Cluster) -> None:
+    env = Polyarch(tmp_path, repo, state=own_cluster.create_database())
+    try:
+        repo.commit("exit 0")
+        dispatcher = env.dispatcher()
+        env.observer()
+        env.runner("r1")
+        env.runner("r2")
+        wait_for(lambda: env.result(repo.git("rev-parse", "HEAD")), what="first result")
+        burst = repo.burst(20, lambda i: "sleep 0.1")
+        wait_for(lambda: sum(1 for s in burst if env.result(s)) >= 3, what="a few burst results")
+        own_cluster.stop("immediate")  # a crash of the server: no checkpoint
+        time.sleep(2)  # results, leases and the observer's reports meet `unavailable` meanwhile
+        later = repo.burst(3)
+        own_cluster.start()
+        results = env.wait_results(burst + later, timeout=120)
+        assert all(r["status"] == "passed" for r in results.values())
+        # None ran twice: the leases got the outage back (the runners could not reach the
+        # state through the dispatcher either), so the results they kept were taken.
+        assert [r["attempt"] for r in results.values()] == [1] * len(results)
+        # Exactly one result per commit, and the same dispatcher process served throughout.
+        folders = [p for p in (env.results / "demo").iterdir() if p.is_dir()]
+        assert len(folders) == 24
+        assert dispatcher.alive
+        assert "cannot reach the state database" in dispatcher.log() or \
+            "cannot write the state database" in dispatcher.log() or \
+            "cannot read the state database" in dispatcher.log()
+    finally:
+        env.close()
+
+
+def test_a_second_dispatcher_on_the_same_database_is_refused(tmp_path: Path, repo: GitRepo,
+                                                              pg_cluster: Cluster) -> None:
+    url = pg_cluster.create_database("shared_once")
+    env = Polyarch(tmp_path, repo, state=url)
+    try:
+        repo.commit("exit 0")
+        env.dispatcher()
+        other = tmp_path / "other"
+        other.mkdir()
+        shutil.copy(env.config, other / "polyarch.toml")
+        done = env.cli("dispatcher", "serve", "--config", str(other / "polyarch.toml"))
+        assert done.returncode != 0
+        assert "another dispatcher is using this state" in done.stderr, done.stderr
+    finally:
+        env.close()
+
+
+def test_a_state_that_is_neither_sqlite_nor_postgresql_is_bad_config(tmp_path: Path, repo: GitRepo) -> None:
+    env = Polyarch(tmp_path, repo, state="mysql://ci@db/polyarch")
+    done = env.cli("dispatcher", "serve", "--config", str(env.config))
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert "dispatcher.state" in line and "postgresql://" in line
+
+
+def test_state_copy_moves_a_sqlite_state_over_and_refuses_a_non_empty_target(
+        tmp_path: Path, repo: GitRepo, pg_cluster: Cluster) -> None:
+    from dispatcher.common.config import load_config
+    from dispatcher.common.states import Status
+    from dispatcher.hub.server import policy_of, state_location
+    from dispatcher.hub.store import JobResult, RunnerRow, Store
+    from dispatcher.wire.protocol import CommitInfo
+
+    env = Polyarch(tmp_path, repo)
+    config = load_config(env.config)
+    source = Store(state_location(config), policy_of(config))
+    shas = [c * 40 for c in "abc"]
+    source.jobs.enqueue("demo", "main", [CommitInfo(s, "Zoë", f"subject {s[0]}", 1, "") for s in shas], ["amd64"])
+    runner = RunnerRow("r1", "amd64", "host", "x86_64", "0", False, "6.1", 0.0, 0.0)
+    source.runners.register(runner)
+    done = source.jobs.claim(runner)
+    source.jobs.record_result(done.lease_id, JobResult(Status.FAILED, 1, 1.0, 2.0, b"log \xff"), "r1")
+    leased = source.jobs.claim(runner)
+    before = source.queries.jobs("demo", limit_commits=10)
+    ids = {s: source.queries.commit_id("demo", s) for s in shas}
+    source.close()
+
+    url = pg_cluster.create_database("copied")
+    copied = env.cli("dispatcher", "state", "copy", "--config", str(env.config), "--to", url)
+    assert copied.returncode == 0, copied.stderr
+    assert "copied 3 commit(s) and 3 job(s)" in copied.stdout
+    target = Store(url, policy_of(config))
+    try:
+        assert target.queries.jobs("demo", limit_commits=10) == before
+        assert {s: target.queries.commit_id("demo", s) for s in shas} == ids
+        assert target.jobs.heartbeat(leased.lease_id)  # a lease held then is held on the copy
+        # New rows continue after the copied ids.
+        target.jobs.enqueue("demo", "main", [CommitInfo("d" * 40)], ["amd64"])
+        assert target.queries.commit_id("demo", "d" * 40) > max(ids.values())
+    finally:
+        target.close()
+
+    again = env.cli("dispatcher", "state", "copy", "--config", str(env.config), "--to", url)
+    assert again.returncode == 2
+    [line] = again.stderr.strip().splitlines()
+    assert "already holds a polyarch state" in line
