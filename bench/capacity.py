@@ -2,12 +2,15 @@
 
     .venv/bin/python -m bench.capacity [--runners 100] [--jobs 2000] [--repeat 3]
                                        [--hold-runners 1000] [--hold-seconds 20] [--json FILE]
+                                       [--state sqlite postgresql]
 
 Throughput: a real dispatcher process, N runner connections (threads here, each its own
 authenticated TCP connection) that lease a job, answer it at once with a result, and
 lease again; the observer's role dispatches `--jobs` commits. Jobs per second are
 measured from the first dispatch to the last acknowledged result; an acknowledgement
-means the result is committed to SQLite (synchronous=FULL) and its files are written.
+means the result is committed to the state (SQLite, synchronous=FULL; or PostgreSQL,
+fsync on, in a private cluster this benchmark starts: `--state postgresql`) and its files
+are written.
 
 Hold: `--hold-runners` connections each lease one job and heartbeat every second for
 `--hold-seconds`; counted: heartbeats refused (lease lost), leases the dispatcher
@@ -40,11 +43,12 @@ class Dispatcher:
     """A real dispatcher process in a temporary folder."""
 
     def __init__(self, root: Path, heartbeat_timeout: float, extra: str = "", connections: int = 4096,
-                 repo_settings: str = "") -> None:
+                 repo_settings: str = "", state: str = "sqlite") -> None:
         self.root = root
         (root / "polyarch.toml").write_text(extra + "\n" + textwrap.dedent(f"""\
             [dispatcher]
             listen = "127.0.0.1:0"
+            state = "{state}"
             heartbeat_timeout = {heartbeat_timeout}
             max_connections = {connections}
             [[repos]]
@@ -99,9 +103,9 @@ def _register(conn: Connection) -> None:
     conn.request_ack(Register(arch="amd64", version="bench", host="bench", machine="x86_64"))
 
 
-def throughput(runners: int, jobs: int) -> dict[str, float]:
+def throughput(runners: int, jobs: int, state: str = "sqlite") -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="polyarch-capacity-") as tmp:
-        d = Dispatcher(Path(tmp), heartbeat_timeout=30)
+        d = Dispatcher(Path(tmp), heartbeat_timeout=30, state=state)
         return _throughput(d, runners, jobs)
 
 
@@ -208,6 +212,21 @@ def _hold(d: Dispatcher, runners: int, seconds: float) -> dict[str, float]:
             "heartbeat_rtt_max_ms": rtts[-1] * 1000, "rss_idle_mib": idle_rss, "rss_under_load_mib": load_rss}
 
 
+def on_postgresql(runners: int, jobs: int, repeat: int) -> dict[str, float]:
+    """Throughput with the state on PostgreSQL: a private cluster, a new database a run."""
+    from bench.postgres import Cluster
+
+    cluster = Cluster().init().start()
+    try:
+        rates = sorted(throughput(runners, jobs, cluster.create_database(f"capacity{i}"))["jobs_per_s"]
+                       for i in range(repeat))
+    finally:
+        cluster.close()
+    print(f"throughput on PostgreSQL, {runners} simulated runners, {jobs} jobs, {repeat} runs: median "
+          f"{statistics.median(rates):.0f} jobs/s (min {rates[0]:.0f}, max {rates[-1]:.0f})", flush=True)
+    return {"jobs_per_s_median": statistics.median(rates), "jobs_per_s_min": rates[0], "jobs_per_s_max": rates[-1]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runners", type=int, default=100)
@@ -216,7 +235,13 @@ def main() -> None:
     parser.add_argument("--hold-runners", type=int, default=1000)
     parser.add_argument("--hold-seconds", type=float, default=20)
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "capacity.json")
+    parser.add_argument("--state", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite"],
+                        help="the backends to measure throughput on (the hold runs on SQLite)")
     args = parser.parse_args()
+    if "postgresql" in args.state:
+        on_postgresql(args.runners, args.jobs, args.repeat)
+        if args.state == ["postgresql"]:
+            return
     runs = [throughput(args.runners, args.jobs) for _ in range(args.repeat)]
     rates = sorted(r["jobs_per_s"] for r in runs)
     figures = {"runners": args.runners, "jobs": args.jobs, "repeat": args.repeat,

@@ -151,12 +151,12 @@ def _status_source(config, repo: Optional[str], commit: Optional[str], limit: in
         finally:
             store.close()
         return
-    from dispatcher.common.config import dispatcher_address
+    from dispatcher.common.config import dispatcher_addresses
     from dispatcher.common.errors import PolyarchError
     from dispatcher.hub.reads import report_of
     from dispatcher.wire.protocol import StatusRead, StatusReport
 
-    address = dispatcher_address(config, "observer")
+    address = ", ".join(str(a) for a in dispatcher_addresses(config, "observer"))
     conns = []  # the one connection, made again when the dispatcher closed it (idle, restart)
 
     def report():
@@ -260,7 +260,6 @@ def wait_command(config_path: str, repo: str, commit: str, branch: str, timeout:
 
     from rich.console import Console
 
-    from dispatcher.common.config import dispatcher_address
     from dispatcher.common.errors import PolyarchError
     from dispatcher.views.gate import Unreachable, Verdict, summary, verdict, wait
     from dispatcher.common.names import check_branch, check_commit
@@ -272,10 +271,7 @@ def wait_command(config_path: str, repo: str, commit: str, branch: str, timeout:
         check_branch(branch)
     console = Console(stderr=as_json)
     warned: set[str] = set()
-    try:
-        address = str(dispatcher_address(config, "observer"))
-    except PolyarchError:
-        address = str(config.observer.dispatcher)
+    address = _addresses_shown(config)
     try:
         with console.status(f"waiting for {repo} {commit[:12]} on "
                             f"{', '.join(a.value for a in repo_config.architectures)}") as spinner:
@@ -364,14 +360,27 @@ def _checked(config_path: str, repo: str, commit: str, archs: tuple[str, ...]):
 
 
 def _client_connection(config, name: str):
+    """A connection to the first of the [observer] dispatchers that answers."""
     from dispatcher.wire.auth import load_secret
-    from dispatcher.wire.client import Connection
-    from dispatcher.common.config import dispatcher_address
+    from dispatcher.wire.client import Connection, Dispatchers
+    from dispatcher.common.config import dispatcher_addresses
     from dispatcher.wire.protocol import Role
     from dispatcher.wire.tls import for_client
 
-    return Connection(dispatcher_address(config, "observer"), Role.CLIENT, name,
-                      load_secret(config.token_for("observer")), tls=for_client(config, "observer"))
+    addresses = dispatcher_addresses(config, "observer")  # first: "is the dispatcher running?"
+    secret, tls = load_secret(config.token_for("observer")), for_client(config, "observer")
+    return Dispatchers(lambda: addresses).connect(
+        lambda address: Connection(address, Role.CLIENT, name, secret, tls=tls))
+
+
+def _addresses_shown(config) -> str:
+    from dispatcher.common.config import dispatcher_addresses
+    from dispatcher.common.errors import PolyarchError
+
+    try:
+        return ", ".join(str(a) for a in dispatcher_addresses(config, "observer"))
+    except PolyarchError:
+        return ", ".join(str(a) for a in config.observer.dispatchers)
 
 
 @main.group()

@@ -17,8 +17,8 @@ import time
 from typing import Callable, Optional
 
 from dispatcher.wire.auth import load_secret
-from dispatcher.wire.client import Connection
-from dispatcher.common.config import Config, RepoConfig, dispatcher_address
+from dispatcher.wire.client import Connection, Dispatchers
+from dispatcher.common.config import Config, RepoConfig, dispatcher_addresses
 from dispatcher.common.errors import ConfigError, InvalidName, ProtocolError, RemoteError
 from dispatcher.common.progress import Sink
 from dispatcher.wire.protocol import Ack, Dispatch, ErrorCode, Role
@@ -54,6 +54,9 @@ class Observer:
         self.cursors = Cursors(self.settings.state_dir / "cursors.json")
         self.mirrors: dict[str, Mirror] = {}
         self.conn: Optional[Connection] = None
+        # Unacknowledged commits stay in the mirror past the cursor: whichever dispatcher
+        # answers next is sent them.
+        self.dispatchers = Dispatchers(lambda: dispatcher_addresses(config, "observer"))
         self.plain_commits = False  # the dispatcher is older than CommitInfo.parent
         self.name = f"observer@{socket.gethostname()}"[:100]
         self.wake = threading.Event()
@@ -166,8 +169,8 @@ class Observer:
             return self.conn.request(msg)
 
     def _connect(self) -> Connection:
-        return Connection(dispatcher_address(self.config, "observer"), Role.OBSERVER, self.name, self.secret,
-                          tls=self.tls)
+        return self.dispatchers.connect(
+            lambda address: Connection(address, Role.OBSERVER, self.name, self.secret, tls=self.tls))
 
     def poll_once(self, repos: Optional[list[RepoConfig]] = None) -> bool:
         """Poll the given repos (default all) once, in parallel; True when every one succeeded."""

@@ -24,8 +24,8 @@ from typing import Callable, Optional
 
 from dispatcher import __version__
 from dispatcher.wire.auth import load_secret
-from dispatcher.wire.client import Connection
-from dispatcher.common.config import Config, dispatcher_address
+from dispatcher.wire.client import Connection, Dispatchers
+from dispatcher.common.config import Config, dispatcher_addresses
 from dispatcher.common.errors import ConfigError, MessageTooLarge, SetupError, ProtocolError, RemoteError
 from dispatcher.common.names import Arch
 from dispatcher.common.sdnotify import Watchdog, notify
@@ -74,6 +74,7 @@ class Runner:
         # (natively) this host's architecture.
         self.root_digest = f"root-{root.digest}" if root is not None else f"native-{platform.machine()}"
         self.conn: Optional[Connection] = None
+        self.dispatchers = Dispatchers(lambda: dispatcher_addresses(config, "runner"))
         self.heartbeat_interval = 1.0
         self.watchdog = Watchdog()
         self.guard = Guard()
@@ -183,23 +184,25 @@ class Runner:
 
     def _connect(self) -> Connection:
         if self.conn is None:
-            address = dispatcher_address(self.config, "runner")
-            conn = Connection(address, Role.RUNNER, self.name, self.secret, tls=self.tls)
-            try:
-                welcome = conn.request(Register(arch=self.arch.value, version=__version__, host=socket.gethostname(),
-                                                machine=self.machine, emulated=self.emulated,
-                                                kernel=platform.release(), qemu=self.root.qemu if self.root else "",
-                                                root=self.root.described if self.root else ""))
-            except BaseException:
-                conn.close()
-                raise
+            conn, welcome = self.dispatchers.connect(self._register)
             features = welcome.message.split() if isinstance(welcome, Ack) else []
             if "next_job" not in features and not self.plain_results:
                 log.info("the dispatcher does not take next_job (an older version); leasing each job apart")
             self.plain_results = "next_job" not in features
             self.conn, self.heartbeat_interval = conn, conn.heartbeat_interval
-            log.info("connected to dispatcher at %s", address)
+            log.info("connected to dispatcher at %s", conn.address)
         return self.conn
+
+    def _register(self, address) -> tuple[Connection, object]:
+        conn = Connection(address, Role.RUNNER, self.name, self.secret, tls=self.tls)
+        try:
+            return conn, conn.request(Register(arch=self.arch.value, version=__version__, host=socket.gethostname(),
+                                               machine=self.machine, emulated=self.emulated,
+                                               kernel=platform.release(), qemu=self.root.qemu if self.root else "",
+                                               root=self.root.described if self.root else ""))
+        except BaseException:
+            conn.close()
+            raise
 
     def _disconnect(self) -> None:
         if self.conn is not None:

@@ -188,25 +188,27 @@ class Polyarch:
     def write_config(self, heartbeat_timeout: float = 2, max_attempts: int = 3, poll_interval: float = 0.5,
                      test_command: str = "sh test.sh", timeout: float = 30, archs: tuple[str, ...] = ("amd64",),
                      watch: bool = True, stop_grace: float = 20, extra_repos: str = "", repo_settings: str = "",
-                     dispatcher_settings: str = "", runner_settings: str = "") -> None:
+                     dispatcher_settings: str = "", runner_settings: str = "", listen: str = "127.0.0.1:0",
+                     clients: str = '"127.0.0.1:0"') -> None:
         """The config; `repo_settings`, `dispatcher_settings` and `runner_settings` are TOML
-        lines added to the demo repo's table, to [dispatcher] and to [runner]."""
+        lines added to the demo repo's table, to [dispatcher] and to [runner]; `clients` is
+        the TOML value of the observer's and the runner's `dispatcher`."""
         arch_list = ", ".join(f'"{a}"' for a in archs)
         self.config.write_text(textwrap.dedent(f"""\
             [dispatcher]
-            listen = "127.0.0.1:0"
+            listen = "{listen}"
             state = "{self.state}"
             heartbeat_timeout = {heartbeat_timeout}
             max_attempts = {max_attempts}
             {dispatcher_settings}
 
             [observer]
-            dispatcher = "127.0.0.1:0"
+            dispatcher = {clients}
             poll_interval = {poll_interval}
             watch = {str(watch).lower()}
 
             [runner]
-            dispatcher = "127.0.0.1:0"
+            dispatcher = {clients}
             kill_grace = 1
             stop_grace = {stop_grace}
             share = ["{self.shared}"]

@@ -91,9 +91,25 @@ class DispatcherConfig:
     public_url: Optional[str] = None  # where test_results/ is served: hooks link to its pages
 
 
+def parse_addresses(value: object) -> tuple[Address, ...]:
+    """One "host:port", or a list of them (the dispatchers a client may use, in order)."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("the list names no dispatcher")
+    out = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"expected \"host:port\" or a list of them, got {item!r}")
+        out.append(parse_address(item))
+    return tuple(out)
+
+
+LOCAL_DISPATCHER = (Address("127.0.0.1", DEFAULT_PORT),)
+
+
 @dataclasses.dataclass(frozen=True)
 class ObserverConfig:
-    dispatcher: Address = Address("127.0.0.1", DEFAULT_PORT)
+    dispatchers: tuple[Address, ...] = LOCAL_DISPATCHER  # tried in order; the one that answered is kept
     poll_interval: float = 5.0
     state_dir: Path = Path("var/observer")
     max_backfill: int = 100
@@ -107,7 +123,7 @@ class ObserverConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunnerConfig:
-    dispatcher: Address = Address("127.0.0.1", DEFAULT_PORT)
+    dispatchers: tuple[Address, ...] = LOCAL_DISPATCHER
     work_dir: Path = Path("var/runner")
     arch: Arch | None = None  # None = "auto": this process's own machine
     name: str | None = None
@@ -291,7 +307,7 @@ def _observer(path: Path, table: Any) -> ObserverConfig:
     s = Section(path, "observer", table)
     d = ObserverConfig()
     cfg = ObserverConfig(
-        dispatcher=s.parsed("dispatcher", parse_address, d.dispatcher),
+        dispatchers=_dispatchers(s, d.dispatchers),
         poll_interval=s.positive("poll_interval", d.poll_interval),
         state_dir=s.path_("state_dir", d.state_dir),
         max_backfill=s.positive("max_backfill", d.max_backfill, integer=True),
@@ -355,7 +371,7 @@ def _runner(path: Path, table: Any) -> RunnerConfig:
     arch = None if arch_text == "auto" else s.checked("arch", arch_text, parse_arch)
     name = s.get("name", str, None)
     cfg = RunnerConfig(
-        dispatcher=s.parsed("dispatcher", parse_address, d.dispatcher),
+        dispatchers=_dispatchers(s, d.dispatchers),
         work_dir=s.path_("work_dir", d.work_dir),
         arch=arch,
         name=None if name is None else s.checked("name", name, check_runner),
@@ -484,13 +500,24 @@ def write_address_file(config: Config, address: str) -> None:
     atomic_write(address_file(config), (address + "\n").encode())
 
 
-def dispatcher_address(config: Config, section: str) -> Address:
-    """The address a client section connects to.
+def _dispatchers(s: Section, default: tuple[Address, ...]) -> tuple[Address, ...]:
+    value = s.get("dispatcher", (str, list), None)
+    if value is None:
+        return default
+    try:
+        return parse_addresses(value)
+    except ValueError as exc:
+        raise s.fail("dispatcher", str(exc)) from None
 
-    Port 0 means "the dispatcher on this machine, wherever it listens": the dispatcher
-    (configured with port 0 too) picks a free port and records it in its state_dir.
-    """
-    addr: Address = getattr(config, section).dispatcher
+
+def dispatcher_addresses(config: Config, section: str) -> list[Address]:
+    """The addresses a client section may connect to, in the config's order."""
+    return [_resolved(config, section, addr) for addr in getattr(config, section).dispatchers]
+
+
+def _resolved(config: Config, section: str, addr: Address) -> Address:
+    """Port 0 means "the dispatcher on this machine, wherever it listens": the dispatcher
+    (configured with port 0 too) picks a free port and records it in its state_dir."""
     if addr.port != 0:
         return addr
     path = address_file(config)

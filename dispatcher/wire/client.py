@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 import ssl
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, TypeVar
 
 from dispatcher.wire.auth import client_mac, new_nonce, server_proof, verify
 from dispatcher.common.config import Address
 from dispatcher.common.errors import AuthError, ProtocolError, RemoteError
 from dispatcher.wire.protocol import Ack, Auth, Error, ErrorCode, Hello, Message, Role, Welcome
 from dispatcher.wire.frames import Channel
+
+log = logging.getLogger("polyarch.client")
 
 
 CONNECT_TIMEOUT = 5.0
@@ -95,3 +98,44 @@ class Connection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+C = TypeVar("C")
+
+
+class Dispatchers:
+    """The dispatchers a client may use (`dispatcher = [...]` in its section), in the
+    config's order. A client keeps to the one that answered last and moves to the next
+    when that one is gone: it refuses the connection, does not finish the handshake in
+    time, or answers `unavailable` (its state cannot be reached). A wrong secret is not
+    "gone": that AuthError reaches the caller, as it would from any dispatcher."""
+
+    def __init__(self, addresses: Callable[[], Sequence[Address]]) -> None:
+        self._addresses = addresses  # read at each connect: port 0 means a file that may change
+        self._current = 0
+        self.last: Optional[Address] = None  # the one connected to last, for messages
+
+    def connect(self, make: Callable[[Address], C]) -> C:
+        addresses = list(self._addresses())
+        if len(addresses) == 1:  # nowhere to move: the error as it is
+            made = make(addresses[0])
+            self.last = addresses[0]
+            return made
+        failed = []
+        for k in range(len(addresses)):
+            i = (self._current + k) % len(addresses)
+            try:
+                made = make(addresses[i])
+            except (OSError, ProtocolError) as exc:
+                failed.append(f"{addresses[i]}: {exc}")
+                continue
+            except RemoteError as exc:
+                if exc.code != ErrorCode.UNAVAILABLE:
+                    raise
+                failed.append(f"{addresses[i]}: {exc}")
+                continue
+            if i != self._current and self.last is not None:
+                log.warning("dispatcher at %s is gone; now using %s", self.last, addresses[i])
+            self._current, self.last = i, addresses[i]
+            return made
+        raise ConnectionError("no dispatcher answers: " + "; ".join(failed))
