@@ -268,3 +268,25 @@ def test_leases_live_on_the_monotonic_clock_and_can_be_given_time_back(store: St
     assert store.jobs.expire(now=time.monotonic() + 11) == []
     [expired] = store.jobs.expire(now=time.monotonic() + 41)
     assert expired.requeued
+
+
+def test_both_backends_have_the_same_tables_and_columns(tmp_path: Path, pg_cluster) -> None:
+    # One schema in two spellings (database.py's migrations, postgres.py's): a column added
+    # to one and not the other would break the SQL both run, so the two are compared here.
+    lite = Store(tmp_path / "state.sqlite3")
+    pg = Store(pg_cluster.create_database("schema_twins"))
+    try:
+        with lite.db.read() as db:
+            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            sqlite_columns = {t: sorted(r[1] for r in db.execute(f"PRAGMA table_info({t})")) for t in tables}
+        sqlite_columns["commits"] = sorted([*sqlite_columns["commits"], "rowid"])  # SQLite's is implicit
+        with pg.db.read() as db:
+            rows = db.execute("SELECT table_name, column_name FROM information_schema.columns "
+                              "WHERE table_schema = 'public' AND table_name != 'polyarch_schema'").fetchall()
+        pg_columns: dict[str, list[str]] = {}
+        for table, column in rows:
+            pg_columns.setdefault(table, []).append(column)
+        assert {t: sorted(c) for t, c in pg_columns.items()} == sqlite_columns
+    finally:
+        lite.close()
+        pg.close()
