@@ -194,10 +194,13 @@ class Polyarch:
         lines added to the demo repo's table, to [dispatcher] and to [runner]; `clients` is
         the TOML value of the observer's and the runner's `dispatcher`."""
         arch_list = ", ".join(f'"{a}"' for a in archs)
+        # Only when it is not the default: the previous release's dispatcher (test_upgrade)
+        # does not know the key.
+        state_line = f'state = "{self.state}"' if self.state != "sqlite" else ""
         self.config.write_text(textwrap.dedent(f"""\
             [dispatcher]
             listen = "{listen}"
-            state = "{self.state}"
+            {state_line}
             heartbeat_timeout = {heartbeat_timeout}
             max_attempts = {max_attempts}
             {dispatcher_settings}

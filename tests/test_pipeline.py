@@ -43,8 +43,10 @@ def test_commits_one_at_a_time_and_in_a_burst_get_the_right_status(polyarch: Pol
     assert "broken" in log
     summary = json.loads((polyarch.results / "demo" / one_by_one[1] / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["architectures"] == {"amd64": "failed"}
-    # Nothing half-written or temporary is left among the result files.
-    assert not [p for p in _all_result_files(polyarch.results) if p.name.startswith(".polyarch-tmp")]
+    # Nothing half-written or temporary is left among the result files (a page being
+    # rewritten this instant shows its temporary for a moment; a leftover would stay).
+    wait_for(lambda: not [p for p in _all_result_files(polyarch.results) if p.name.startswith(".polyarch-tmp")],
+             timeout=10, what="no temporary file among the results")
 
     status = polyarch.cli("dispatcher", "status", "--config", str(polyarch.config), "--json", "--limit", "100")
     assert status.returncode == 0, status.stderr

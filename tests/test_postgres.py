@@ -5,7 +5,9 @@ on both backends through the `backend` fixture.)"""
 
 from __future__ import annotations
 
-import shutil
+import json
+import random
+import socket
 import time
 from pathlib import Path
 
@@ -59,21 +61,60 @@ def test_postgresql_restarted_mid_burst_loses_nothing_and_the_dispatcher_keeps_s
         env.close()
 
 
-def test_a_second_dispatcher_on_the_same_database_is_refused(tmp_path: Path, repo: GitRepo,
-                                                              pg_cluster: Cluster) -> None:
-    url = pg_cluster.create_database("shared_once")
-    env = Polyarch(tmp_path, repo, state=url)
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("victim, seed", [("publisher", 1), ("other", 2)])
+def test_two_dispatchers_on_one_database_either_killed_mid_burst_lose_nothing(
+        tmp_path: Path, repo: GitRepo, pg_cluster: Cluster, victim: str, seed: int) -> None:
+    """Two dispatchers share one PostgreSQL state and one results folder; r1 and the
+    observer use A first, r2 uses B first. At a seeded moment of a burst one of them is
+    killed with SIGKILL: the one publishing the files, or the other."""
+    url = pg_cluster.create_database(f"two_{victim}")
+    ports = _free_port(), _free_port()
+    results = tmp_path / "results"
+    settings = f'results_dir = "{results}"'
+    envs = []
+    for name, order in (("a", ports), ("b", ports[::-1])):
+        (tmp_path / name).mkdir()
+        secret = f'\ntoken_file = "{tmp_path / "a" / "var" / "secret"}"' if name == "b" else ""
+        envs.append(Polyarch(tmp_path / name, repo, state=url, listen=f"127.0.0.1:{order[0]}",
+                             clients="[" + ", ".join(f'"127.0.0.1:{p}"' for p in order) + "]",
+                             dispatcher_settings=settings + secret))
+    a, b = envs
     try:
-        repo.commit("exit 0")
-        env.dispatcher()
-        other = tmp_path / "other"
-        other.mkdir()
-        shutil.copy(env.config, other / "polyarch.toml")
-        done = env.cli("dispatcher", "serve", "--config", str(other / "polyarch.toml"))
-        assert done.returncode != 0
-        assert "another dispatcher is using this state" in done.stderr, done.stderr
+        first = repo.commit("exit 0")
+        dispatchers = {"a": a.dispatcher(), "b": b.dispatcher()}  # a starts first: it publishes
+        a.observer()
+        a.runner("r1")
+        b.runner("r2")
+        wait_for(lambda: (results / "demo" / first / "amd64.json").exists(), what="first result")
+        burst = repo.burst(20, lambda i: "sleep 0.1")
+        done = lambda: sum(1 for s in burst if (results / "demo" / s / "amd64.json").exists())  # noqa: E731
+        moment = random.Random(seed).randint(2, 8)
+        wait_for(lambda: done() >= moment, what=f"{moment} burst results")
+        dispatchers["a" if victim == "publisher" else "b"].kill()
+        later = repo.burst(3)
+        wait_for(lambda: all((results / "demo" / s / "amd64.json").exists() for s in burst + later),
+                 timeout=90, what="every result")
+        expected = ["amd64.json", "amd64.log", "index.html", "summary.json"]
+        for sha in burst + later:
+            folder = results / "demo" / sha
+            record = json.loads((folder / "amd64.json").read_text())
+            assert record["status"] == "passed" and record["attempt"] == 1, record
+            # One result each, whole: no temporary left (one in flight shows for a moment).
+            wait_for(lambda f=folder: sorted(p.name for p in f.iterdir()) == expected,
+                     timeout=10, what=f"exactly {expected} in {folder.name}")
+        survivor = dispatchers["b" if victim == "publisher" else "a"]
+        assert survivor.alive
+        if victim == "publisher":
+            assert "now publishes results" in survivor.log()
     finally:
-        env.close()
+        a.close()
+        b.close()
 
 
 def test_a_state_that_is_neither_sqlite_nor_postgresql_is_bad_config(tmp_path: Path, repo: GitRepo) -> None:

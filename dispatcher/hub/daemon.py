@@ -95,7 +95,12 @@ def serve(config: Config) -> None:
         server.server_close()
         thread.join()
         # The store is not closed: handler threads may still be finishing a request, and
-        # every acknowledged change is already committed.
+        # every acknowledged change is already committed. Other dispatchers on the state
+        # adopt this one's leases now rather than after heartbeat_timeout.
+        try:
+            store.peers.leave()
+        except PolyarchError as exc:
+            log.warning("could not say goodbye to the other dispatchers: %s", exc)
         os.close(lock)
 
 

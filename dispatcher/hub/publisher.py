@@ -28,6 +28,7 @@ log = logging.getLogger("polyarch.dispatcher")
 
 PUBLISH_RETRY = 5.0
 RETRY_SLEEP = 0.2
+LEAD_POLL = 1.0  # how soon a dispatcher that does not publish sees the publisher gone
 PAGES_INTERVAL = 1.0  # seconds between two rewrites of pages for work that started
 BACKFILL_SLICE = 0.05  # seconds of first-start dashboard pages between two looks for results
 # Pages of work that just started wait this long: a short job's result, published by then,
@@ -53,6 +54,8 @@ class Publisher:
         self._stopping = threading.Event()
         self._next = 0.0
         self._state_error = ""  # the last "state does not answer", said once
+        self._leading = False
+        self._started = False
         self._backfill: Optional[Iterator[int]] = None  # every page, written a slice at a time
         self._backfill_began = 0.0
         self._backfill_pages = 0
@@ -99,7 +102,14 @@ class Publisher:
 
         A result is acknowledged once it is committed to the state; its files follow here,
         normally within milliseconds. After a failure (disk full) it retries every
-        PUBLISH_RETRY seconds rather than at each new result."""
+        PUBLISH_RETRY seconds rather than at each new result.
+
+        With several dispatchers on one state, one publishes (and runs hooks) at a time:
+        the leader (the state's advisory lock); the others wait to take over, and the
+        result files are one folder they all write (results_dir on shared storage)."""
+        while not self._lead():
+            if self._stopping.wait(LEAD_POLL):
+                return
         self._first_pages()
         self._offer_hooks()  # those a stop or a crash left unrun: at least once
         while not self._stopping.is_set():
@@ -113,6 +123,9 @@ class Publisher:
                 time.sleep(min(RETRY_SLEEP, self._next - time.monotonic()))
                 continue
             self._wanted.clear()
+            if not self._lead():
+                self._next = time.monotonic() + LEAD_POLL
+                continue
             try:
                 self._round()
             except StateError as exc:  # the state does not answer (PostgreSQL restarting): later
@@ -122,6 +135,19 @@ class Publisher:
                 self._next = time.monotonic() + PUBLISH_RETRY
             else:
                 self._state_error = ""
+
+    def _lead(self) -> bool:
+        """Whether this dispatcher publishes now; on taking over, the hooks left pending
+        are offered again (at least once, as after a restart)."""
+        try:
+            leading = self.store.db.leader()
+        except StateError:
+            return False
+        if leading and not self._leading and self._started:
+            log.info("this dispatcher now publishes results and runs hooks")
+            self._offered = 0
+        self._leading, self._started = leading, True
+        return leading
 
     def _round(self) -> None:
         try:

@@ -19,8 +19,7 @@ import time
 from typing import Callable, Optional
 
 from dispatcher.common.config import Config, RepoConfig
-from dispatcher.common.errors import (LeaseLost, NotAllowed, PolyarchError, ProtocolError, StateError,
-                                      StateUnavailable, UnknownArch, UnknownName)
+from dispatcher.common.errors import (LeaseLost, NotAllowed, ProtocolError, UnknownArch, UnknownName)
 from dispatcher.common.files import read_from, read_regular
 from dispatcher.common.utf8 import whole_characters
 from dispatcher.common.names import (check_branch, check_commit, check_commit_prefix, check_runner, is_commit,
@@ -28,7 +27,8 @@ from dispatcher.common.names import (check_branch, check_commit, check_commit_pr
 from dispatcher.common.states import CellState, Status
 from dispatcher.hub.live import JobKey, LiveLogs
 from dispatcher.hub.metrics import Metrics
-from dispatcher.hub.presence import FLUSH_INTERVAL, Presence
+from dispatcher.hub.presence import Presence
+from dispatcher.hub.upkeep import Upkeep
 from dispatcher.hub.publisher import Publisher
 from dispatcher.hub.reads import commit_status, status_report
 from dispatcher.hub.store.interface import State
@@ -43,8 +43,6 @@ from dispatcher.wire.protocol import (CommitInfo, CommitStatus, Heartbeat, Job, 
 log = logging.getLogger("polyarch.dispatcher")
 
 MAX_LEASE_WAIT = 30.0
-SERVICE_INTERVAL = 0.2
-STALL = 2.0  # seconds between two periodic ticks (normally 0.2) that mean we were stopped
 MAX_COMMITS_PER_DISPATCH = 1000
 LOG_READ_MOST = 256 * 1024  # bytes of log in one LOG_TEXT
 MAX_STATUS_COMMITS = 1000  # commits in one STATUS_REPORT: well within a frame
@@ -66,11 +64,9 @@ class Hub:
         self._work_listeners: list[Callable[[tuple[str, ...]], None]] = []
         # A runner with a request on its way (the socket server says) is alive, as by a heartbeat.
         self.speaking: Callable[[str], bool] = lambda runner: False
-        self._next_service = 0.0
-        self._last_tick = 0.0
-        self._next_flush = 0.0
-        self._last_service_error = ""
-        self._state_lost_at: Optional[float] = None  # monotonic: when the state stopped answering
+        self.upkeep = Upkeep(self)
+        # Work another dispatcher on this state queued wakes this one's waiting runners.
+        store.db.listen(self.wake_local)
 
     # --- the work queue ------------------------------------------------------------------
 
@@ -86,7 +82,13 @@ class Hub:
 
     def notify_work(self, *archs: str) -> None:
         """Work for `archs` (none named: any) may be there now: queued, handed back, or
-        a runner came or went (which changes who may take a retry)."""
+        a runner came or went (which changes who may take a retry). The other
+        dispatchers on this state are told too (PostgreSQL's NOTIFY)."""
+        self.wake_local(archs)
+        self.store.db.notify(archs)
+
+    def wake_local(self, archs: tuple[str, ...]) -> None:
+        """notify_work for this dispatcher's own waiting runners only."""
         with self._work:
             self._generation += 1
             self._work.notify_all()
@@ -450,60 +452,9 @@ class Hub:
     # --- periodic work -------------------------------------------------------------------
 
     def periodic(self) -> None:
-        """Every SERVICE_INTERVAL: expire leases, wake the publisher, flush presence."""
-        now = time.monotonic()
-        if now < self._next_service:
-            return
-        stalled = now - self._last_tick if self._last_tick else 0.0
-        self._last_tick = now
-        self._next_service = now + SERVICE_INTERVAL
-        if stalled > STALL:
-            # The dispatcher itself did not run (SIGSTOP, a paused VM, swap): the runners'
-            # heartbeats of that time wait unread in their sockets. Their leases get the
-            # time back before any is judged, so none expires for our own silence.
-            log.warning("the dispatcher was stalled for %.1f s; lease deadlines moved as far", stalled)
-            self.store.jobs.extend_leases(stalled)
-        try:
-            unpublished = self.store.jobs.has_unpublished()  # and the state answers again
-            if self._state_lost_at is not None:
-                # The runners could not reach the state through us either: as for a stall.
-                log.warning("the state was unreachable for %.1f s; lease deadlines moved as far",
-                            now - self._state_lost_at)
-                self.store.jobs.extend_leases(now - self._state_lost_at)
-                self._state_lost_at = None
-            expired = self.store.jobs.expire(heard=self._last_heard)
-            for e in expired:
-                what = "re-queued" if e.requeued else "given up (status error)"
-                log.warning("lease of %s %s %s expired: runner %s sent no heartbeat for %.0f s; job %s",
-                            e.job.repo, e.job.sha[:12], e.job.arch, e.job.runner, self.store.policy.heartbeat_timeout,
-                            what)
-            if expired:
-                self.metrics.expired(len(expired))
-                self.notify_work(*{e.job.arch for e in expired})
-                self.publisher.touch((e.job.repo, e.job.sha) for e in expired)
-            if unpublished:
-                self.publisher.wake()  # results a crash or a full disk left unwritten
-            if now >= self._next_flush:
-                self._next_flush = now + FLUSH_INTERVAL
-                self.live.sweep(self.store.jobs.current)
-                seen = self.presence.take_seen()
-                try:
-                    self.store.runners.touch(seen)
-                except StateError:
-                    self.presence.put_back(seen)
-                    raise
-            if self._last_service_error:
-                log.info("periodic work succeeds again")
-                self._last_service_error = ""
-        except PolyarchError as exc:
-            if isinstance(exc, StateUnavailable) and self._state_lost_at is None:
-                self._state_lost_at = now
-            # Every 0.2 s while a disk is full: say it once, then again only if it changes.
-            if str(exc) != self._last_service_error:
-                log.error("periodic work failed: %s", exc)
-            self._last_service_error = str(exc)
-        except Exception:  # the serve loop must survive anything here
-            log.exception("periodic work failed")
+        """Every SERVICE_INTERVAL: expire leases, wake the publisher, flush presence
+        (upkeep.py)."""
+        self.upkeep.tick()
 
     # --- for the HTTP API -----------------------------------------------------------------
 

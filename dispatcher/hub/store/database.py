@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dispatcher.common.errors import StateError
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commits (
@@ -162,11 +162,44 @@ CREATE INDEX IF NOT EXISTS commits_received ON commits (received_at);
 CREATE INDEX IF NOT EXISTS commits_recent ON commits (repo, received_at);
 CREATE INDEX IF NOT EXISTS jobs_state_id ON jobs (state, id);
 """,
+    # Several dispatchers on one state (PostgreSQL): each lease names the dispatcher that
+    # keeps its heartbeat deadline, and each dispatcher says it is alive. On SQLite the
+    # one dispatcher is every lease's; a restarted one adopts its former self's leases.
+    10: """
+ALTER TABLE jobs ADD COLUMN dispatcher TEXT;
+CREATE TABLE IF NOT EXISTS dispatchers (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+""",
 }
 
 
 class Database:
-    """Thread-safe: one connection behind one lock. `tx()` writes, `read()` reads."""
+    """Thread-safe: one connection behind one lock. `tx()` writes, `read()` reads.
+
+    What differs from PostgreSQL (postgres.py) beyond the SQL both speak: rows need no
+    locks (one writer, one connection), and there is no one else to wake or lead."""
+
+    shared = False  # other dispatchers may use this state at the same time
+    row_lock = ""  # appended to a SELECT of jobs that an UPDATE follows
+    skip_locked = ""  # appended to the SELECT that picks the next queued job
+
+    def serialize_repo(self, db: sqlite3.Connection, repo: str) -> None:
+        """Inside a transaction: none other may number this repository's commits."""
+
+    def notify(self, archs: tuple[str, ...]) -> None:
+        """Tell the other dispatchers on this state that work for `archs` is queued."""
+
+    def listen(self, callback) -> None:
+        """Call `callback(archs)` when another dispatcher queues work."""
+
+    def leader(self) -> bool:
+        """Whether this dispatcher publishes results and runs hooks (the one of several)."""
+        return True
 
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = Path(path)

@@ -71,17 +71,38 @@ class JobResult:
 
 class Jobs:
     def __init__(self, db: Database, policy: Policy, commits: Commits, attempts: Attempts, hook_runs: HookRuns,
-                 readonly: bool = False) -> None:
+                 me: str = "") -> None:
         self.db, self.policy, self.commits, self.attempts, self.hook_runs = db, policy, commits, attempts, hook_runs
+        self.me = me  # this dispatcher's id (peers.py): the leases it keeps name it
         self._lock = db.lock
         self.leases = Leases()
-        if not readonly:
-            now = time.monotonic()
-            # Leases survive a restart; their runners get a full heartbeat period to come back.
-            with db.read() as conn:
-                for row in conn.execute("SELECT lease_id, runner FROM jobs WHERE state = ?",
-                                        (JobState.LEASED.value,)):
-                    self.leases.hold(row["lease_id"], row["runner"] or "", now + policy.heartbeat_timeout)
+
+    def adopt_orphans(self, alive: list[str]) -> int:
+        """Keep every lease no live dispatcher keeps (a dead one's, or this one's former
+        self's after a restart), each with a fresh heartbeat period for its runner to
+        come back in; how many."""
+        marks = ", ".join("?" for _ in alive)
+        with self._lock, self.db.tx() as db:
+            rows = db.execute(f"UPDATE jobs SET dispatcher = ? WHERE state = ? AND (dispatcher IS NULL OR "
+                              f"dispatcher NOT IN ({marks})) RETURNING lease_id, runner",
+                              (self.me, JobState.LEASED.value, *alive)).fetchall()
+        deadline = time.monotonic() + self.policy.heartbeat_timeout
+        for row in rows:
+            self.leases.hold(row["lease_id"], row["runner"] or "", deadline)
+        return len(rows)
+
+    def adopt(self, lease_id: str, runner: Optional[str]) -> bool:
+        """A lease this dispatcher does not keep, named by the runner holding it (it moved
+        here from another dispatcher): this one keeps it from now on. False when it is
+        not a live lease of that runner."""
+        if runner is None:
+            return False
+        with self._lock, self.db.tx() as db:
+            row = db.execute("UPDATE jobs SET dispatcher = ? WHERE lease_id = ? AND state = ? AND runner = ? "
+                             "RETURNING id", (self.me, lease_id, JobState.LEASED.value, runner)).fetchone()
+            if row is not None:
+                self.leases.hold(lease_id, runner, time.monotonic() + self.policy.heartbeat_timeout)
+        return row is not None
 
     def cancel_unconfigured(self, configured: Mapping[str, Iterable[str]]) -> list[JobRow]:
         """End as `cancelled` every unfinished job of a repository or architecture the
@@ -103,7 +124,7 @@ class Jobs:
         them. None when the job is not final (queued or running: nothing to rerun).
         `hooks` as for enqueue, recorded with it."""
         with self._lock, self.db.tx() as db:
-            job = _job_by(db, "j.id = ?", job_id)
+            job = _job_by(db, "j.id = ?", job_id, lock=self.db.row_lock)
             if job is None or not job.state.final or job.status is None:
                 return None
             if hooks is not None:
@@ -130,8 +151,8 @@ class Jobs:
         now = time.time()
         out = []
         with self._lock, self.db.tx() as db:
-            rows = db.execute(f"SELECT id, repo, arch, lease_id FROM jobs WHERE state IN (?, ?) AND {cond}",
-                              (JobState.QUEUED.value, JobState.LEASED.value, *args)).fetchall()
+            rows = db.execute(f"SELECT id, repo, arch, lease_id FROM jobs WHERE state IN (?, ?) AND {cond}"
+                              + self.db.row_lock, (JobState.QUEUED.value, JobState.LEASED.value, *args)).fetchall()
             for row in rows:
                 reason = why(row)
                 if reason is None:
@@ -157,6 +178,7 @@ class Jobs:
         archs = list(archs)
         created = 0
         with self.db.tx() as db:
+            self.db.serialize_repo(db, repo)
             shas, rebranched = self.commits.add(db, repo, branch, commits, moves_head)
             for sha in shas:
                 new: list[tuple[int, str]] = []
@@ -184,16 +206,17 @@ class Jobs:
     def _claim(self, db: sqlite3.Connection, runner: RunnerRow, alone: bool) -> Optional[JobRow]:
         lease_id = secrets.token_hex(12)
         now = time.time()
+        # SKIP LOCKED on PostgreSQL: another dispatcher's claim of a job passes it by.
         row = db.execute("SELECT id FROM jobs WHERE state = ? AND arch = ? AND (avoid_runner IS NULL "
-                         "OR avoid_runner != ? OR ? = 1) ORDER BY id LIMIT 1",
+                         "OR avoid_runner != ? OR ? = 1) ORDER BY id LIMIT 1" + self.db.skip_locked,
                          (JobState.QUEUED.value, runner.arch, runner.name, int(alone))).fetchone()
         if row is None:
             return None
         db.execute("UPDATE jobs SET state = ?, attempt = attempt + 1, lease_id = ?, runner = ?, leased_at = ?, "
                    "runner_host = ?, runner_machine = ?, runner_emulated = ?, runner_kernel = ?, runner_qemu = ?, "
-                   "runner_root = ? WHERE id = ?",
+                   "runner_root = ?, dispatcher = ? WHERE id = ?",
                    (JobState.LEASED.value, lease_id, runner.name, now, runner.host, runner.machine,
-                    int(runner.emulated), runner.kernel, runner.qemu, runner.root, row["id"]))
+                    int(runner.emulated), runner.kernel, runner.qemu, runner.root, self.me, row["id"]))
         self.leases.hold(lease_id, runner.name, time.monotonic() + self.policy.heartbeat_timeout)
         return _job_by(db, "j.id = ?", row["id"])
 
@@ -220,8 +243,11 @@ class Jobs:
 
     def heartbeat(self, lease_id: str, runner: Optional[str] = None) -> bool:
         """Extend a lease; False when it is no longer current (expired or finished) or
-        not `runner`'s. Takes no database lock (leases.py says why)."""
-        return self.leases.extend(lease_id, runner, time.monotonic() + self.policy.heartbeat_timeout)
+        not `runner`'s. Takes no database lock (leases.py says why), unless the lease is
+        kept by another dispatcher: the runner moved here, and this one adopts it."""
+        if self.leases.extend(lease_id, runner, time.monotonic() + self.policy.heartbeat_timeout):
+            return True
+        return self.adopt(lease_id, runner)
 
     def extend_leases(self, seconds: float) -> None:
         """Move every lease's deadline `seconds` later: the dispatcher itself was stalled,
@@ -254,7 +280,10 @@ class Jobs:
         out: list[Expired] = []
         max_attempts = self.policy.max_attempts
         for lease_id in late:
-            job = _job_by(db, "j.lease_id = ? AND j.state = 'leased'", lease_id)
+            # Only a lease this dispatcher still keeps: one its runner took to another
+            # dispatcher (which adopted it) lives on there.
+            job = _job_by(db, "j.lease_id = ? AND j.state = 'leased' AND (j.dispatcher = ? OR j.dispatcher IS NULL)",
+                          lease_id, self.me, lock=self.db.row_lock)
             if job is None:
                 continue
             # Attempts that ended in a retried failure do not count against lost runners.
@@ -288,7 +317,7 @@ class Jobs:
         instead of two. (recorded job or None, claimed job or None); a late or duplicate
         result claims nothing (the runner asks for work as usual)."""
         with self._lock:
-            if not self.leases.current(lease_id, runner):
+            if not self.leases.current(lease_id, runner) and not self.adopt(lease_id, runner):
                 return None, None
             with self.db.tx() as db:
                 job = self._record(db, lease_id, result)
@@ -299,7 +328,7 @@ class Jobs:
 
     def _record(self, db: sqlite3.Connection, lease_id: str, result: JobResult) -> Optional[JobRow]:
         """Inside the caller's transaction and lock: the result of a current lease."""
-        job = _job_by(db, "j.lease_id = ? AND j.state = 'leased'", lease_id)
+        job = _job_by(db, "j.lease_id = ? AND j.state = 'leased'", lease_id, lock=self.db.row_lock)
         if job is None:
             return None
         if result.commit_info is not None and result.commit_info.sha == job.sha:
@@ -330,10 +359,10 @@ class Jobs:
         MAX_HANDBACKS, the job ends as error instead: something on the runners' side keeps
         it from running, and queueing it again would only loop."""
         with self._lock:
-            if runner is not None and not self.leases.current(lease_id, runner):
+            if runner is not None and not self.leases.current(lease_id, runner) and not self.adopt(lease_id, runner):
                 return None
             with self.db.tx() as db:
-                job = _job_by(db, "j.lease_id = ? AND j.state = 'leased'", lease_id)
+                job = _job_by(db, "j.lease_id = ? AND j.state = 'leased'", lease_id, lock=self.db.row_lock)
                 if job is None:
                     return None
                 count = db.execute("SELECT handbacks FROM jobs WHERE id = ?", (job.id,)).fetchone()[0] + 1
@@ -395,6 +424,9 @@ class Jobs:
             return _job_by(db, "j.lease_id = ?", lease_id)
 
 
-def _job_by(db: sqlite3.Connection, cond: str, value: object) -> Optional[JobRow]:
-    row = db.execute(f"SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE {cond}", (value,)).fetchone()
+def _job_by(db: sqlite3.Connection, cond: str, *values: object, lock: str = "") -> Optional[JobRow]:
+    """The job matching `cond`; `lock` (the database's row_lock) holds its row until the
+    transaction ends, where another dispatcher may change it meanwhile."""
+    row = db.execute(f"SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE {cond}" + (f"{lock} OF j" if lock else ""),
+                     values).fetchone()
     return JobRow.from_row(row) if row else None

@@ -8,10 +8,12 @@ commits table keeps a `rowid` column of its own (an identity), since the HTTP AP
 and the history's order are SQLite's rowid.
 
 One connection behind one lock, as on SQLite: this process's writes are serialized by
-the lock and committed by PostgreSQL before a method returns. One dispatcher per state,
-as on SQLite: the writer holds a session advisory lock, and a second dispatcher on the
-same database is refused (several at once need leases kept in the database, not in each
-dispatcher's memory: issue 17's next step). A lost connection (the
+the lock and committed by PostgreSQL before a method returns. Several dispatchers may
+share one database, all active: rows another one may change at the same moment are
+locked (`FOR UPDATE`; the next queued job `FOR UPDATE SKIP LOCKED`, so two dispatchers
+never lease one job and never wait for each other), work queued by one wakes the
+others' waiting runners (NOTIFY, on a connection of its own that LISTENs), and one of
+them at a time, the holder of an advisory lock, publishes result files and runs hooks. A lost connection (the
 server restarted) turns the request into StateError, which the hub answers as
 `unavailable`; the next request connects again.
 """
@@ -135,9 +137,22 @@ CREATE INDEX commits_recent ON commits (repo, received_at);
 
 # Version N-1 -> N on PostgreSQL, from the version the schema above is (9) on. A step
 # that changes SQLite's schema (database.py) has its twin here.
-_MIGRATIONS: dict[int, str] = {}
+_MIGRATIONS: dict[int, str] = {
+    10: """
+ALTER TABLE jobs ADD COLUMN dispatcher TEXT;
+CREATE TABLE dispatchers (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    last_seen DOUBLE PRECISION NOT NULL
+);
+""",
+}
 _FIRST = 9
-_OWNER = 7341_0001  # the advisory lock the one writing dispatcher holds
+_LEADER = 7341_0001  # the advisory lock of the dispatcher that publishes and runs hooks
+_SERIALIZE = 7341_0002  # with a repository's hash: who numbers its commits now
+CHANNEL = "polyarch_work"
 
 # Tables in the order a copy fills them, and the identity columns to move on after it.
 TABLES = ("commits", "jobs", "runners", "attempts", "hook_runs", "branch_heads")
@@ -225,6 +240,8 @@ class PgDatabase:
         self.readonly = readonly
         self.lock = threading.RLock()
         self._conn: Optional[Any] = None
+        self._leading = False
+        self._closed = threading.Event()
         with self.lock:
             conn = self._connection()
             if readonly:
@@ -235,17 +252,70 @@ class PgDatabase:
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
             try:
-                conn = self._psycopg.connect(self.url, autocommit=True, row_factory=_rows, connect_timeout=5)
-                owner = self.readonly or conn.execute("SELECT pg_try_advisory_lock(%s)", (_OWNER,)).fetchone()[0]
+                self._conn = self._connect()
             except self._psycopg.Error as exc:
                 raise StateUnavailable(f"{self.path}: cannot reach the state database ({_first_line(exc)}); is "
-                                 "PostgreSQL running, and does the URL name its host, database and user?") from None
-            if not owner:
-                conn.close()
-                raise StateError(f"{self.path}: another dispatcher is using this state; stop it first, or give this "
-                                 "one a database of its own (dispatcher.state)")
-            self._conn = conn
+                                       "PostgreSQL running, and does the URL name its host, database and user?") from None
+            self._leading = False  # a new session holds no advisory lock
         return self._conn
+
+    def _connect(self) -> Any:
+        return self._psycopg.connect(self.url, autocommit=True, row_factory=_rows, connect_timeout=5)
+
+    # --- several dispatchers -----------------------------------------------------------
+
+    shared = True
+    row_lock = " FOR UPDATE"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
+    def serialize_repo(self, db: "Connection", repo: str) -> None:
+        """Inside a transaction: the repository's commits are numbered (seq) by one
+        dispatcher at a time; the lock goes with the transaction."""
+        db.execute("SELECT pg_advisory_xact_lock(?, hashtext(?))", (_SERIALIZE, repo))
+
+    def notify(self, archs: tuple[str, ...]) -> None:
+        """A hint to the other dispatchers: their waiting runners of `archs` look again
+        (a runner's lease wait, 5 s, is the sparse poll behind it)."""
+        try:
+            with self.read() as db:
+                db.execute("SELECT pg_notify(?, ?)", (CHANNEL, ",".join(archs)))
+        except StateError:
+            pass  # only a hint: the waiters' deadlines come anyway
+
+    def listen(self, callback) -> None:
+        """Call `callback(archs)` for work another dispatcher queued, from a thread with a
+        connection of its own (LISTEN holds it); it connects again after a failure."""
+        threading.Thread(target=self._listen, args=(callback,), name="listen", daemon=True).start()
+
+    def _listen(self, callback) -> None:
+        while not self._closed.is_set():
+            try:
+                conn = self._connect()
+                with conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    while not self._closed.is_set():
+                        for note in conn.notifies(timeout=1.0):  # back every second to see closed
+                            if note.pid not in self._own_pids():
+                                callback(tuple(a for a in note.payload.split(",") if a))
+            except self._psycopg.Error:
+                self._closed.wait(1.0)
+
+    def _own_pids(self) -> set[int]:
+        conn = self._conn
+        return {conn.info.backend_pid} if conn is not None and not conn.closed else set()
+
+    def leader(self) -> bool:
+        """Whether this dispatcher holds the leader's advisory lock (taken when free; held
+        by its session until the process or the connection dies)."""
+        with self.lock:
+            if not self._leading:
+                try:
+                    self._leading = bool(self._connection().execute(
+                        "SELECT pg_try_advisory_lock(%s)", (_LEADER,)).fetchone()[0])
+                except self._psycopg.Error:
+                    self._lost()
+                    return False
+            return self._leading
 
     def _migrate(self, conn: Any) -> None:
         try:
@@ -291,6 +361,7 @@ class PgDatabase:
                        for t in TABLES)
 
     def close(self) -> None:
+        self._closed.set()
         with self.lock:
             if self._conn is not None:
                 self._conn.close()
