@@ -29,6 +29,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 from bench.rig import ROOT, rss_mib, write_json
 from dispatcher.wire.auth import load_secret
@@ -43,12 +44,17 @@ class Dispatcher:
     """A real dispatcher process in a temporary folder."""
 
     def __init__(self, root: Path, heartbeat_timeout: float, extra: str = "", connections: int = 4096,
-                 repo_settings: str = "", state: str = "sqlite") -> None:
+                 repo_settings: str = "", state: str = "sqlite", secret: Optional[Path] = None,
+                 results: Optional[Path] = None) -> None:
+        """`secret` and `results`: another dispatcher's, to share its state and folder."""
         self.root = root
+        secret = secret or root / "var" / "secret"
         (root / "polyarch.toml").write_text(extra + "\n" + textwrap.dedent(f"""\
             [dispatcher]
             listen = "127.0.0.1:0"
             state = "{state}"
+            token_file = "{secret}"
+            results_dir = "{results or root / 'test_results'}"
             heartbeat_timeout = {heartbeat_timeout}
             max_connections = {connections}
             [[repos]]
@@ -68,7 +74,7 @@ class Dispatcher:
             time.sleep(0.02)
         host, port = (root / "var/dispatcher/address").read_text().strip().rsplit(":", 1)
         self.address = Address(host, int(port))
-        self.secret = load_secret(root / "var/secret")
+        self.secret = load_secret(secret)
 
     def connect(self, role: Role, name: str) -> Connection:
         return Connection(self.address, role, name, self.secret)
@@ -103,13 +109,25 @@ def _register(conn: Connection) -> None:
     conn.request_ack(Register(arch="amd64", version="bench", host="bench", machine="x86_64"))
 
 
-def throughput(runners: int, jobs: int, state: str = "sqlite") -> dict[str, float]:
+def throughput(runners: int, jobs: int, state: str = "sqlite", dispatchers: int = 1) -> dict[str, float]:
+    """`dispatchers` > 1: that many on one PostgreSQL `state`, sharing a results folder;
+    the simulated runners spread over them, the commits dispatched to the first."""
     with tempfile.TemporaryDirectory(prefix="polyarch-capacity-") as tmp:
-        d = Dispatcher(Path(tmp), heartbeat_timeout=30, state=state)
-        return _throughput(d, runners, jobs)
+        first = Dispatcher(Path(tmp), heartbeat_timeout=30, state=state)
+        ds = [first]
+        try:
+            for i in range(1, dispatchers):
+                (Path(tmp) / f"d{i}").mkdir()
+                ds.append(Dispatcher(Path(tmp) / f"d{i}", heartbeat_timeout=30, state=state,
+                                     secret=Path(tmp) / "var" / "secret", results=Path(tmp) / "test_results"))
+            return _throughput(ds, runners, jobs)
+        finally:
+            for d in ds:
+                d.stop()
 
 
-def _throughput(d: Dispatcher, runners: int, jobs: int) -> dict[str, float]:
+def _throughput(ds: list[Dispatcher], runners: int, jobs: int) -> dict[str, float]:
+    d = ds[0]
     with d:
         done = threading.Semaphore(0)
         stop = threading.Event()
@@ -117,7 +135,7 @@ def _throughput(d: Dispatcher, runners: int, jobs: int) -> dict[str, float]:
 
         def runner(i: int) -> None:
             try:
-                with d.connect(Role.RUNNER, f"sim-{i}") as conn:
+                with ds[i % len(ds)].connect(Role.RUNNER, f"sim-{i}") as conn:
                     _register(conn)
                     while not stop.is_set():
                         job = conn.request(Lease(wait=0.5))
@@ -212,19 +230,28 @@ def _hold(d: Dispatcher, runners: int, seconds: float) -> dict[str, float]:
             "heartbeat_rtt_max_ms": rtts[-1] * 1000, "rss_idle_mib": idle_rss, "rss_under_load_mib": load_rss}
 
 
-def on_postgresql(runners: int, jobs: int, repeat: int) -> dict[str, float]:
-    """Throughput with the state on PostgreSQL: a private cluster, a new database a run."""
+def on_postgresql(runners: int, jobs: int, repeat: int) -> dict[str, dict[str, float]]:
+    """Throughput with the state on PostgreSQL (a private cluster, a new database a run),
+    with one dispatcher and with two sharing it, run alternately."""
     from bench.postgres import Cluster
 
     cluster = Cluster().init().start()
+    rates: dict[int, list[float]] = {1: [], 2: []}
     try:
-        rates = sorted(throughput(runners, jobs, cluster.create_database(f"capacity{i}"))["jobs_per_s"]
-                       for i in range(repeat))
+        for i in range(repeat):
+            for n in rates:
+                url = cluster.create_database(f"capacity{i}_{n}")
+                rates[n].append(throughput(runners, jobs, url, dispatchers=n)["jobs_per_s"])
     finally:
         cluster.close()
-    print(f"throughput on PostgreSQL, {runners} simulated runners, {jobs} jobs, {repeat} runs: median "
-          f"{statistics.median(rates):.0f} jobs/s (min {rates[0]:.0f}, max {rates[-1]:.0f})", flush=True)
-    return {"jobs_per_s_median": statistics.median(rates), "jobs_per_s_min": rates[0], "jobs_per_s_max": rates[-1]}
+    out = {}
+    for n, got in rates.items():
+        got.sort()
+        out[f"dispatchers_{n}"] = {"jobs_per_s_median": statistics.median(got), "jobs_per_s_min": got[0],
+                                   "jobs_per_s_max": got[-1]}
+        print(f"throughput on PostgreSQL, {n} dispatcher(s), {runners} simulated runners, {jobs} jobs, {repeat} "
+              f"runs: median {statistics.median(got):.0f} jobs/s (min {got[0]:.0f}, max {got[-1]:.0f})", flush=True)
+    return out
 
 
 def main() -> None:

@@ -162,6 +162,7 @@ def test_each_backend_has_every_method_of_the_state_interface(hub: Hub) -> None:
 
     store = hub.store
     for protocol, impl in ((interface.State, store), (interface.JobsTable, store.jobs),
+                           (interface.PeersTable, store.peers), (interface.StateDatabase, store.db),
                            (interface.AttemptsTable, store.attempts), (interface.RunnersTable, store.runners),
                            (interface.HookRunsTable, store.hook_runs),
                            (interface.StateQueries, store.queries), (interface.HistoryQueries, store.history)):

@@ -42,7 +42,9 @@ def serve(config: Config) -> None:
         store = Store(state_location(config), policy_of(config))
     results = config.dispatcher.results_dir
     try:
-        removed = remove_stale_temporaries(results)
+        # In a folder shared with other dispatchers, a temporary may be the publishing
+        # one's file in flight: the publisher removes them when it takes over instead.
+        removed = 0 if store.db.shared else remove_stale_temporaries(results)
         results.mkdir(parents=True, exist_ok=True)
         probe = results / ".polyarch-write-probe"
         probe.touch()

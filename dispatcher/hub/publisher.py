@@ -16,6 +16,7 @@ from typing import Iterable, Iterator, Optional
 from dispatcher.common.config import Config
 from dispatcher.hub.dashboard import Dashboard
 from dispatcher.common.errors import StateError
+from dispatcher.common.files import remove_stale_temporaries
 from dispatcher.hub.hooks import HookPlan, HookRunner
 from dispatcher.hub.store.hook_runs import Owed
 from dispatcher.hub.metrics import Metrics
@@ -55,7 +56,6 @@ class Publisher:
         self._next = 0.0
         self._state_error = ""  # the last "state does not answer", said once
         self._leading = False
-        self._started = False
         self._backfill: Optional[Iterator[int]] = None  # every page, written a slice at a time
         self._backfill_began = 0.0
         self._backfill_pages = 0
@@ -140,13 +140,17 @@ class Publisher:
         """Whether this dispatcher publishes now; on taking over, the hooks left pending
         are offered again (at least once, as after a restart)."""
         try:
-            leading = self.store.db.leader()
+            leading = self.store.peers.lead()
         except StateError:
             return False
-        if leading and not self._leading and self._started:
-            log.info("this dispatcher now publishes results and runs hooks")
+        if leading and not self._leading and self.store.db.shared:
+            # Only the publisher writes the shared folder: what is left there now, the
+            # one before it left in a crash.
+            removed = remove_stale_temporaries(self.results_dir)
+            log.info("this dispatcher now publishes results and runs hooks%s",
+                     f" (removed {removed} temporary file(s) left in {self.results_dir})" if removed else "")
             self._offered = 0
-        self._leading, self._started = leading, True
+        self._leading = leading
         return leading
 
     def _round(self) -> None:

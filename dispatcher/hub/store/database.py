@@ -172,7 +172,8 @@ CREATE TABLE IF NOT EXISTS dispatchers (
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
     started_at REAL NOT NULL,
-    last_seen REAL NOT NULL
+    last_seen REAL NOT NULL,
+    backend INTEGER NOT NULL DEFAULT 0
 );
 """,
 }
@@ -200,6 +201,17 @@ class Database:
     def leader(self) -> bool:
         """Whether this dispatcher publishes results and runs hooks (the one of several)."""
         return True
+
+    def session(self) -> int:
+        """This dispatcher's session on the server (PostgreSQL's backend pid), 0 here."""
+        return 0
+
+    def leader_session(self) -> int:
+        """The session holding the leader's lock, 0 when none (always, here)."""
+        return 0
+
+    def end_session(self, session: int) -> None:
+        """End another dispatcher's session (PostgreSQL); nothing to end here."""
 
     def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = Path(path)

@@ -55,6 +55,17 @@ class Leases:
             self._deadlines[lease_id] = deadline
             return True
 
+    def replace(self, holders: dict[str, str], deadline: float) -> None:
+        """Exactly these leases (id -> runner), each with `deadline`."""
+        with self._lock:
+            self._deadlines.clear()
+            self._holders.clear()
+            self._of.clear()
+            for lease_id, runner in holders.items():
+                self._deadlines[lease_id] = deadline
+                self._holders[lease_id] = runner
+                self._of.setdefault(runner, set()).add(lease_id)
+
     def shift(self, seconds: float) -> None:
         """Every deadline `seconds` later."""
         with self._lock:

@@ -12,12 +12,15 @@ well within heartbeat_timeout.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
 import time
 
 from dispatcher.hub.store.database import Database
+
+log = logging.getLogger("polyarch.dispatcher")
 
 STALE_ROWS = 86400.0  # a dead dispatcher's row is dropped after a day
 
@@ -34,12 +37,36 @@ class Peers:
         now = time.time()
         with self.db.tx() as db:
             db.execute("DELETE FROM dispatchers WHERE last_seen < ?", (now - STALE_ROWS,))
-            db.execute("INSERT INTO dispatchers (id, host, pid, started_at, last_seen) VALUES (?, ?, ?, ?, ?)",
-                       (self.me, socket.gethostname(), os.getpid(), now, now))
+            db.execute("INSERT INTO dispatchers (id, host, pid, started_at, last_seen, backend) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (self.me, socket.gethostname(), os.getpid(), now, now,
+                                                    self.db.session()))
 
     def beat(self) -> None:
+        session = self.db.session()  # it changes when the connection is made again
         with self.db.tx() as db:
-            db.execute("UPDATE dispatchers SET last_seen = ? WHERE id = ?", (time.time(), self.me))
+            db.execute("UPDATE dispatchers SET last_seen = ?, backend = ? WHERE id = ?",
+                       (time.time(), session, self.me))
+
+    def lead(self) -> bool:
+        """Whether this dispatcher publishes results and runs hooks now. The one that did
+        holds the state's leader lock until its session ends: when it dies, at once;
+        when it hangs (SIGSTOP, a frozen VM) its session stays open, so a live dispatcher
+        that finds the lock held by a dispatcher that stopped beating ends that session
+        and takes over. The hung one finds its connection gone when it wakes, and with it
+        the lead."""
+        if self.db.leader():
+            return True
+        holder = self.db.leader_session()
+        if not holder:
+            return False
+        with self.db.read() as db:
+            stale = db.execute("SELECT id FROM dispatchers WHERE backend = ? AND last_seen < ?",
+                               (holder, time.time() - self.timeout)).fetchone()
+        if stale is None:
+            return False  # a live one leads (or one whose new session has not beaten yet)
+        log.warning("dispatcher %s holds the lead but stopped beating; ending its session %d", stale[0], holder)
+        self.db.end_session(holder)
+        return self.db.leader()
 
     def leave(self) -> None:
         """A clean stop: the others adopt this one's leases at their next look, without

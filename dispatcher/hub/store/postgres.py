@@ -145,7 +145,8 @@ CREATE TABLE dispatchers (
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
     started_at DOUBLE PRECISION NOT NULL,
-    last_seen DOUBLE PRECISION NOT NULL
+    last_seen DOUBLE PRECISION NOT NULL,
+    backend INTEGER NOT NULL DEFAULT 0
 );
 """,
 }
@@ -316,6 +317,25 @@ class PgDatabase:
                     self._lost()
                     return False
             return self._leading
+
+    def session(self) -> int:
+        with self.lock:
+            try:
+                return int(self._connection().info.backend_pid)
+            except StateError:
+                return 0
+
+    def leader_session(self) -> int:
+        # An advisory lock on one bigint key shows in pg_locks as classid (high 32 bits)
+        # and objid (low 32 bits), objsubid 1.
+        with self.read() as db:
+            row = db.execute("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = 0 AND objid = ? "
+                             "AND objsubid = 1 AND granted", (_LEADER,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def end_session(self, session: int) -> None:
+        with self.read() as db:
+            db.execute("SELECT pg_terminate_backend(?)", (session,))
 
     def _migrate(self, conn: Any) -> None:
         try:
