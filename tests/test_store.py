@@ -290,3 +290,33 @@ def test_both_backends_have_the_same_tables_and_columns(tmp_path: Path, pg_clust
     finally:
         lite.close()
         pg.close()
+
+
+def test_two_dispatchers_on_one_database_lease_once_and_fence_a_moved_lease(pg_cluster) -> None:
+    # Two Stores on one PostgreSQL database are two dispatchers. A job is leased once;
+    # a runner that moved from A to B is adopted by B where it heartbeats, and A, whose
+    # deadline for it runs out, can no longer expire it; its result counts once.
+    url = pg_cluster.create_database("fenced")
+    a, b = Store(url, Policy(heartbeat_timeout=10)), Store(url, Policy(heartbeat_timeout=10))
+    try:
+        a.jobs.enqueue("demo", "main", [CommitInfo(A)], ["amd64"])
+        job = a.jobs.claim(runner("r1"))
+        assert b.jobs.claim(runner("r2")) is None  # one job, one lease
+        assert b.jobs.heartbeat(job.lease_id, "r2") is False  # not r2's to adopt
+        assert b.jobs.heartbeat(job.lease_id, "r1")  # r1 moved to B: B keeps it now
+        assert a.jobs.expire(now=time.monotonic() + 11) == []  # A's deadline ran out: fenced
+        assert b.jobs.record_result(job.lease_id, result(Status.PASSED), "r1") is not None
+        assert a.jobs.record_result(job.lease_id, result(Status.FAILED), "r1") is None  # late: dropped
+        [done] = b.queries.jobs("demo", A)
+        assert done.status == Status.PASSED and done.attempt == 1
+        # B dies without a word; after heartbeat_timeout A finds it dead and adopts its leases.
+        a.jobs.enqueue("demo", "main", [CommitInfo(B)], ["amd64"])
+        lost = b.jobs.claim(runner("r3"))
+        with b.db.tx() as db:
+            db.execute("UPDATE dispatchers SET last_seen = 0 WHERE id = ?", (b.peers.me,))
+        assert a.jobs.adopt_orphans(a.peers.alive()) == 1
+        [expired] = a.jobs.expire(now=time.monotonic() + 11)
+        assert expired.job.lease_id == lost.lease_id and expired.requeued
+    finally:
+        a.close()
+        b.close()

@@ -253,16 +253,16 @@ class Jobs:
         """Move every lease's deadline `seconds` later: the dispatcher itself was stalled,
         and the runners' heartbeats of that time are still unread in their sockets. With
         other dispatchers on the state, some may have adopted this one's leases meanwhile
-        (it stopped beating): it keeps exactly those still its own, each with a fresh
-        period, and takes back any other where its runner heartbeats."""
+        (it stopped beating): it keeps exactly those still its own, and takes back any
+        other where its runner heartbeats."""
         if not self.db.shared:
             self.leases.shift(seconds)
             return
         with self._lock, self.db.read() as db:
             rows = db.execute("SELECT lease_id, runner FROM jobs WHERE state = ? AND dispatcher = ?",
                               (JobState.LEASED.value, self.me)).fetchall()
-            self.leases.replace({r["lease_id"]: r["runner"] or "" for r in rows},
-                                time.monotonic() + self.policy.heartbeat_timeout)
+            self.leases.retain({r["lease_id"]: r["runner"] or "" for r in rows}, seconds,
+                               time.monotonic() + self.policy.heartbeat_timeout)
 
     def expire(self, now: Optional[float] = None, heard: Optional[Callable[[str], float]] = None) -> list[Expired]:
         """Take back every lease past its deadline (`now`: monotonic); requeue, or end as

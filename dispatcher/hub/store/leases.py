@@ -55,15 +55,15 @@ class Leases:
             self._deadlines[lease_id] = deadline
             return True
 
-    def replace(self, holders: dict[str, str], deadline: float) -> None:
-        """Exactly these leases (id -> runner), each with `deadline`."""
+    def retain(self, holders: dict[str, str], seconds: float, fresh: float) -> None:
+        """Exactly these leases (id -> runner): those kept already move `seconds` later,
+        the others get the deadline `fresh`."""
         with self._lock:
-            self._deadlines.clear()
-            self._holders.clear()
-            self._of.clear()
+            old = self._deadlines
+            self._deadlines = {k: old[k] + seconds if k in old else fresh for k in holders}
+            self._holders = dict(holders)
+            self._of = {}
             for lease_id, runner in holders.items():
-                self._deadlines[lease_id] = deadline
-                self._holders[lease_id] = runner
                 self._of.setdefault(runner, set()).add(lease_id)
 
     def shift(self, seconds: float) -> None:
