@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from conftest import GitRepo, Polyarch
 from dispatcher.common.files import TMP_PREFIX
@@ -120,57 +121,78 @@ def run_kill_trial(env: Polyarch, daemon: str, seed: int, commits: int = 50, run
     setup(env, runners)
     check = Check()
     kills = sorted(rng.uniform(0.0, 3.0) for _ in range(rng.randint(1, 3) * (2 if daemon == CHAOS else 1)))
+
+    def fault() -> None:
+        package = rng.choice(("dispatcher", "observer", "runner")) if daemon == CHAOS else daemon
+        victim = _victim(env, package, rng)
+        check.kills += 1
+        if daemon == CHAOS and rng.random() < 0.5:
+            victim.signal(signal.SIGSTOP)
+            time.sleep(rng.uniform(0.2, 2.0))  # the stall itself is the fault injected
+            victim.signal(signal.SIGCONT)
+            return
+        if graceful:
+            began = time.monotonic()
+            code = victim.stop(timeout=stop_timeout(daemon))
+            check.stop_seconds.append(time.monotonic() - began)
+            # systemd counts SIGTERM's own default action as a clean stop: a daemon
+            # signalled before its handler is installed (just restarted) exits that way.
+            if code not in (0, -signal.SIGTERM):
+                check.bad_exits.append(code)
+        else:
+            victim.kill()
+        time.sleep(rng.uniform(0.0, 1.0))
+        _restart(env, package, victim)
+
+    root_commit = env.repo.git("rev-list", "--max-parents=0", "HEAD")
+    shas, watcher = burst_with_faults(env.repo, env.results, commits, kills, fault)
+    tally(check, watcher, env.results, shas, [root_commit], logged_twice(env.daemons))
+    return check
+
+
+def burst_with_faults(repo: GitRepo, results: Path, commits: int, moments: list[float],
+                      fault: Callable[[], None]) -> tuple[list[str], "ResultWatcher"]:
+    """Push a burst of `commits` (from a thread) and call `fault()` at each of `moments`
+    (seconds after the first push), then wait up to 120 s for every result; the watcher
+    has read each result file as it appeared."""
     shas: list[str] = []
-    with ResultWatcher(env.results) as watcher:
+    with ResultWatcher(results) as watcher:
         pusher = threading.Thread(target=lambda: shas.extend(
-            env.repo.burst(commits, lambda i: "sleep 0.0%d" % (i % 5))), daemon=True)
+            repo.burst(commits, lambda i: "sleep 0.0%d" % (i % 5))), daemon=True)
         start = time.monotonic()
         pusher.start()
-        for at in kills:
+        for at in sorted(moments):
             time.sleep(max(0.0, at - (time.monotonic() - start)))
-            package = rng.choice(("dispatcher", "observer", "runner")) if daemon == CHAOS else daemon
-            victim = _victim(env, package, rng)
-            if daemon == CHAOS and rng.random() < 0.5:
-                victim.signal(signal.SIGSTOP)
-                time.sleep(rng.uniform(0.2, 2.0))  # the stall itself is the fault injected
-                victim.signal(signal.SIGCONT)
-                check.kills += 1
-                continue
-            if graceful:
-                began = time.monotonic()
-                code = victim.stop(timeout=stop_timeout(daemon))
-                check.stop_seconds.append(time.monotonic() - began)
-                # systemd counts SIGTERM's own default action as a clean stop: a daemon
-                # signalled before its handler is installed (just restarted) exits that way.
-                if code not in (0, -signal.SIGTERM):
-                    check.bad_exits.append(code)
-            else:
-                victim.kill()
-            check.kills += 1
-            time.sleep(rng.uniform(0.0, 1.0))
-            _restart(env, package, victim)
+            fault()
         pusher.join()
-        check.commits = len(shas)
-        try:
-            env.wait_results(shas, timeout=120)
-        except AssertionError:
-            pass  # counted as lost below
-    root_commit = env.repo.git("rev-list", "--max-parents=0", "HEAD")
-    by_short = {s[:12]: s for s in [root_commit, *shas]}
-    check.lost = [s for s in shas if env.result(s) is None]
+        deadline = time.monotonic() + 120
+        while not all(_result_file(results, s).exists() for s in shas) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return shas, watcher
+
+
+def _result_file(results: Path, sha: str) -> Path:
+    return results / "demo" / sha / "amd64.json"
+
+
+def tally(check: Check, watcher: "ResultWatcher", results: Path, shas: list[str], known: list[str],
+          logged_twice: set[str]) -> None:
+    """Fill `check` from a burst's commits (`known`: other commits with a result)."""
+    by_short = {s[:12]: s for s in [*known, *shas]}
+    check.commits = len(shas)
+    check.lost = [s for s in shas if not _result_file(results, s).exists()]
     check.results = len(shas) - len(check.lost)
     check.partial = sorted(watcher.unreadable)
-    twice = {by_short.get(short, short) for short in _logged_twice(env)}
+    twice = {by_short.get(short, short) for short in logged_twice}
     # A result for a commit nobody pushed would be a duplicate under another name.
-    strangers = {p.parent.name for p in env.results.glob("demo/*/amd64.json")} - set(by_short.values())
+    strangers = {p.parent.name for p in results.glob("demo/*/amd64.json")} - set(by_short.values())
     check.duplicated = sorted(watcher.changed | twice | strangers)
     # A page or summary being written this instant has a temporary for a moment: only one
     # that outlives a few seconds was left behind.
     deadline = time.monotonic() + 5
-    while list(env.results.rglob(TMP_PREFIX + "*")) and time.monotonic() < deadline:
+    while list(results.rglob(TMP_PREFIX + "*")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    check.temporaries = [str(p) for p in env.results.rglob(TMP_PREFIX + "*")]
-    return check
+    check.temporaries = [str(p) for p in results.rglob(TMP_PREFIX + "*")]
 
 
 def _victim(env: Polyarch, daemon: str, rng: random.Random):
@@ -188,10 +210,10 @@ def _restart(env: Polyarch, daemon: str, victim) -> None:
         env.runner(victim.args[1])
 
 
-def _logged_twice(env: Polyarch) -> set[str]:
+def logged_twice(daemons) -> set[str]:
     """Commits whose result the dispatcher logs wrote with two different (attempt, runner)."""
     seen: dict[str, set[tuple[str, str]]] = {}
-    for d in env.daemons:
+    for d in daemons:
         if d.package != "dispatcher":
             continue
         for m in RESULT_LINE.finditer(d.log()):

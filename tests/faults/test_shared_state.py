@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import random
 import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import GitRepo, Polyarch
-from dispatcher.common.files import TMP_PREFIX
 from faults.conftest import record, scale
-from faults.harness import RESULT_LINE, Check, ResultWatcher, seeds
+from faults.harness import Check, logged_twice, burst_with_faults, seeds, tally
 
 pytestmark = pytest.mark.daemons
 
@@ -56,15 +54,6 @@ class Pair:
     def result(self, sha: str) -> bool:
         return (self.results / "demo" / sha / "amd64.json").exists()
 
-    def logged_twice(self) -> set[str]:
-        seen: dict[str, set[tuple[str, str]]] = {}
-        for env in self.envs.values():
-            for d in env.daemons:
-                if d.package == "dispatcher":
-                    for m in RESULT_LINE.finditer(d.log()):
-                        seen.setdefault(m.group(1), set()).add((m.group(3), m.group(4)))
-        return {sha for sha, writes in seen.items() if len(writes) > 1}
-
     def close(self) -> None:
         for env in self.envs.values():
             env.close()
@@ -76,36 +65,18 @@ def trial(root: Path, url: str, seed: int, fault) -> Check:
     pair = Pair(root, url)
     check = Check()
     try:
-        first = pair.first
         deadline = time.monotonic() + 60
-        while not pair.result(first) and time.monotonic() < deadline:
+        while not pair.result(pair.first) and time.monotonic() < deadline:
             time.sleep(0.05)
-        shas: list[str] = []
-        with ResultWatcher(pair.results) as watcher:
-            pusher = threading.Thread(target=lambda: shas.extend(
-                pair.repo.burst(COMMITS, lambda i: "sleep 0.0%d" % (i % 5))), daemon=True)
-            start = time.monotonic()
-            pusher.start()
-            for at in sorted(rng.uniform(0.0, 3.0) for _ in range(rng.randint(1, 3))):
-                time.sleep(max(0.0, at - (time.monotonic() - start)))
-                fault(pair, rng)
-                check.kills += 1
-            pusher.join()
-            deadline = time.monotonic() + 120
-            while not all(pair.result(s) for s in shas) and time.monotonic() < deadline:
-                time.sleep(0.1)
-        check.commits = len(shas)
-        check.lost = [s for s in shas if not pair.result(s)]
-        check.results = len(shas) - len(check.lost)
-        check.partial = sorted(watcher.unreadable)
-        by_short = {s[:12]: s for s in [first, *shas]}
-        # A result for a commit nobody pushed would be a duplicate under another name.
-        strangers = {p.parent.name for p in pair.results.glob("demo/*/amd64.json")} - {first, *shas}
-        check.duplicated = sorted(watcher.changed | {by_short.get(s, s) for s in pair.logged_twice()} | strangers)
-        deadline = time.monotonic() + 5
-        while list(pair.results.rglob(TMP_PREFIX + "*")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        check.temporaries = [str(p) for p in pair.results.rglob(TMP_PREFIX + "*")]
+
+        def inject() -> None:
+            fault(pair, rng)
+            check.kills += 1
+
+        moments = [rng.uniform(0.0, 3.0) for _ in range(rng.randint(1, 3))]
+        shas, watcher = burst_with_faults(pair.repo, pair.results, COMMITS, moments, inject)
+        daemons = [d for env in pair.envs.values() for d in env.daemons]
+        tally(check, watcher, pair.results, shas, [pair.first], logged_twice(daemons))
     finally:
         pair.close()
     return check
