@@ -187,9 +187,10 @@ def tally(check: Check, watcher: "ResultWatcher", results: Path, shas: list[str]
     # A result for a commit nobody pushed would be a duplicate under another name.
     strangers = {p.parent.name for p in results.glob("demo/*/amd64.json")} - set(by_short.values())
     check.duplicated = sorted(watcher.changed | twice | strangers)
-    # A page or summary being written this instant has a temporary for a moment: only one
-    # that outlives a few seconds was left behind.
-    deadline = time.monotonic() + 5
+    # A page or summary being written this instant has a temporary for a moment (once 5 s
+    # and more, its fsync queued behind the disk's other work, in a long run): only one
+    # that outlives half a minute was left behind.
+    deadline = time.monotonic() + 30
     while list(results.rglob(TMP_PREFIX + "*")) and time.monotonic() < deadline:
         time.sleep(0.05)
     check.temporaries = [str(p) for p in results.rglob(TMP_PREFIX + "*")]

@@ -309,13 +309,17 @@ class PgDatabase:
         """Whether this dispatcher holds the leader's advisory lock (taken when free; held
         by its session until the process or the connection dies)."""
         with self.lock:
-            if not self._leading:
-                try:
+            try:
+                if self._leading:
+                    # Still our session? A server restart ended it, and the lock with it,
+                    # before anything told this connection.
+                    self._connection().execute("SELECT 1")
+                if not self._leading:
                     self._leading = bool(self._connection().execute(
                         "SELECT pg_try_advisory_lock(%s)", (_LEADER,)).fetchone()[0])
-                except self._psycopg.Error:
-                    self._lost()
-                    return False
+            except self._psycopg.Error:
+                self._lost()
+                self._leading = False
             return self._leading
 
     def session(self) -> int:
