@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 TMP_PREFIX = ".polyarch-tmp-"
+# A write slower than this is said in the log: a reader meanwhile sees the old file and
+# a `.polyarch-tmp-*` beside it, which an operator should be able to explain.
+SLOW_WRITE_SECONDS = 2.0
+
+log = logging.getLogger("polyarch.files")
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
@@ -20,6 +27,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -37,6 +45,9 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
         raise
     if durable:
         fsync_dir(path.parent)
+    took = time.monotonic() - began
+    if took > SLOW_WRITE_SECONDS:
+        log.warning("writing %s took %.1f s (as %s): the disk is slow", path, took, Path(tmp).name)
 
 
 def fsync_dir(folder: Path) -> None:

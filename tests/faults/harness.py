@@ -193,7 +193,35 @@ def tally(check: Check, watcher: "ResultWatcher", results: Path, shas: list[str]
     deadline = time.monotonic() + 30
     while list(results.rglob(TMP_PREFIX + "*")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    check.temporaries = [str(p) for p in results.rglob(TMP_PREFIX + "*")]
+    check.temporaries = [explain_temporary(p) for p in results.rglob(TMP_PREFIX + "*")]
+
+
+def explain_temporary(tmp: Path, watch: float = 60.0) -> str:
+    """A temporary still there after the grace, with what tells a stalled writer from a
+    file left behind: its age and size, the processes that hold it open and what their
+    threads wait in, and whether it is gone within `watch` seconds more."""
+    try:
+        info = tmp.stat()
+        facts = [f"{time.time() - info.st_mtime:.1f} s old", f"{info.st_size} bytes"]
+    except OSError:
+        return f"{tmp} (gone while being looked at)"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            held = any(os.readlink(fd) == str(tmp) for fd in (proc / "fd").iterdir())
+            if held:
+                waits = sorted({(t / "wchan").read_text() or "-" for t in (proc / "task").iterdir()})
+                state = (proc / "stat").read_text().split(") ")[1].split()[0]
+                facts.append(f"open in pid {proc.name} (state {state}, threads wait in {', '.join(waits)})")
+        except OSError:
+            continue
+    began = time.monotonic()
+    while tmp.exists() and time.monotonic() - began < watch:
+        time.sleep(0.1)
+    facts.append(f"still there {watch:.0f} s later" if tmp.exists()
+                 else f"gone {time.monotonic() - began:.1f} s later")
+    return f"{tmp} ({'; '.join(facts)})"
 
 
 def _victim(env: Polyarch, daemon: str, rng: random.Random):
