@@ -6,12 +6,13 @@ all: the mirror borrows its objects and copies its branch and tag refs (common/g
 not a local git folder on this host (a lab host where the path does not exist) is
 fetched.
 
-Each repository has one worktree per runner, reused from job to job: `git checkout
+Each repository has one worktree per runner and slot, reused from job to job: `git checkout
 --force` of the next commit rewrites only the files that differ (a fresh `git worktree
 add` wrote them all and cost two to three times as much), and after each job `git clean
 -ffdx` removes everything the test left, ignored files included. Any doubt about a
 worktree's state (a failed clean, a crash) and it is deleted and made afresh, so every
-job still starts from exactly the commit's files.
+job still starts from exactly the commit's files. There are two slots: a job leased
+ahead (hub/ahead.py) is checked out in the one the running job does not use.
 
 The worktree belongs to the job user while a job runs, so nothing in it is trusted: its
 `.git` file (which a job may point at a git folder of its own, with a config that runs
@@ -52,14 +53,17 @@ class Mirrors:
                  stop: Optional[Callable[[], bool]] = None) -> None:
         self.root = root
         self.checkouts = checkouts
+        # Slot 0, and slot 1 for a job checked out ahead while another runs in slot 0 (or
+        # the other way round): a folder of its own, so no repository name can meet it.
+        self.slots = (checkouts, checkouts.with_name(checkouts.name + "-ahead"))
         self.fetch_timeout = fetch_timeout
         self.stop = stop  # the runner's stop: a fetch in progress is abandoned
         self.quarantine = checkouts.parent / "quarantine"  # what could not be deleted
-        self._fresh: dict[str, Path] = {}  # repo -> a worktree path beside one stuck for good
-        self._admin: dict[str, Path] = {}  # repo -> its worktree's folder in the mirror, as git made it
+        self._fresh: dict[tuple[str, int], Path] = {}  # (repo, slot) -> a worktree path beside one stuck for good
+        self._admin: dict[tuple[str, int], Path] = {}  # (repo, slot) -> its worktree's folder in the mirror
 
-    def _dest(self, repo: str) -> Path:
-        return self._fresh.get(repo) or self.checkouts / check_repo(repo)
+    def _dest(self, repo: str, slot: int = 0) -> Path:
+        return self._fresh.get((repo, slot)) or self.slots[slot] / check_repo(repo)
 
     def mirror_path(self, repo: str) -> Path:
         return self.root / f"{check_repo(repo)}.git"
@@ -67,10 +71,10 @@ class Mirrors:
     def _mirror(self, repo: str) -> git.Repo:
         return open_mirror(self.mirror_path(repo))
 
-    def _git_env(self, repo: str) -> Optional[dict[str, str]]:
+    def _git_env(self, repo: str, slot: int = 0) -> Optional[dict[str, str]]:
         """The environment for git in the repository's worktree, with its `.git` file
         restored; None when there is no worktree this process made."""
-        dest, admin = self._dest(repo), self._admin.get(repo)
+        dest, admin = self._dest(repo, slot), self._admin.get((repo, slot))
         if admin is None or not admin.is_dir() or not dest.is_dir():
             return None
         dot_git = dest / ".git"
@@ -81,8 +85,8 @@ class Mirrors:
         dot_git.write_text(f"gitdir: {admin}\n")
         return {**os.environ, **GIT_ENV, "GIT_DIR": str(admin), "GIT_WORK_TREE": str(dest)}
 
-    def checkout(self, repo: str, url: str, commit: str) -> Path:
-        """The repository's worktree, holding exactly `commit`; fetches it first if missing."""
+    def checkout(self, repo: str, url: str, commit: str, slot: int = 0) -> Path:
+        """The repository's worktree in `slot`, holding exactly `commit`; fetches it first if missing."""
         mirror = self._mirror(repo)
         source = local_git_dir(url)
         borrowed = source is not None and borrow(Path(mirror.git_dir), source, REF_PREFIXES)
@@ -95,8 +99,8 @@ class Mirrors:
             if not self._has(mirror, commit):
                 raise CheckoutError(f"commit {commit} is not on any branch or tag of {url}, nor fetchable by "
                                     "its id (force-pushed away?)")
-        dest = self._dest(repo)
-        env = self._git_env(repo)
+        dest = self._dest(repo, slot)
+        env = self._git_env(repo, slot)
         if env is not None:
             done = subprocess.run(["git", "checkout", "--detach", "--force", "--quiet", commit], cwd=dest, env=env,
                                   stdin=subprocess.DEVNULL, capture_output=True)
@@ -105,8 +109,8 @@ class Mirrors:
             log.warning("reusing the worktree %s failed (%s); making it afresh", dest,
                         done.stderr.decode(errors="replace").strip()[-300:])
         if dest.exists():  # not reusable (a test may have deleted its .git): start over
-            self.discard(repo)
-            dest = self._dest(repo)
+            self.discard(repo, slot)
+            dest = self._dest(repo, slot)
         try:
             mirror.git.worktree("add", "--detach", "--force", str(dest), commit)
         except git.GitCommandError as exc:
@@ -115,7 +119,7 @@ class Mirrors:
             raise CheckoutError(f"git worktree add {commit} failed: {error_text(exc)}") from None
         admin = _worktree_admin(dest, self.mirror_path(repo))  # just made by git: trusted
         if admin is not None:
-            self._admin[repo] = admin
+            self._admin[(repo, slot)] = admin
         return dest
 
     def describe(self, repo: str, commit: str) -> Optional[CommitInfo]:
@@ -134,23 +138,23 @@ class Mirrors:
         return CommitInfo(commit, author[:100], subject[:200], int(stamp) if stamp.isdigit() else 0,
                           parents.split(" ")[0])
 
-    def clean(self, repo: str) -> None:
+    def clean(self, repo: str, slot: int = 0) -> None:
         """After a job: remove all the test left, so the next checkout starts clean."""
-        self.start_clean(repo).finish()
+        self.start_clean(repo, slot).finish()
 
-    def start_clean(self, repo: str) -> "Cleaning":
+    def start_clean(self, repo: str, slot: int = 0) -> "Cleaning":
         """`clean`, started in the background: the runner delivers the result and asks for
-        its next job meanwhile, and finishes it before the next checkout."""
-        dest = self._dest(repo)
-        env = self._git_env(repo) if dest.exists() else None
+        its next job meanwhile, and finishes it before the next checkout in that slot."""
+        dest = self._dest(repo, slot)
+        env = self._git_env(repo, slot) if dest.exists() else None
         if env is None:
             if dest.exists():
-                self.discard(repo)
-            return Cleaning(self, repo, None)
+                self.discard(repo, slot)
+            return Cleaning(self, repo, slot, None)
         proc = subprocess.Popen(["git", "clean", "-ffdqx"], cwd=dest, env=env,
                                 stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        return Cleaning(self, repo, proc)
+        return Cleaning(self, repo, slot, proc)
 
     def _fetch(self, mirror: git.Repo, url: str) -> None:
         # A few quick tries: a lab network blip should not turn into an `error` result. A
@@ -178,20 +182,20 @@ class Mirrors:
         except GitError as exc:
             log.warning("%s (commit %s)", exc, commit[:12])
 
-    def discard(self, repo: str) -> None:
+    def discard(self, repo: str, slot: int = 0) -> None:
         """Delete a worktree and its entry in the mirror's worktrees/ folder.
 
         This is what `git worktree prune` would do for it, without a git process;
         prune_all at start catches anything this misses."""
-        dest = self._dest(repo)
-        admin = self._admin.pop(repo, None)
+        dest = self._dest(repo, slot)
+        admin = self._admin.pop((repo, slot), None)
         if not self._remove(dest):
             # Stuck even for root (chattr +i on the folder itself): the next job gets a
             # fresh worktree beside it, never this one.
             n = 1
-            while (self.checkouts / f"{check_repo(repo)}.{n}").exists():
+            while (self.slots[slot] / f"{check_repo(repo)}.{n}").exists():
                 n += 1
-            self._fresh[repo] = self.checkouts / f"{check_repo(repo)}.{n}"
+            self._fresh[(repo, slot)] = self.slots[slot] / f"{check_repo(repo)}.{n}"
         if admin is not None:
             shutil.rmtree(admin, ignore_errors=True)
 
@@ -214,9 +218,10 @@ class Mirrors:
 
     def prune_all(self) -> None:
         """At start: drop every worktree (a crash may have left one dirty) and forget them."""
-        if self.checkouts.is_dir():
-            for child in self.checkouts.iterdir():
-                self._remove(child)
+        for checkouts in self.slots:
+            if checkouts.is_dir():
+                for child in checkouts.iterdir():
+                    self._remove(child)
         if not self.root.is_dir():
             return
         for path in self.root.glob("*.git"):
@@ -237,8 +242,8 @@ class Mirrors:
 class Cleaning:
     """A `git clean` under way in a repository's worktree."""
 
-    def __init__(self, mirrors: Mirrors, repo: str, proc: Optional[subprocess.Popen[bytes]]) -> None:
-        self.mirrors, self.repo, self.proc = mirrors, repo, proc
+    def __init__(self, mirrors: Mirrors, repo: str, slot: int, proc: Optional[subprocess.Popen[bytes]]) -> None:
+        self.mirrors, self.repo, self.slot, self.proc = mirrors, repo, slot, proc
 
     def finish(self) -> None:
         if self.proc is None:
@@ -247,7 +252,7 @@ class Cleaning:
         if self.proc.returncode != 0:
             log.warning("git clean of %s failed (%s); removing the worktree", self.repo,
                         err.decode(errors="replace").strip()[-300:])
-            self.mirrors.discard(self.repo)
+            self.mirrors.discard(self.repo, self.slot)
         self.proc = None
 
 

@@ -3,6 +3,7 @@ test command, and the result; run in a worker thread while the main thread heart
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -33,15 +34,40 @@ if TYPE_CHECKING:
 log = logging.getLogger("polyarch.runner")
 
 JUNIT_LIMIT = 4 * 1024 * 1024
+RUNNING_MARKER = ".running"
 NOT_FOUND = 127  # the shell's exit code for a command it cannot find
 
 
-class JobWork:
-    """Checkout, settings and execution of one job, in a worker thread."""
+@dataclasses.dataclass(frozen=True)
+class Ready:
+    """A job checked out and handed to the job user: what its commands need of that."""
 
-    def __init__(self, runner: Runner, job: Job) -> None:
+    chosen: JobSettings
+    paths: JobPaths
+
+
+class JobWork:
+    """Checkout, settings and execution of one job, in a worker thread.
+
+    A job leased ahead (dispatcher/hub/ahead.py) is checked out and handed over while the
+    job before it runs (`prepare_ahead`, in the other worktree slot), so that `start`
+    goes straight to its commands when that job ends."""
+
+    def __init__(self, runner: Runner, job: Job, slot: int = 0) -> None:
         self.runner, self.job = runner, job
+        self.slot = slot  # the worktree slot it runs in (checkout.py)
+        # Its command runs (or the job is over): the runner may lease the next job ahead.
+        self.launched = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._preparing: Optional[threading.Thread] = None
+        self._prepare_error: Optional[BaseException] = None
+        self._ready: Optional[Ready] = None
+        self._unready = ""  # why it could not be checked out ("" and not ready: the runner's stop cut it short)
+        self._cleaned = False
         self.folder = runner.jobs_dir / job.lease_id
+        # Says which process group to kill if the runner is killed while the job runs (one
+        # per job: a job ahead starts before the one before it is cleaned up).
+        self.marker = runner.jobs_dir / f"{job.lease_id}{RUNNING_MARKER}"
         self.src: Optional[Path] = None  # the repository's worktree, once checked out
         self.result: Optional[Result] = None
         self._aborted = threading.Event()
@@ -50,6 +76,37 @@ class JobWork:
         self.chosen_limit = 0.0
         self.steps: dict[str, float] = {}  # step -> seconds, for the per-job timing log line
         self.live = LiveOutput()  # the setup's and the test's output, for the live log
+
+    def prepare_ahead(self) -> None:
+        self._preparing = threading.Thread(target=self._prepare_caught, name=f"ahead-{self.job.lease_id}",
+                                           daemon=True)
+        self._preparing.start()
+
+    def _prepare_caught(self) -> None:
+        began = time.time()
+        try:
+            self._prepare()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the job's own thread, which reports it
+            self._prepare_error = exc
+        self.steps["ahead"] = time.time() - began
+
+    def drop(self) -> None:
+        """A job leased ahead that will not run here (its lease is gone, or handed back):
+        its checkout is let finish, which leaves a worktree a later job cleans."""
+        if self._preparing is not None:
+            self._preparing.join()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name=f"job-{self.job.lease_id}", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def abort(self) -> None:
         with self._lock:
@@ -73,28 +130,47 @@ class JobWork:
                                                         f"{type(exc).__name__}: {exc}")
         finally:
             self.live.end()
+            self.launched.set()
 
-    def _run(self, started: float) -> None:
-        job, settings = self.job, self.runner.settings
+    def _prepare(self) -> None:
+        """Check out, read the repository's settings, hand the worktree to the job user:
+        sets _ready, or _unready to why not."""
+        job = self.job
         self.folder.mkdir(parents=True, exist_ok=True)
         try:
-            self.runner.finish_cleaning()
-            self.src = self.runner.mirrors.checkout(job.repo, job.url, job.commit)
-            self.steps["checkout"] = time.time() - started
+            self.runner.finish_cleaning(self.slot)
+            self.src = self.runner.mirrors.checkout(job.repo, job.url, job.commit, self.slot)
             chosen = settings_for(self.src, job.arch, JobSettings(job.test_command, job.timeout,
                                                                   job.timeout_factor, setup=job.setup,
                                                                   setup_key=tuple(job.setup_key)))
-            self.chosen_limit = chosen.limit  # the setup's limit and the test's, each
         except FetchStopped:
             return  # the runner's own stop cut the fetch short: no result, the job is handed back
         except (CheckoutError, ConfigError) as exc:
-            self.result = _error(job, started, str(exc))
+            self._unready = str(exc)
             return
         sandbox = self.runner.sandbox
         assert sandbox is not None  # noqa: S101 - made by Runner.run before any job
         paths = JobPaths(checkout=self.src, out=self.folder / "out", stage=self.folder / "stage",
                          mirror=self.runner.mirrors.mirror_path(job.repo), url=job.url)
         sandbox.hand_over(paths)
+        self._ready = Ready(chosen, paths)
+
+    def _run(self, started: float) -> None:
+        job, settings, sandbox = self.job, self.runner.settings, self.runner.sandbox
+        assert sandbox is not None  # noqa: S101 - made by Runner.run before any job
+        if self._preparing is not None:  # leased ahead: checked out meanwhile
+            self._preparing.join()
+            if self._prepare_error is not None:
+                raise self._prepare_error
+        else:
+            self._prepare()
+        self.steps["checkout"] = time.time() - started
+        if self._ready is None:
+            if self._unready:
+                self.result = _error(job, started, self._unready)
+            return
+        chosen, paths = self._ready.chosen, self._ready.paths
+        self.chosen_limit = chosen.limit  # the setup's limit and the test's, each
         junit_path = paths.out / "junit.xml"
         polyarch = dict(POLYARCH_REPO=job.repo, POLYARCH_COMMIT=job.commit, POLYARCH_ARCH=job.arch,
                         POLYARCH_BRANCH=job.branch, POLYARCH_JUNIT=str(junit_path), POLYARCH_LEASE=job.lease_id,
@@ -193,9 +269,10 @@ class JobWork:
                 return None
         if warm is not None and self.runner.spares is not None:
             self.runner.spares.refill()  # the next job's jail, ready long before its answer brings it
+        self.launched.set()
         # Not fsynced: it only has to outlive the runner process, not the machine (after a
         # power cut no job is left running to kill).
-        atomic_write(self.runner.marker, json.dumps({"pgid": self._process.pgid,
+        atomic_write(self.marker, json.dumps({"pgid": self._process.pgid,
                                                      "lease_id": self.job.lease_id}).encode(), durable=False)
         ex = self._process.wait(self.chosen_limit, settings.kill_grace)
         limit = sandbox.verdict(cgroups)
@@ -207,15 +284,18 @@ class JobWork:
         result is on its way: started before, its fork and git's work delayed the result
         by about a millisecond on a 2-core machine; started after the answer, the next
         job's checkout (which the answer brings) waited for all of it."""
-        if self.src is not None and self.runner.cleaning is None:
+        if self.src is not None and self.slot not in self.runner.cleaning:
             try:
-                self.runner.cleaning = self.runner.mirrors.start_clean(self.job.repo)
+                self.runner.cleaning[self.slot] = self.runner.mirrors.start_clean(self.job.repo, self.slot)
             except OSError as exc:  # no process to clean with: the next job gets a fresh worktree
                 log.warning("cannot clean the worktree of %s (%s); removing it", self.job.repo, exc)
-                self.runner.mirrors.discard(self.job.repo)
+                self.runner.mirrors.discard(self.job.repo, self.slot)
 
     def cleanup(self) -> None:
-        self.runner.marker.unlink(missing_ok=True)
+        if self._cleaned:
+            return
+        self._cleaned = True
+        self.marker.unlink(missing_ok=True)
         self.start_cleanup()
         shutil.rmtree(self.folder, ignore_errors=True)
 

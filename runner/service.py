@@ -17,7 +17,6 @@ import random
 import shutil
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -38,7 +37,7 @@ from dispatcher.wire.frames import encode
 from .checkout import Cleaning, Mirrors
 from .execute import Guard, job_env, start_group
 from .envcache import EnvCache
-from .job import JobWork
+from .job import RUNNING_MARKER, JobWork
 from .live import CHUNK, INTERVAL, LIMIT, Piece
 from .sandbox import JAIL_START, Root, Sandbox
 from .warm import Spares
@@ -64,7 +63,7 @@ class Runner:
         work = self.settings.work_dir / name
         self.work = work
         self.jobs_dir = work / "jobs"
-        self.marker = work / "current-job.json"
+        self.legacy_marker = work / "current-job.json"  # where a runner before jobs ahead kept its one marker
         self.stop = StopRequest()
         self.mirrors = Mirrors(work / "mirrors", work / "checkouts", self.settings.fetch_timeout,
                                stop=lambda: self.stop.now(self.settings.stop_grace))
@@ -78,11 +77,14 @@ class Runner:
         self.heartbeat_interval = 1.0
         self.watchdog = Watchdog()
         self.guard = Guard()
-        self.cleaning: Optional[Cleaning] = None  # the last job's `git clean`, finished before the next checkout
+        self.cleaning: dict[int, Cleaning] = {}  # worktree slot -> the `git clean` its next checkout finishes first
         self.sandbox: Optional[Sandbox] = None  # made at start: its checks are the runner's to fail
         self.spares: Optional[Spares] = None  # a jail started ahead of each job, when jobs are isolated
         self.next_job: Optional[Job] = None  # leased with the last result's answer, not started yet
+        self.ahead: Optional[JobWork] = None  # leased while the current job runs, checked out meanwhile
+        self.started: Optional[JobWork] = None  # the job ahead, started as the one before it ended
         self.plain_results = False  # the dispatcher is older than Result.next_job
+        self.ahead_ok = False  # the dispatcher leases a job ahead (Lease.ahead)
         # Where the jobs run: this machine, or a root of another architecture (what its
         # jobs see of uname is the root's, as on a real host of that architecture).
         self.emulated = root is not None and root.emulated
@@ -126,18 +128,18 @@ class Runner:
         self.guard.start()
         backoff = 0.1
         notify("READY=1")
-        while not self.stop.is_set():
+        # A job started as the one before it ended is followed to its end, stop or not.
+        while not self.stop.is_set() or self.started is not None:
             self.watchdog.ping()
             try:
-                self._connect()
-                self._flush_spool()
-                job, self.next_job = self.next_job, None
-                if job is None:  # else the last result's answer brought it: no Lease round trip
-                    reply = self._request(Lease(wait=LEASE_WAIT), timeout=LEASE_WAIT + 30)
-                    job = reply if isinstance(reply, Job) else None
+                work, self.started = self.started, None
+                if work is None:
+                    self._connect()
+                    self._flush_spool()
+                    work = self._next_work()
                 backoff = 0.1
-                if job is not None:
-                    self._run_job(job)
+                if work is not None:
+                    self._follow(work)
             except (OSError, ProtocolError, RemoteError, ConfigError) as exc:
                 self._disconnect()
                 log.warning("dispatcher unavailable (%s); retrying in %.1f s", exc, backoff)
@@ -148,6 +150,10 @@ class Runner:
         if self.next_job is not None:
             self._release(self.next_job, "runner stopping")
             self.next_job = None
+        if self.ahead is not None:
+            self.ahead.drop()
+            self._release(self.ahead.job, "runner stopping")
+            self.ahead = None
         if self.conn is not None or self.spool.pending():
             try:
                 self._connect()
@@ -163,22 +169,27 @@ class Runner:
 
     def clean_after_crash(self) -> None:
         """Kill what a killed runner left running and remove its job folders and worktrees."""
-        if self.marker.exists():
+        markers = sorted(self.jobs_dir.glob("*" + RUNNING_MARKER)) if self.jobs_dir.is_dir() else []
+        for marker in [self.legacy_marker, *markers]:
+            if not marker.exists():
+                continue
             try:
-                info = json.loads(self.marker.read_text())
+                info = json.loads(marker.read_text())
                 _kill_leftover(int(info["pgid"]), str(info["lease_id"]))
             except (ValueError, KeyError, OSError) as exc:
-                log.warning("ignoring unreadable %s: %s", self.marker, exc)
-            self.marker.unlink(missing_ok=True)
+                log.warning("ignoring unreadable %s: %s", marker, exc)
+            marker.unlink(missing_ok=True)
         if self.jobs_dir.exists():
             log.info("removing job folders left by a previous run in %s", self.jobs_dir)
             shutil.rmtree(self.jobs_dir, ignore_errors=True)
         self.mirrors.prune_all()
 
-    def finish_cleaning(self) -> None:
-        if self.cleaning is not None:
-            self.cleaning.finish()
-            self.cleaning = None
+    def finish_cleaning(self, slot: Optional[int] = None) -> None:
+        """Wait for the `git clean` of worktree `slot` (None: of every slot)."""
+        for each in ([slot] if slot is not None else list(self.cleaning)):
+            cleaning = self.cleaning.pop(each, None)
+            if cleaning is not None:
+                cleaning.finish()
 
     # --- connection ---------------------------------------------------------------------
 
@@ -189,6 +200,7 @@ class Runner:
             if "next_job" not in features and not self.plain_results:
                 log.info("the dispatcher does not take next_job (an older version); leasing each job apart")
             self.plain_results = "next_job" not in features
+            self.ahead_ok = "ahead" in features
             self.conn, self.heartbeat_interval = conn, conn.heartbeat_interval
             log.info("connected to dispatcher at %s", conn.address)
         return self.conn
@@ -221,7 +233,8 @@ class Runner:
         """Send every spooled result; the one for lease `ask_next` asks for the next job
         too, which its answer brings (self.next_job), and runs `sent` once it is on its way."""
         for result in self.spool.pending():
-            wants = result.lease_id == ask_next and not self.stop.is_set() and not self.plain_results
+            wants = (result.lease_id == ask_next and not self.stop.is_set() and not self.plain_results
+                     and self.ahead is None and self.started is None)
             reply = self._request(dataclasses.replace(result, next_job=True) if wants else result,
                                   sent=sent if result.lease_id == ask_next else None)
             if not isinstance(reply, Ack):
@@ -237,32 +250,59 @@ class Runner:
 
     # --- one job ------------------------------------------------------------------------
 
-    def _run_job(self, job: Job) -> None:
+    def _next_work(self) -> Optional[JobWork]:
+        """The next job, started: the one leased ahead (its job before ended without a
+        result), the one the last result's answer brought, or one leased now."""
+        if self.ahead is not None:
+            ahead, self.ahead = self.ahead, None
+            return self._start(ahead)
+        job, self.next_job = self.next_job, None
+        if job is None:  # else the last result's answer brought it: no Lease round trip
+            reply = self._request(Lease(wait=LEASE_WAIT), timeout=LEASE_WAIT + 30)
+            job = reply if isinstance(reply, Job) else None
+        return self._start(JobWork(self, job)) if job is not None else None
+
+    def _start(self, work: JobWork) -> Optional[JobWork]:
+        job = work.job
         if self.stop.is_set():
+            work.drop()
             self._release(job, "runner stopping")
-            return
+            return None
         log.info("running %s %s on %s (attempt %d)", job.repo, job.commit[:12], job.arch, job.attempt)
-        work = JobWork(self, job)
-        thread = threading.Thread(target=work.run, name=f"job-{job.lease_id}", daemon=True)
-        thread.start()
+        work.start()
+        return work
+
+    def _follow(self, work: JobWork) -> None:
+        """Heartbeat a running job (with its live output) to its end, and deliver its result."""
+        job = work.job
         lost = False
         # New output goes out at once after a quiet spell, then at most every INTERVAL; a
         # silent job still beats once per heartbeat_interval.
         tick = min(INTERVAL, self.heartbeat_interval)
         next_beat = time.monotonic() + self.heartbeat_interval
         sent_at = -INTERVAL
-        while thread.is_alive():
+        ahead_beat = next_beat  # the job leased ahead beats on its own clock: output resets next_beat
+        asking = self.ahead_ok and self.ahead is None and self.next_job is None
+        while work.running:
             self.watchdog.ping()
             if self.stop.now(self.settings.stop_grace):
                 work.abort()  # no result comes back: the job is handed back below
-                thread.join(timeout=tick)
+                work.join(tick)
                 continue
+            if asking and work.launched.is_set():
+                asking = False
+                self._lease_ahead(work)
             now = time.monotonic()
+            if self.ahead is not None and now >= ahead_beat:
+                self._beat_ahead()
+                ahead_beat = now + self.heartbeat_interval
             pending = work.live.has_output
             due = min(next_beat, sent_at + INTERVAL) if pending else next_beat
             if now < due:
-                if pending or work.live.ended:
-                    thread.join(timeout=min(due - now, tick))
+                if asking and not work.launched.is_set():
+                    work.launched.wait(min(due - now, tick))  # set once the command runs, or the job ended
+                elif pending or work.live.ended:
+                    work.join(min(due - now, tick))
                 else:
                     work.live.wait_for_write(min(due - now, tick))
                 continue
@@ -283,19 +323,63 @@ class Runner:
                 if piece is None or not self._heartbeat(job, work, piece) or work.live.taken:
                     break
             delivering = time.time()
-            # The worktree's `git clean` runs while the dispatcher records the result and
-            # leases the next job, so that job's checkout does not wait for it.
-            self._deliver(work.result, sent=work.start_cleanup)
+            if self.ahead is not None and not self.stop.is_set():
+                # The job ahead starts once this result is safe on disk, while it is sent.
+                self._deliver(work.result, kept=lambda: self._start_ahead(work))
+            else:
+                # The worktree's `git clean` runs while the dispatcher records the result and
+                # leases the next job, so that job's checkout does not wait for it.
+                self._deliver(work.result, sent=work.start_cleanup)
             work.steps["deliver"] = time.time() - delivering
         finally:
             cleaning = time.time()
             work.cleanup()
-            work.steps["cleanup"] = time.time() - cleaning
+            work.steps.setdefault("cleanup", time.time() - cleaning)
             if self.spares is not None:
                 self.spares.refill()
             if work.steps:
                 log.info("timing %s %s: %s", job.repo, job.commit[:12],
                          ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in work.steps.items()))
+
+    def _lease_ahead(self, work: JobWork) -> None:
+        """Ask for the job after this one (the dispatcher says whether this one is short
+        enough for that) and start checking it out in the other worktree slot."""
+        try:
+            reply = self._request(Lease(wait=0, ahead=True), timeout=self.heartbeat_interval * 2 + 5)
+        except (OSError, ProtocolError, RemoteError, ConfigError) as exc:
+            log.warning("could not lease a job ahead (%s); the next one comes with this one's result", exc)
+            return
+        if not isinstance(reply, Job):
+            return
+        log.info("leased %s %s on %s ahead (attempt %d); checking it out while %s runs", reply.repo,
+                 reply.commit[:12], reply.arch, reply.attempt, work.job.commit[:12])
+        self.ahead = JobWork(self, reply, slot=1 - work.slot)
+        self.ahead.prepare_ahead()
+
+    def _beat_ahead(self) -> None:
+        """The heartbeat of the job leased ahead: its lease is kept like a running job's."""
+        assert self.ahead is not None  # noqa: S101 - narrowing
+        job = self.ahead.job
+        try:
+            self._request(Heartbeat(job.lease_id), timeout=self.heartbeat_interval * 2 + 5)
+        except RemoteError as exc:
+            if exc.code == ErrorCode.LEASE_LOST:
+                log.warning("the job leased ahead, %s %s, is no longer ours (cancelled, or its lease expired); "
+                            "dropping it", job.repo, job.commit[:12])
+                self.ahead.drop()
+                self.ahead = None
+        except (OSError, ProtocolError, ConfigError):
+            pass  # the running job's heartbeat says so, and reconnects
+
+    def _start_ahead(self, work: JobWork) -> None:
+        """This job's result is on disk: start the job ahead, then clean up after this one
+        (in the other worktree slot) while it starts."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None:
+            self.started = self._start(ahead)
+        cleaning = time.time()
+        work.cleanup()
+        work.steps["cleanup"] = time.time() - cleaning
 
     def _heartbeat(self, job: Job, work: JobWork, piece: Optional[Piece]) -> bool:
         """One heartbeat, with the job's new output if any; False when the lease is lost."""
@@ -323,7 +407,10 @@ class Runner:
         except (OSError, ProtocolError, RemoteError, ConfigError) as exc:
             log.warning("could not hand back %s %s (%s); its lease will expire", job.repo, job.commit[:12], exc)
 
-    def _deliver(self, result: Result, sent: Optional[Callable[[], None]] = None) -> None:
+    def _deliver(self, result: Result, sent: Optional[Callable[[], None]] = None,
+                 kept: Optional[Callable[[], None]] = None) -> None:
+        """Spool the result, call `kept` (it is safe on disk), send it and call `sent` as it
+        goes; kept for a later try if the dispatcher does not answer."""
         result = _fit(result)
         try:
             self.spool.put(result)
@@ -338,6 +425,8 @@ class Runner:
                 log.error("result for lease %s lost with the connection (%s); the lease expires and the job runs "
                           "again", result.lease_id, sent)
             return
+        if kept is not None:
+            kept()
         try:
             self._flush_spool(ask_next=result.lease_id, sent=sent)
         except (OSError, ProtocolError, RemoteError, ConfigError) as exc:

@@ -133,6 +133,31 @@ def test_a_result_can_bring_back_the_next_job_leased_in_the_same_transaction(hub
     assert runner.jobs[-1].commit == "c" * 40
 
 
+def test_a_runner_leases_one_job_ahead_and_only_behind_a_short_one(hub: Hub) -> None:
+    C, D, E, F = "c" * 40, "d" * 40, "e" * 40, "f" * 40
+    hub.dispatch("demo", "main", [CommitInfo(sha) for sha in (A, B, C, D, E, F)])
+    runner = FakeRunner(hub, "amd").register()
+    first = runner.lease()
+    assert hub.lease_ahead(hub.heard(runner.row)) is None  # nothing known yet of demo's jobs on amd64
+    runner.report(first, Reported.PASSED)  # 1 s, as the fake reports: short
+    second = runner.lease()
+    ahead = hub.lease_ahead(hub.heard(runner.row))
+    assert ahead is not None and ahead.commit == C and ahead.lease_id != second.lease_id
+    assert hub.lease_ahead(hub.heard(runner.row)) is None  # one ahead at a time
+    hub.heartbeat(runner.row, Heartbeat(ahead.lease_id))  # its lease is kept as a running job's
+    assert hub.store.jobs.current(second.lease_id) and hub.store.jobs.current(ahead.lease_id)
+    # A plain lease says the runner lost track of what it held (it restarted): both go back.
+    again = runner.lease()
+    assert not hub.store.jobs.current(second.lease_id) and not hub.store.jobs.current(ahead.lease_id)
+    assert again.commit == B and again.attempt == 2
+    # Behind jobs that take minutes, a job leased ahead could wait that long while another
+    # runner of the architecture is idle: none is.
+    for _ in range(3):
+        hub.record_result(hub.heard(runner.row), Result(again.lease_id, Reported.PASSED, 0, 0.0, 300.0, "log"))
+        again = runner.lease()
+    assert again is not None and hub.lease_ahead(hub.heard(runner.row)) is None
+
+
 def test_a_late_or_duplicate_result_is_acknowledged_and_dropped(hub: Hub) -> None:
     hub.submit("demo", A, "", ["amd64"], "test")
     runner = FakeRunner(hub, "r").register()

@@ -376,6 +376,8 @@ class _Handler(socketserver.BaseRequestHandler):
         return Ack(message=RUNNER_FEATURES)
 
     def on_lease(self, msg: Lease) -> Message | WaitForWork:
+        if msg.ahead:  # never waits: the runner is busy with a job meanwhile
+            return self.server.hub.lease_ahead(self._runner()) or NoJob()
         return self._lease(Hub.lease_deadline(msg.wait), 0)
 
     def _lease(self, deadline: float, hops: int) -> Message | WaitForWork:

@@ -25,6 +25,7 @@ from dispatcher.common.utf8 import whole_characters
 from dispatcher.common.names import (check_branch, check_commit, check_commit_prefix, check_runner, is_commit,
                                      parse_arch)
 from dispatcher.common.states import CellState, Status
+from dispatcher.hub.ahead import Durations
 from dispatcher.hub.live import JobKey, LiveLogs
 from dispatcher.hub.metrics import Metrics
 from dispatcher.hub.presence import Presence
@@ -58,6 +59,7 @@ class Hub:
         self.metrics = Metrics()
         self.publisher = Publisher(config, store, self.metrics)
         self.live = LiveLogs(config.dispatcher.results_dir, config.dispatcher.live_log_limit)
+        self.durations = Durations()  # which jobs are short enough to lease one ahead
         self.stopping = threading.Event()
         self._work = threading.Condition()
         self._generation = 0
@@ -297,6 +299,20 @@ class Hub:
                         runner.name, gone.job.repo, gone.job.sha[:12], gone.job.arch,
                         "queued again" if gone.requeued else "no attempts left: error")
             self.publisher.wake()
+        return self._claim_for(runner)
+
+    def lease_ahead(self, runner: RunnerRow) -> Optional[Job]:
+        """The job after the one `runner` runs, leased now (Lease(ahead=True)): only behind
+        a short job (hub/ahead.py says why) and one ahead at a time; None at once otherwise."""
+        held = self.store.jobs.held_by(runner.name)
+        if len(held) != 1:
+            return None
+        running = self.store.jobs.by_lease(held[0])
+        if running is None or not self.durations.short(running.repo, running.arch):
+            return None
+        return self._claim_for(runner)
+
+    def _claim_for(self, runner: RunnerRow) -> Optional[Job]:
         while True:
             row = self.store.jobs.claim(runner, alone=not self.presence.others(runner.arch, runner.name))
             if row is None:
@@ -418,6 +434,8 @@ class Hub:
             runner=runner.name, claimer=runner if msg.next_job else None,
             alone=not self.presence.others(runner.arch, runner.name))
         following = self._job_for(runner, claimed) if claimed is not None else None
+        if job is not None:
+            self.durations.add(job.repo, job.arch, msg.finished_at - msg.started_at)
         if job is None and msg.next_job:
             following = self.lease_now(runner)  # a late result: still, the runner wants work
         if job is not None and job.state == JobState.QUEUED:

@@ -125,7 +125,7 @@ class Ack:
 
 # The answer to a runner's Register names what this dispatcher takes beyond the first
 # protocol (Ack.message, space-separated), so a newer runner talks down to an older one.
-RUNNER_FEATURES = "features: next_job"
+RUNNER_FEATURES = "features: next_job ahead"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,10 +143,15 @@ class Register:
 
 @dataclasses.dataclass(frozen=True)
 class Lease:
-    """Runner asks for a job; the server holds the request up to `wait` seconds."""
+    """Runner asks for a job; the server holds the request up to `wait` seconds.
+
+    With `ahead`, the runner runs a job and asks for the one after it, to check it out
+    meanwhile: answered at once, with a job only when the running one is short (hub.py's
+    AHEAD_UNDER) and the runner holds no other lease ahead."""
 
     KIND: ClassVar[Kind] = Kind.LEASE
     wait: float
+    ahead: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,100 @@
+"""Jobs leased ahead, with real daemons: a runner checks out its next job while one runs.
+
+The rule itself (only behind short jobs, one at a time) is test_hub.py's; here, what a
+lab must be able to rely on: every result once, each job in a clean worktree, and a
+runner that dies or stops while it holds a job ahead loses neither job.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from conftest import Polyarch, processes_running, wait_for
+
+pytestmark = pytest.mark.daemons
+
+# Fails if anything an earlier job left in the worktree is still there, then leaves
+# something for the next job of that worktree to find.
+CLEAN = "test ! -e left-by-a-job || exit 7; touch left-by-a-job; sleep 0.2"
+
+
+def _learn_short(polyarch: Polyarch) -> None:
+    """One quick result: the dispatcher now knows demo's jobs are short."""
+    first = polyarch.repo.commit("exit 0")
+    polyarch.wait_results([first])
+
+
+def test_a_burst_runs_with_jobs_leased_ahead_each_once_in_a_clean_worktree(polyarch: Polyarch) -> None:
+    polyarch.dispatcher()
+    runner = polyarch.runner("r1")
+    polyarch.observer()
+    _learn_short(polyarch)
+    burst = polyarch.repo.burst(8, lambda i: CLEAN)
+    results = polyarch.wait_results(burst)
+    assert [(r["status"], r["attempt"], r["runner"]) for r in results.values()] == [("passed", 1, "r1")] * 8
+    assert runner.log().count("ahead (attempt 1); checking it out") >= 5, runner.log()
+    # Both worktree slots were used (a job ahead is checked out in the one not running).
+    work = polyarch.root / "var/runner/r1"
+    assert (work / "checkouts" / "demo").is_dir() and (work / "checkouts-ahead" / "demo").is_dir()
+
+
+def test_a_runner_killed_while_holding_a_job_ahead_loses_neither_job(polyarch: Polyarch) -> None:
+    gate = polyarch.shared / "gate"
+    polyarch.dispatcher()
+    doomed = polyarch.runner("doomed")
+    polyarch.observer()
+    _learn_short(polyarch)
+    # The first waits on its first attempt (as `sleep 300.31`, to be found from here); the
+    # second is leased ahead behind it.
+    held = polyarch.repo.commit(f'[ "$POLYARCH_ATTEMPT" = 1 ] && while [ ! -e {gate} ]; do sleep 300.31 & wait; '
+                                'done; exit 0')
+    behind = polyarch.repo.commit("exit 0")
+    wait_for(lambda: "ahead (attempt 1)" in doomed.log(), what="the second job to be leased ahead")
+    assert processes_running("sleep", "300.31")
+    doomed.kill()
+    # Restarted, it kills what its crash left running (the marker of each job it ran) and
+    # gives back both leases by asking for work.
+    polyarch.runner("doomed")
+    wait_for(lambda: not processes_running("sleep", "300.31"), timeout=10, what="the crashed job's processes to die")
+    results = polyarch.wait_results([held, behind], timeout=30)
+    assert {s: (r["status"], r["attempt"]) for s, r in results.items()} == {held: ("passed", 2), behind: ("passed", 2)}
+
+
+def test_a_runner_stopping_hands_back_its_job_ahead_and_another_runs_it(polyarch: Polyarch) -> None:
+    gate = polyarch.shared / "gate"
+    polyarch.dispatcher()
+    leaving = polyarch.runner("leaving")
+    polyarch.observer()
+    _learn_short(polyarch)
+    held = polyarch.repo.commit(f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 0")
+    behind = polyarch.repo.commit("exit 0")
+    wait_for(lambda: "ahead (attempt 1)" in leaving.log(), what="the second job to be leased ahead")
+    leaving.signal(signal.SIGTERM)  # the first request: the running job ends, nothing new starts
+    gate.touch()
+    assert leaving.started.wait(timeout=30) == 0
+    assert "handed back demo " + behind[:12] + ": runner stopping" in leaving.log()
+    polyarch.runner("staying")
+    results = polyarch.wait_results([held, behind], timeout=30)
+    assert (results[held]["runner"], results[held]["attempt"]) == ("leaving", 1)
+    assert results[behind]["runner"] == "staying" and results[behind]["status"] == "passed"
+
+
+def test_a_job_cancelled_while_leased_ahead_is_dropped_and_the_runner_goes_on(polyarch: Polyarch) -> None:
+    gate = polyarch.shared / "gate"
+    polyarch.dispatcher()
+    runner = polyarch.runner("r1")
+    polyarch.observer()
+    _learn_short(polyarch)
+    held = polyarch.repo.commit(f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 0")
+    behind = polyarch.repo.commit("exit 0")
+    wait_for(lambda: "ahead (attempt 1)" in runner.log(), what="the second job to be leased ahead")
+    out = polyarch.cli("dispatcher", "cancel", "--config", str(polyarch.config), "--repo", "demo", "--commit", behind)
+    assert "1 job(s) cancelled" in out.stdout, out
+    wait_for(lambda: "is no longer ours" in runner.log(), what="the runner to drop the cancelled job")
+    gate.touch()
+    after = polyarch.repo.commit("exit 0")
+    results = polyarch.wait_results([held, behind, after])
+    assert [results[s]["status"] for s in (held, behind, after)] == ["passed", "cancelled", "passed"]
+    assert "running demo " + behind[:12] not in runner.log()
