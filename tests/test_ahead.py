@@ -11,13 +11,24 @@ import signal
 
 import pytest
 
-from conftest import Polyarch, processes_running, wait_for
+from conftest import GitRepo, Polyarch, processes_running, wait_for
 
 pytestmark = pytest.mark.daemons
 
 # Fails if anything an earlier job left in the worktree is still there, then leaves
 # something for the next job of that worktree to find.
 CLEAN = "test ! -e left-by-a-job || exit 7; touch left-by-a-job; sleep 0.2"
+
+
+def _push_together(repo: GitRepo, *scripts: str) -> list[str]:
+    """Commits made on a side branch, then main moved to them in one update (one push):
+    the observer sees them at once, so the second is queued when the first starts."""
+    repo.git("checkout", "-q", "-b", "side")
+    shas = [repo.commit(script) for script in scripts]
+    repo.git("checkout", "-q", "main")
+    repo.git("merge", "-q", "--ff-only", "side")
+    repo.git("branch", "-q", "-D", "side")
+    return shas
 
 
 def _learn_short(polyarch: Polyarch) -> None:
@@ -31,7 +42,7 @@ def test_a_burst_runs_with_jobs_leased_ahead_each_once_in_a_clean_worktree(polya
     runner = polyarch.runner("r1")
     polyarch.observer()
     _learn_short(polyarch)
-    burst = polyarch.repo.burst(8, lambda i: CLEAN)
+    burst = _push_together(polyarch.repo, *[CLEAN] * 8)
     results = polyarch.wait_results(burst)
     assert [(r["status"], r["attempt"], r["runner"]) for r in results.values()] == [("passed", 1, "r1")] * 8
     assert runner.log().count("ahead (attempt 1); checking it out") >= 5, runner.log()
@@ -48,9 +59,8 @@ def test_a_runner_killed_while_holding_a_job_ahead_loses_neither_job(polyarch: P
     _learn_short(polyarch)
     # The first waits on its first attempt (as `sleep 300.31`, to be found from here); the
     # second is leased ahead behind it.
-    held = polyarch.repo.commit(f'[ "$POLYARCH_ATTEMPT" = 1 ] && while [ ! -e {gate} ]; do sleep 300.31 & wait; '
-                                'done; exit 0')
-    behind = polyarch.repo.commit("exit 0")
+    held, behind = _push_together(polyarch.repo, f'[ "$POLYARCH_ATTEMPT" = 1 ] && while [ ! -e {gate} ]; do '
+                                                 'sleep 300.31 & wait; done; exit 0', "exit 0")
     wait_for(lambda: "ahead (attempt 1)" in doomed.log(), what="the second job to be leased ahead")
     assert processes_running("sleep", "300.31")
     doomed.kill()
@@ -68,8 +78,7 @@ def test_a_runner_stopping_hands_back_its_job_ahead_and_another_runs_it(polyarch
     leaving = polyarch.runner("leaving")
     polyarch.observer()
     _learn_short(polyarch)
-    held = polyarch.repo.commit(f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 0")
-    behind = polyarch.repo.commit("exit 0")
+    held, behind = _push_together(polyarch.repo, f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 0", "exit 0")
     wait_for(lambda: "ahead (attempt 1)" in leaving.log(), what="the second job to be leased ahead")
     leaving.signal(signal.SIGTERM)  # the first request: the running job ends, nothing new starts
     gate.touch()
@@ -87,8 +96,7 @@ def test_a_job_cancelled_while_leased_ahead_is_dropped_and_the_runner_goes_on(po
     runner = polyarch.runner("r1")
     polyarch.observer()
     _learn_short(polyarch)
-    held = polyarch.repo.commit(f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 0")
-    behind = polyarch.repo.commit("exit 0")
+    held, behind = _push_together(polyarch.repo, f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 0", "exit 0")
     wait_for(lambda: "ahead (attempt 1)" in runner.log(), what="the second job to be leased ahead")
     out = polyarch.cli("dispatcher", "cancel", "--config", str(polyarch.config), "--repo", "demo", "--commit", behind)
     assert "1 job(s) cancelled" in out.stdout, out
