@@ -92,9 +92,11 @@ class JobWork:
 
     def drop(self) -> None:
         """A job leased ahead that will not run here (its lease is gone, or handed back):
-        its checkout is let finish, which leaves a worktree a later job cleans."""
+        its checkout is let finish (it leaves a worktree the next checkout there reuses,
+        nothing having run in it), and its job folder goes."""
         if self._preparing is not None:
             self._preparing.join()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name=f"job-{self.job.lease_id}", daemon=True)

@@ -106,3 +106,5 @@ def test_a_job_cancelled_while_leased_ahead_is_dropped_and_the_runner_goes_on(po
     results = polyarch.wait_results([held, behind, after])
     assert [results[s]["status"] for s in (held, behind, after)] == ["passed", "cancelled", "passed"]
     assert "running demo " + behind[:12] not in runner.log()
+    jobs = polyarch.root / "var/runner/r1/jobs"  # the dropped job's folder went with it
+    wait_for(lambda: not list(jobs.iterdir()), what=f"no job folder left in {jobs}")
