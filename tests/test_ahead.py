@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from conftest import GitRepo, Polyarch, processes_running, wait_for
+from conftest import Daemon, GitRepo, Polyarch, processes_running, wait_for
 
 pytestmark = pytest.mark.daemons
 
@@ -37,6 +37,19 @@ def _learn_short(polyarch: Polyarch) -> None:
     polyarch.wait_results([first])
 
 
+def _holding_a_job_ahead(polyarch: Polyarch, name: str, first: str) -> tuple[Daemon, str, str]:
+    """Daemons up, then two commits pushed together: `first` runs on runner `name` (it
+    must wait for something) while the second is leased ahead behind it. Returns the
+    runner and the two commits."""
+    polyarch.dispatcher()
+    runner = polyarch.runner(name)
+    polyarch.observer()
+    _learn_short(polyarch)
+    held, behind = _push_together(polyarch.repo, first, "exit 0")
+    wait_for(lambda: "ahead (attempt 1)" in runner.log(), what="the second job to be leased ahead")
+    return runner, held, behind
+
+
 def test_a_burst_runs_with_jobs_leased_ahead_each_once_in_a_clean_worktree(polyarch: Polyarch) -> None:
     polyarch.dispatcher()
     runner = polyarch.runner("r1")
@@ -53,15 +66,9 @@ def test_a_burst_runs_with_jobs_leased_ahead_each_once_in_a_clean_worktree(polya
 
 def test_a_runner_killed_while_holding_a_job_ahead_loses_neither_job(polyarch: Polyarch) -> None:
     gate = polyarch.shared / "gate"
-    polyarch.dispatcher()
-    doomed = polyarch.runner("doomed")
-    polyarch.observer()
-    _learn_short(polyarch)
-    # The first waits on its first attempt (as `sleep 300.31`, to be found from here); the
-    # second is leased ahead behind it.
-    held, behind = _push_together(polyarch.repo, f'[ "$POLYARCH_ATTEMPT" = 1 ] && while [ ! -e {gate} ]; do '
-                                                 'sleep 300.31 & wait; done; exit 0', "exit 0")
-    wait_for(lambda: "ahead (attempt 1)" in doomed.log(), what="the second job to be leased ahead")
+    # The first waits on its first attempt (as `sleep 300.31`, to be found from here).
+    doomed, held, behind = _holding_a_job_ahead(polyarch, "doomed", f'[ "$POLYARCH_ATTEMPT" = 1 ] && while [ ! -e '
+                                                                    f'{gate} ]; do sleep 300.31 & wait; done; exit 0')
     assert processes_running("sleep", "300.31")
     doomed.kill()
     # Restarted, it kills what its crash left running (the marker of each job it ran) and
@@ -74,12 +81,7 @@ def test_a_runner_killed_while_holding_a_job_ahead_loses_neither_job(polyarch: P
 
 def test_a_runner_stopping_hands_back_its_job_ahead_and_another_runs_it(polyarch: Polyarch) -> None:
     gate = polyarch.shared / "gate"
-    polyarch.dispatcher()
-    leaving = polyarch.runner("leaving")
-    polyarch.observer()
-    _learn_short(polyarch)
-    held, behind = _push_together(polyarch.repo, f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 0", "exit 0")
-    wait_for(lambda: "ahead (attempt 1)" in leaving.log(), what="the second job to be leased ahead")
+    leaving, held, behind = _holding_a_job_ahead(polyarch, "leaving", f"while [ ! -e {gate} ]; do sleep 0.05; done")
     leaving.signal(signal.SIGTERM)  # the first request: the running job ends, nothing new starts
     gate.touch()
     assert leaving.started.wait(timeout=30) == 0
@@ -92,12 +94,7 @@ def test_a_runner_stopping_hands_back_its_job_ahead_and_another_runs_it(polyarch
 
 def test_a_job_cancelled_while_leased_ahead_is_dropped_and_the_runner_goes_on(polyarch: Polyarch) -> None:
     gate = polyarch.shared / "gate"
-    polyarch.dispatcher()
-    runner = polyarch.runner("r1")
-    polyarch.observer()
-    _learn_short(polyarch)
-    held, behind = _push_together(polyarch.repo, f"while [ ! -e {gate} ]; do sleep 0.05; done; exit 0", "exit 0")
-    wait_for(lambda: "ahead (attempt 1)" in runner.log(), what="the second job to be leased ahead")
+    runner, held, behind = _holding_a_job_ahead(polyarch, "r1", f"while [ ! -e {gate} ]; do sleep 0.05; done")
     out = polyarch.cli("dispatcher", "cancel", "--config", str(polyarch.config), "--repo", "demo", "--commit", behind)
     assert "1 job(s) cancelled" in out.stdout, out
     wait_for(lambda: "is no longer ours" in runner.log(), what="the runner to drop the cancelled job")
