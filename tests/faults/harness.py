@@ -187,41 +187,41 @@ def tally(check: Check, watcher: "ResultWatcher", results: Path, shas: list[str]
     # A result for a commit nobody pushed would be a duplicate under another name.
     strangers = {p.parent.name for p in results.glob("demo/*/amd64.json")} - set(by_short.values())
     check.duplicated = sorted(watcher.changed | twice | strangers)
-    # A page or summary being written this instant has a temporary for a moment (once 5 s
-    # and more, its fsync queued behind the disk's other work, in a long run): only one
-    # that outlives half a minute was left behind.
+    # A page or summary being written this instant has a temporary for a moment (a commit's
+    # files are rewritten when its parent's result comes, after the burst too). One still
+    # there once the writes have settled, and still there a minute later, was left behind.
+    # (The snapshot taken is the one looked at: a second look could catch the next write.)
     deadline = time.monotonic() + 30
-    while list(results.rglob(TMP_PREFIX + "*")) and time.monotonic() < deadline:
+    temps = list(results.rglob(TMP_PREFIX + "*"))
+    while temps and time.monotonic() < deadline:
         time.sleep(0.05)
-    check.temporaries = [explain_temporary(p) for p in results.rglob(TMP_PREFIX + "*")]
+        temps = list(results.rglob(TMP_PREFIX + "*"))
+    check.temporaries = [what for what in map(left_behind, temps) if what]
 
 
-def explain_temporary(tmp: Path, watch: float = 60.0) -> str:
-    """A temporary still there after the grace, with what tells a stalled writer from a
-    file left behind: its age and size, the processes that hold it open and what their
-    threads wait in, and whether it is gone within `watch` seconds more."""
+def left_behind(tmp: Path, watch: float = 60.0) -> str:
+    """Empty when `tmp` goes within `watch` seconds (its writer is alive), else what tells a
+    stalled writer from a file left behind: its age and size, and the processes that hold
+    it open and where their threads wait."""
+    began = time.monotonic()
+    while tmp.exists() and time.monotonic() - began < watch:
+        time.sleep(0.1)
     try:
         info = tmp.stat()
-        facts = [f"{time.time() - info.st_mtime:.1f} s old", f"{info.st_size} bytes"]
     except OSError:
-        return f"{tmp} (gone while being looked at)"
+        return ""
+    facts = [f"{time.time() - info.st_mtime:.1f} s old", f"{info.st_size} bytes"]
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            held = any(os.readlink(fd) == str(tmp) for fd in (proc / "fd").iterdir())
-            if held:
+            if any(os.readlink(fd) == str(tmp) for fd in (proc / "fd").iterdir()):
                 waits = sorted({(t / "wchan").read_text() or "-" for t in (proc / "task").iterdir()})
                 state = (proc / "stat").read_text().split(") ")[1].split()[0]
                 facts.append(f"open in pid {proc.name} (state {state}, threads wait in {', '.join(waits)})")
         except OSError:
             continue
-    began = time.monotonic()
-    while tmp.exists() and time.monotonic() - began < watch:
-        time.sleep(0.1)
-    facts.append(f"still there {watch:.0f} s later" if tmp.exists()
-                 else f"gone {time.monotonic() - began:.1f} s later")
-    return f"{tmp} ({'; '.join(facts)})"
+    return f"{tmp} ({'; '.join(facts)}; still there {watch:.0f} s later)"
 
 
 def _victim(env: Polyarch, daemon: str, rng: random.Random):
