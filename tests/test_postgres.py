@@ -180,3 +180,42 @@ def test_state_copy_moves_a_sqlite_state_over_and_refuses_a_non_empty_target(
     assert again.returncode == 2
     [line] = again.stderr.strip().splitlines()
     assert "already holds a polyarch state" in line
+
+
+def test_work_at_the_dispatcher_that_does_not_publish_reaches_the_pages_and_files(
+        tmp_path: Path, repo: GitRepo, pg_cluster: Cluster) -> None:
+    """A publishes; the observer and the runner use only B. What B's work makes stale (a
+    job that started, a commit seen on another branch) reaches A, through the state's
+    announcements: the dashboard shows the job running, the result its new branch."""
+    url = pg_cluster.create_database("announce")
+    ports = _free_port(), _free_port()
+    results = tmp_path / "results"
+    envs = []
+    for name, port in (("a", ports[0]), ("b", ports[1])):
+        (tmp_path / name).mkdir()
+        secret = f'\ntoken_file = "{tmp_path / "a" / "var" / "secret"}"' if name == "b" else ""
+        envs.append(Polyarch(tmp_path / name, repo, state=url, listen=f"127.0.0.1:{port}",
+                             clients=f'"127.0.0.1:{ports[1]}"', repo_settings='branches = ["main", "release/*"]',
+                             dispatcher_settings=f'results_dir = "{results}"' + secret))
+    a, b = envs
+    try:
+        first = repo.commit("exit 0")
+        publisher = a.dispatcher()  # started first: it publishes
+        b.dispatcher()
+        b.observer()
+        b.runner("r1")
+        wait_for(lambda: (results / "demo" / first / "amd64.json").exists(), what="the first result")
+        assert "now publishes results" in publisher.log()
+        gate = b.shared / "gate"
+        held = repo.commit(f"while [ ! -e {gate} ]; do sleep 0.05; done")
+        front = results / "index.html"
+        wait_for(lambda: 'class="cell running"' in front.read_text(), what="A's front page to show B's job running")
+        gate.touch()
+        wait_for(lambda: (results / "demo" / held / "amd64.json").exists(), what="the held job's result")
+        repo.git("branch", "release/1", held)
+        record = results / "demo" / held / "amd64.json"
+        wait_for(lambda: "release/1" in json.loads(record.read_text())["branches"],
+                 what="the result to say the branch B's observer saw it on")
+    finally:
+        a.close()
+        b.close()

@@ -86,6 +86,25 @@ class Publisher:
         if grew:
             self._wanted.set()
 
+    def announced(self, commits: list[tuple[str, ...]]) -> None:
+        """Another dispatcher on the state started work on these commits ("touch") or saw
+        them on another branch ("rebranched"): the publisher takes them as its own. Only
+        the publisher: the others would hand them on again."""
+        if not self._leading:
+            return
+        self.touch((repo, sha) for kind, repo, sha in commits if kind == "touch")
+        self.rebranched((repo, sha) for kind, repo, sha in commits if kind == "rebranched")
+
+    def _hand_on(self) -> None:
+        """A dispatcher that does not publish hands what its work made stale to the one
+        that does (store announce: a hint, like the rest of these sets, in memory)."""
+        with self._touch_lock:
+            touched, self._touched = self._touched, set()
+            moved, self._rebranched = self._rebranched, set()
+        if touched or moved:
+            self.store.db.announce([("touch", r, c) for r, c in sorted(touched)]
+                                   + [("rebranched", r, c) for r, c in sorted(moved)])
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="publish", daemon=True)
         self._thread.start()
@@ -143,6 +162,8 @@ class Publisher:
             leading = self.store.peers.lead()
         except StateError:
             return False
+        if not leading and self.store.db.shared:
+            self._hand_on()
         if leading and not self._leading and self.store.db.shared:
             # Only the publisher writes the shared folder: what is left there now, the
             # one before it left in a crash.

@@ -67,8 +67,9 @@ class Hub:
         # A runner with a request on its way (the socket server says) is alive, as by a heartbeat.
         self.speaking: Callable[[str], bool] = lambda runner: False
         self.upkeep = Upkeep(self)
-        # Work another dispatcher on this state queued wakes this one's waiting runners.
-        store.db.listen(self.wake_local)
+        # Work another dispatcher on this state queued wakes this one's waiting runners;
+        # what it announces (work started, commits on another branch) reaches the publisher.
+        store.db.listen(self.wake_local, self.publisher.announced)
 
     # --- the work queue ------------------------------------------------------------------
 

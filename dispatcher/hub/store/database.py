@@ -195,8 +195,12 @@ class Database:
     def notify(self, archs: tuple[str, ...]) -> None:
         """Tell the other dispatchers on this state that work for `archs` is queued."""
 
-    def listen(self, callback) -> None:
-        """Call `callback(archs)` when another dispatcher queues work."""
+    def announce(self, commits: list[tuple[str, str, str]]) -> None:
+        """Tell the publishing dispatcher which commits' pages or files to rewrite."""
+
+    def listen(self, on_work, on_commits) -> None:
+        """Call `on_work(archs)` when another dispatcher queues work, `on_commits` when it
+        announces commits."""
 
     def leader(self) -> bool:
         """Whether this dispatcher publishes results and runs hooks (the one of several)."""
