@@ -182,22 +182,29 @@ def test_state_copy_moves_a_sqlite_state_over_and_refuses_a_non_empty_target(
     assert "already holds a polyarch state" in line
 
 
+def _two_dispatchers(tmp_path: Path, repo: GitRepo, url: str, clients: dict[str, tuple[int, ...]],
+                     ports: tuple[int, int], repo_settings: str = "") -> tuple[Polyarch, Polyarch, Path]:
+    """Dispatchers A and B (listening on `ports`) on one database and one results folder,
+    with one secret; `clients[name]`: the ports that env's observer and runners try, in order."""
+    results = tmp_path / "results"
+    envs = []
+    for name, port in zip("ab", ports):
+        (tmp_path / name).mkdir()
+        secret = f'\ntoken_file = "{tmp_path / "a" / "var" / "secret"}"' if name == "b" else ""
+        envs.append(Polyarch(tmp_path / name, repo, state=url, listen=f"127.0.0.1:{port}",
+                             clients="[" + ", ".join(f'"127.0.0.1:{p}"' for p in clients[name]) + "]",
+                             repo_settings=repo_settings, dispatcher_settings=f'results_dir = "{results}"' + secret))
+    return envs[0], envs[1], results
+
+
 def test_work_at_the_dispatcher_that_does_not_publish_reaches_the_pages_and_files(
         tmp_path: Path, repo: GitRepo, pg_cluster: Cluster) -> None:
     """A publishes; the observer and the runner use only B. What B's work makes stale (a
     job that started, a commit seen on another branch) reaches A, through the state's
     announcements: the dashboard shows the job running, the result its new branch."""
-    url = pg_cluster.create_database("announce")
     ports = _free_port(), _free_port()
-    results = tmp_path / "results"
-    envs = []
-    for name, port in (("a", ports[0]), ("b", ports[1])):
-        (tmp_path / name).mkdir()
-        secret = f'\ntoken_file = "{tmp_path / "a" / "var" / "secret"}"' if name == "b" else ""
-        envs.append(Polyarch(tmp_path / name, repo, state=url, listen=f"127.0.0.1:{port}",
-                             clients=f'"127.0.0.1:{ports[1]}"', repo_settings='branches = ["main", "release/*"]',
-                             dispatcher_settings=f'results_dir = "{results}"' + secret))
-    a, b = envs
+    a, b, results = _two_dispatchers(tmp_path, repo, pg_cluster.create_database("announce"),
+                                     {"a": ports[1:], "b": ports[1:]}, ports, 'branches = ["main", "release/*"]')
     try:
         first = repo.commit("exit 0")
         publisher = a.dispatcher()  # started first: it publishes
@@ -216,6 +223,41 @@ def test_work_at_the_dispatcher_that_does_not_publish_reaches_the_pages_and_file
         record = results / "demo" / held / "amd64.json"
         wait_for(lambda: "release/1" in json.loads(record.read_text())["branches"],
                  what="the result to say the branch B's observer saw it on")
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_live_log_of_a_job_whose_runner_moved_goes_on_in_the_same_file(
+        tmp_path: Path, repo: GitRepo, pg_cluster: Cluster) -> None:
+    """The runner uses A, which is killed mid-job: the runner moves to B, and the job's
+    live log (one file in the shared folder) goes on where A left it, nothing lost or
+    said twice."""
+    ports = _free_port(), _free_port()
+    a, b, results = _two_dispatchers(tmp_path, repo, pg_cluster.create_database("moved_live"),
+                                     {"a": ports, "b": ports}, ports)
+    try:
+        first = repo.commit("exit 0")
+        dispatcher_a = a.dispatcher()
+        b.dispatcher()
+        a.observer()
+        runner = a.runner("r1")
+        wait_for(lambda: (results / "demo" / first / "amd64.json").exists(), what="the first result")
+        gates = [a.shared / "gate1", a.shared / "gate2"]
+        job = repo.commit(f"echo before the move; while [ ! -e {gates[0]} ]; do sleep 0.05; done; "
+                          f"echo after the move; while [ ! -e {gates[1]} ]; do sleep 0.05; done")
+        live = results / "demo" / job / "amd64.log.part"
+        wait_for(lambda: live.exists() and "before the move" in live.read_text(), what="A to write the live log")
+        dispatcher_a.kill()
+        gates[0].touch()
+        wait_for(lambda: f"now using 127.0.0.1:{ports[1]}" in runner.log(), what="the runner to move to B")
+        wait_for(lambda: "after the move" in live.read_text(), what="B to go on with the live log")
+        assert live.read_text() == "before the move\nafter the move\n"
+        gates[1].touch()
+        done = results / "demo" / job / "amd64.json"
+        wait_for(done.exists, timeout=30, what="the result")
+        record = json.loads(done.read_text())
+        assert (record["status"], record["attempt"]) == ("passed", 1)
     finally:
         a.close()
         b.close()

@@ -39,13 +39,19 @@ class JobKey:
 class LiveLog:
     """One attempt's live output: its file and how far the runner's stream reached."""
 
-    def __init__(self, key: JobKey, lease_id: str, attempt: int, path: Path, limit: int) -> None:
+    def __init__(self, key: JobKey, lease_id: str, attempt: int, path: Path, limit: int, resume_at: int = 0) -> None:
+        """`resume_at` > 0: the lease moved here from another dispatcher on the same state
+        (it died), which wrote the runner's stream up to there into this same file (one
+        shared results folder): the file goes on rather than starting again."""
         self.key, self.lease_id, self.attempt, self.path, self.limit = key, lease_id, attempt, path, limit
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
-        self.size = 0  # bytes in the file
-        self.next = 0  # the runner's stream offset expected next
-        self.capped = False
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        self._fd = os.open(path, flags | (0 if resume_at > 0 else os.O_TRUNC), 0o644)
+        self.size = os.fstat(self._fd).st_size  # bytes in the file
+        # The runner's stream offset expected next (an empty file goes on from 0: the gap
+        # is then said in it).
+        self.next = resume_at if self.size else 0
+        self.capped = self.size >= limit
         self.touched = time.monotonic()
         self._lock = threading.Lock()  # a read never meets a closed (or reused) descriptor
 
@@ -113,8 +119,10 @@ class LiveLogs:
                 if found is None:
                     return
                 key, attempt = found
+                # A first piece past 0: another dispatcher took (and acknowledged) the ones before.
                 live = LiveLog(key, lease_id, attempt, result_path(self.results_dir, File.LIVE_LOG, repo=key.repo,
-                                                                   commit=key.sha, arch=key.arch), self.limit)
+                                                                   commit=key.sha, arch=key.arch), self.limit,
+                               resume_at=start)
                 with self._lock:
                     old = self._by_job.get(key)
                     if old is not None:  # the attempt before this one: its followers are told
