@@ -341,11 +341,17 @@ class Runner:
                 log.info("timing %s %s: %s", job.repo, job.commit[:12],
                          ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in work.steps.items()))
 
+    @property
+    def _beat_timeout(self) -> float:
+        """How long a request made while a job runs (a heartbeat) may take: two periods and
+        some slack, well within the dispatcher's heartbeat_timeout."""
+        return self.heartbeat_interval * 2 + 5
+
     def _lease_ahead(self, work: JobWork) -> None:
         """Ask for the job after this one (the dispatcher says whether this one is short
         enough for that) and start checking it out in the other worktree slot."""
         try:
-            reply = self._request(Lease(wait=0, ahead=True), timeout=self.heartbeat_interval * 2 + 5)
+            reply = self._request(Lease(wait=0, ahead=True), timeout=self._beat_timeout)
         except (OSError, ProtocolError, RemoteError, ConfigError) as exc:
             log.warning("could not lease a job ahead (%s); the next one comes with this one's result", exc)
             return
@@ -361,7 +367,7 @@ class Runner:
         assert self.ahead is not None  # noqa: S101 - narrowing
         job = self.ahead.job
         try:
-            self._request(Heartbeat(job.lease_id), timeout=self.heartbeat_interval * 2 + 5)
+            self._request(Heartbeat(job.lease_id), timeout=self._beat_timeout)
         except RemoteError as exc:
             if exc.code == ErrorCode.LEASE_LOST:
                 log.warning("the job leased ahead, %s %s, is no longer ours (cancelled, or its lease expired); "
@@ -386,7 +392,7 @@ class Runner:
         msg = Heartbeat(job.lease_id) if piece is None else \
             Heartbeat(job.lease_id, output=piece.text, output_start=piece.start, output_end=piece.end)
         try:
-            self._request(msg, timeout=self.heartbeat_interval * 2 + 5)
+            self._request(msg, timeout=self._beat_timeout)
         except RemoteError as exc:
             if exc.code == ErrorCode.LEASE_LOST:
                 log.warning("lease of %s %s lost (expired, or the job was cancelled); stopping the job",

@@ -171,12 +171,14 @@ class PgDatabase:
     def announce(self, commits: list[tuple[str, str, str]]) -> None:
         """A hint to the dispatcher that publishes: these (kind, repo, sha) have pages or
         files to rewrite (work started here, or a commit seen on another branch)."""
-        chunks, lines = [], []
+        chunks, lines, size = [], [], 0
         for kind, repo, sha in commits:
-            lines.append(f"{kind} {repo} {sha}")
-            if sum(len(line) + 1 for line in lines) > NOTIFY_MOST:
-                chunks.append("\n".join(lines[:-1]))
-                lines = lines[-1:]
+            line = f"{kind} {repo} {sha}"
+            if lines and size + len(line) + 1 > NOTIFY_MOST:
+                chunks.append("\n".join(lines))
+                lines, size = [], 0
+            lines.append(line)
+            size += len(line) + 1
         chunks.append("\n".join(lines))
         try:
             with self.read() as db:
