@@ -6,6 +6,7 @@ import collections
 import dataclasses
 import enum
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -173,9 +174,12 @@ class Process:
         full_env = job_env(env, tty)
         self._report = -1
         if warm is not None and launch is not None:
-            # Its terminal, report pipe and process group were made when it started.
+            # Its terminal, report pipe and process group were made when it started; a job
+            # leased ahead was armed (its namespaces and mounts made) while the one before ran.
             try:
-                warm.go(launch(warm.report_fd), full_env)
+                if not warm.armed:
+                    warm.arm(launch(warm.report_fd), full_env)
+                warm.release()
             except BaseException:
                 warm.discard()
                 raise
@@ -265,6 +269,16 @@ class Process:
             # A shell killed by a signal reads as 128 + signal number, as in a shell.
             code = self.proc.returncode if self.proc.returncode >= 0 else 128 - self.proc.returncode
         return Execution(outcome, code, self.started_at, finished, truncated, self.log.output, refused)
+
+    def wait_started(self, timeout: float) -> None:
+        """Until the jail has exec'd the command or given up (either closes its report
+        pipe), at most `timeout` s; at once without a jail. The runner's own work for the
+        next job waits for this: on a small machine it would delay the command's start."""
+        if self._report < 0:
+            return
+        poller = select.poll()
+        poller.register(self._report, select.POLLIN | select.POLLHUP)
+        poller.poll(timeout * 1000)
 
     def _refusal(self) -> str:
         if self._report < 0:

@@ -25,7 +25,10 @@ one line, and the runner turns it into an `error` result: a job the runner could
 isolate never runs.
 
 Started ahead of its job (runner/warm.py), it is `jail.py --orders FD` and reads the
-arguments below and the job's environment from FD when the job comes.
+arguments below and the job's environment from FD when the job comes. With `--go FD`,
+the child does everything above but the exec, then waits for one byte on FD: the job
+before it may still be running. End-of-file there instead (the runner dropped the job,
+or is gone) and it exits without running anything.
 
 Arguments, each once unless marked (all paths absolute):
   --root DIR --uid N --gid N --cwd DIR --home DIR --stage DIR --report FD
@@ -33,6 +36,7 @@ Arguments, each once unless marked (all paths absolute):
   --hide PATH              repeated: a folder (emptied) or file (/dev/null) the job must not read
   --linux32                the 32-bit personality (a native i386 or armhf root)
   --cgroup DIR             repeated: a cgroup folder to enter before forking (its limits bind the job)
+  --go FD                  wait for a byte on FD before the exec (see above)
 """
 
 # ruff: noqa: S108 - /tmp and /dev/shm here are the job's own, fresh tmpfs in its mount namespace
@@ -221,6 +225,12 @@ def child(opts, report, environ):
     except (JailError, OSError) as exc:
         os.write(report, f"cannot isolate the job: {exc}\n".encode())
         os._exit(125)
+    if "go" in opts:
+        go = int(opts["go"])
+        released = os.read(go, 1)
+        if not released:
+            os._exit(0)  # dropped before its turn: nothing of the job ever ran
+        os.close(go)  # not the job's to inherit
     os.execve("/bin/sh", ["sh", "-c", opts["command"]], environ)  # noqa: S606 - the job's shell, as without a jail
 
 

@@ -21,12 +21,13 @@ from dispatcher.wire.protocol import Job, Result
 
 from .checkout import CheckoutError
 from .envcache import setup_key
-from .execute import Execution, Outcome, Process
+from .execute import Execution, Outcome, Process, job_env
 from .jobenv import job_environment
 from .live import LiveOutput
 from .junit import with_junit
 from .repoconf import JobSettings, settings_for
 from .sandbox import JobPaths
+from .warm import Warm
 
 if TYPE_CHECKING:
     from .service import Runner
@@ -36,6 +37,7 @@ log = logging.getLogger("polyarch.runner")
 JUNIT_LIMIT = 4 * 1024 * 1024
 RUNNING_MARKER = ".running"
 NOT_FOUND = 127  # the shell's exit code for a command it cannot find
+STARTED_WAIT = 1.0  # s: the most the runner's own work for the next job waits for a command's exec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,12 +48,21 @@ class Ready:
     paths: JobPaths
 
 
+@dataclasses.dataclass(frozen=True)
+class Armed:
+    """A job leased ahead whose jail is ready (runner/warm.py): its command is one
+    release away. Its cgroups were made for it."""
+
+    warm: Warm
+    cgroups: list[Path]
+
+
 class JobWork:
     """Checkout, settings and execution of one job, in a worker thread.
 
     A job leased ahead (dispatcher/hub/ahead.py) is checked out and handed over while the
-    job before it runs (`prepare_ahead`, in the other worktree slot), so that `start`
-    goes straight to its commands when that job ends."""
+    job before it runs (`prepare_ahead`, in the other worktree slot), and, when it has no
+    setup, its jail armed, so that `start` only releases its command when that job ends."""
 
     def __init__(self, runner: Runner, job: Job, slot: int = 0) -> None:
         self.runner, self.job = runner, job
@@ -62,6 +73,7 @@ class JobWork:
         self._preparing: Optional[threading.Thread] = None
         self._prepare_error: Optional[BaseException] = None
         self._ready: Optional[Ready] = None
+        self._armed: Optional[Armed] = None
         self._unready = ""  # why it could not be checked out ("" and not ready: the runner's stop cut it short)
         self._cleaned = False
         self.folder = runner.jobs_dir / job.lease_id
@@ -86,9 +98,50 @@ class JobWork:
         began = time.time()
         try:
             self._prepare()
+            if self._ready is not None and not self._ready.chosen.setup:
+                self._arm(self._ready)
         except BaseException as exc:  # noqa: BLE001 - raised again in the job's own thread, which reports it
             self._prepare_error = exc
         self.steps["ahead"] = time.time() - began
+
+    def _arm(self, ready: Ready) -> None:
+        """Give the test command to a jail now, to be released when this job's turn comes
+        (with a setup the first command is the setup's, which a cached setup may skip:
+        those jobs start as usual)."""
+        runner, sandbox = self.runner, self.runner.sandbox
+        assert sandbox is not None  # noqa: S101 - made by Runner.run before any job
+        if not sandbox.isolated or runner.spares is None:
+            return
+        env = sandbox.environment(job_environment(os.environ, runner.settings.pass_env, self._variables(ready.paths)))
+        cgroups = sandbox.cgroups_for(self.job.lease_id)
+        try:
+            warm = runner.spares.take()
+            try:
+                warm.arm(sandbox.argv(with_junit(ready.chosen.test_command), ready.paths, warm.report_fd, cgroups),
+                         job_env(env, runner.settings.job_tty))
+            except BaseException:
+                warm.discard()
+                raise
+        except BaseException:
+            sandbox.forget(cgroups)
+            raise
+        self._armed = Armed(warm, cgroups)
+        runner.spares.refill()
+
+    def _disarm(self) -> None:
+        """An armed jail that will not be released: it exits unrun; its cgroups go."""
+        armed, self._armed = self._armed, None
+        if armed is not None:
+            armed.warm.discard()
+            assert self.runner.sandbox is not None  # noqa: S101 - narrowing
+            self.runner.sandbox.forget(armed.cgroups)
+
+    def _variables(self, paths: JobPaths) -> dict[str, str]:
+        """The POLYARCH_* variables of the job's commands."""
+        job = self.job
+        return dict(POLYARCH_REPO=job.repo, POLYARCH_COMMIT=job.commit, POLYARCH_ARCH=job.arch,
+                    POLYARCH_BRANCH=job.branch, POLYARCH_JUNIT=str(paths.out / "junit.xml"),
+                    POLYARCH_LEASE=job.lease_id, POLYARCH_ATTEMPT=str(job.attempt))
 
     def drop(self) -> None:
         """A job leased ahead that will not run here (its lease is gone, or handed back):
@@ -96,6 +149,7 @@ class JobWork:
         nothing having run in it), and its job folder goes."""
         if self._preparing is not None:
             self._preparing.join()
+        self._disarm()
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def start(self) -> None:
@@ -131,6 +185,7 @@ class JobWork:
                 self.result = _error(self.job, started, f"the runner could not run the job: "
                                                         f"{type(exc).__name__}: {exc}")
         finally:
+            self._disarm()  # armed, but the job ended before its command (stopped, or an error)
             self.live.end()
             self.launched.set()
 
@@ -174,9 +229,7 @@ class JobWork:
         chosen, paths = self._ready.chosen, self._ready.paths
         self.chosen_limit = chosen.limit  # the setup's limit and the test's, each
         junit_path = paths.out / "junit.xml"
-        polyarch = dict(POLYARCH_REPO=job.repo, POLYARCH_COMMIT=job.commit, POLYARCH_ARCH=job.arch,
-                        POLYARCH_BRANCH=job.branch, POLYARCH_JUNIT=str(junit_path), POLYARCH_LEASE=job.lease_id,
-                        POLYARCH_ATTEMPT=str(job.attempt))
+        polyarch = self._variables(paths)
         setup_log = ""
         if chosen.setup:
             prepared = self._setup(chosen, paths, polyarch, started)
@@ -258,10 +311,14 @@ class JobWork:
         with self._lock:
             if self._aborted.is_set():
                 return None
-            cgroups = sandbox.cgroups_for(self.job.lease_id)
+            # The test command of a job armed ahead (only one without a setup is): its jail
+            # waits with these very arguments.
+            armed, self._armed = self._armed, None
+            cgroups = armed.cgroups if armed else sandbox.cgroups_for(self.job.lease_id)
             launch = (lambda fd: sandbox.argv(command, paths, fd, cgroups)) if sandbox.isolated else None
             try:
-                warm = self.runner.spares.take() if launch is not None and self.runner.spares else None
+                warm = armed.warm if armed else (self.runner.spares.take() if launch is not None and self.runner.spares
+                                                 else None)
                 self._process = Process(command, self.src, env, self.folder / log_name, settings.log_limit,
                                         self.runner.guard, launch, live=self.live, tty=settings.job_tty,
                                         tty_owner=sandbox.owner, warm=warm)
@@ -269,6 +326,10 @@ class JobWork:
                 sandbox.verdict(cgroups)
                 self.result = _error(self.job, started, f"cannot start {command!r}: {exc}")
                 return None
+        # What the runner does for the next job (start a jail, lease and check out a job
+        # ahead, clean the last worktree) waits for this command's exec: on a 2-core
+        # machine it delayed the command by several milliseconds.
+        self._process.wait_started(STARTED_WAIT)
         if warm is not None and self.runner.spares is not None:
             self.runner.spares.refill()  # the next job's jail, ready long before its answer brings it
         self.launched.set()

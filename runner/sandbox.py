@@ -136,6 +136,11 @@ class Sandbox:
         finally:
             self.cgroups.remove(cgroups)
 
+    def forget(self, cgroups: list[Path]) -> None:
+        """The cgroups of a job whose command never ran."""
+        if self.cgroups is not None:
+            self.cgroups.remove(cgroups)
+
     def argv(self, command: str, paths: JobPaths, report_fd: int, cgroups: list[Path]) -> list[str]:
         """The command line that runs `command` for this job, isolated."""
         if self.user is None:

@@ -37,7 +37,7 @@ from dispatcher.wire.frames import encode
 from .checkout import Cleaning, Mirrors
 from .execute import Guard, job_env, start_group
 from .envcache import EnvCache
-from .job import RUNNING_MARKER, JobWork
+from .job import RUNNING_MARKER, STARTED_WAIT, JobWork
 from .live import CHUNK, INTERVAL, LIMIT, Piece
 from .sandbox import JAIL_START, Root, Sandbox
 from .warm import Spares
@@ -378,11 +378,13 @@ class Runner:
             pass  # the running job's heartbeat says so, and reconnects
 
     def _start_ahead(self, work: JobWork) -> None:
-        """This job's result is on disk: start the job ahead, then clean up after this one
-        (in the other worktree slot) while it starts."""
+        """This job's result is on disk: start the job ahead, then, once its command runs,
+        send the result and clean up after this one (in the other worktree slot)."""
         ahead, self.ahead = self.ahead, None
         if ahead is not None:
             self.started = self._start(ahead)
+            if self.started is not None:
+                self.started.launched.wait(STARTED_WAIT)
         cleaning = time.time()
         work.cleanup()
         work.steps["cleanup"] = time.time() - cleaning

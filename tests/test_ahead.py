@@ -7,7 +7,10 @@ runner that dies or stops while it holds a job ahead loses neither job.
 
 from __future__ import annotations
 
+import datetime
+import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -37,7 +40,8 @@ def _learn_short(polyarch: Polyarch) -> None:
     polyarch.wait_results([first])
 
 
-def _holding_a_job_ahead(polyarch: Polyarch, name: str, first: str) -> tuple[Daemon, str, str]:
+def _holding_a_job_ahead(polyarch: Polyarch, name: str, first: str,
+                         second: str = "exit 0") -> tuple[Daemon, str, str]:
     """Daemons up, then two commits pushed together: `first` runs on runner `name` (it
     must wait for something) while the second is leased ahead behind it. Returns the
     runner and the two commits."""
@@ -45,7 +49,7 @@ def _holding_a_job_ahead(polyarch: Polyarch, name: str, first: str) -> tuple[Dae
     runner = polyarch.runner(name)
     polyarch.observer()
     _learn_short(polyarch)
-    held, behind = _push_together(polyarch.repo, first, "exit 0")
+    held, behind = _push_together(polyarch.repo, first, second)
     wait_for(lambda: "ahead (attempt 1)" in runner.log(), what="the second job to be leased ahead")
     return runner, held, behind
 
@@ -62,6 +66,44 @@ def test_a_burst_runs_with_jobs_leased_ahead_each_once_in_a_clean_worktree(polya
     # Both worktree slots were used (a job ahead is checked out in the one not running).
     work = polyarch.root / "var/runner/r1"
     assert (work / "checkouts" / "demo").is_dir() and (work / "checkouts-ahead" / "demo").is_dir()
+
+
+def _waiting_in(folder: Path) -> list[int]:
+    """Host pids of processes whose working folder is `folder` (a jail enters the job's
+    checkout before it waits for its release)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/cwd") == str(folder):
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def _seconds(stamp: str) -> float:
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def test_a_job_armed_ahead_waits_in_its_jail_and_runs_only_after_the_one_before(polyarch: Polyarch) -> None:
+    gate, ran = polyarch.shared / "gate", polyarch.shared / "behind-ran"
+    polyarch.dispatcher()
+    runner = polyarch.runner("r1")
+    polyarch.observer()
+    _learn_short(polyarch)
+    held, behind = _push_together(polyarch.repo, f"while [ ! -e {gate} ]; do sleep 0.05; done",
+                                  f"date +%s.%N > {ran}")
+    # Its jail is built (namespaces, mounts, the job user in its checkout) and waits there.
+    armed_in = polyarch.root / "var/runner/r1/checkouts-ahead/demo"
+    wait_for(lambda: _waiting_in(armed_in), what=f"a jail waiting in {armed_in}")
+    assert "ahead (attempt 1)" in runner.log()
+    assert not ran.exists(), "the job ahead ran before its turn"
+    gate.touch()
+    results = polyarch.wait_results([held, behind])
+    assert [results[s]["status"] for s in (held, behind)] == ["passed", "passed"]
+    assert float(ran.read_text()) >= _seconds(results[held]["finished_at"]) - 0.001
+    assert _seconds(results[behind]["started_at"]) >= _seconds(results[held]["finished_at"]) - 0.001
 
 
 def test_a_runner_killed_while_holding_a_job_ahead_loses_neither_job(polyarch: Polyarch) -> None:
@@ -94,7 +136,9 @@ def test_a_runner_stopping_hands_back_its_job_ahead_and_another_runs_it(polyarch
 
 def test_a_job_cancelled_while_leased_ahead_is_dropped_and_the_runner_goes_on(polyarch: Polyarch) -> None:
     gate = polyarch.shared / "gate"
-    runner, held, behind = _holding_a_job_ahead(polyarch, "r1", f"while [ ! -e {gate} ]; do sleep 0.05; done")
+    ran = polyarch.shared / "behind-ran"
+    runner, held, behind = _holding_a_job_ahead(polyarch, "r1", f"while [ ! -e {gate} ]; do sleep 0.05; done",
+                                                f"touch {ran}")
     out = polyarch.cli("dispatcher", "cancel", "--config", str(polyarch.config), "--repo", "demo", "--commit", behind)
     assert "1 job(s) cancelled" in out.stdout, out
     wait_for(lambda: "is no longer ours" in runner.log(), what="the runner to drop the cancelled job")
@@ -105,3 +149,6 @@ def test_a_job_cancelled_while_leased_ahead_is_dropped_and_the_runner_goes_on(po
     assert "running demo " + behind[:12] not in runner.log()
     jobs = polyarch.root / "var/runner/r1/jobs"  # the dropped job's folder went with it
     wait_for(lambda: not list(jobs.iterdir()), what=f"no job folder left in {jobs}")
+    # Its jail was armed, then let go unreleased: nothing of it ran, nothing waits on.
+    assert not ran.exists()
+    assert not _waiting_in(polyarch.root / "var/runner/r1/checkouts-ahead/demo")
