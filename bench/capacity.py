@@ -20,6 +20,7 @@ expired (its log), the slowest heartbeat round trip, and the dispatcher's RSS.
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import statistics
 import subprocess
@@ -65,8 +66,10 @@ class Dispatcher:
         self.log = root / "dispatcher.log"
         self.started_at = time.monotonic()
         with open(self.log, "wb") as log:
+            # This tree's dispatcher, whichever checkout the environment's editable install names.
             self.proc = subprocess.Popen([sys.executable, "-m", "dispatcher", "serve", "--config",
-                                          str(root / "polyarch.toml")], cwd=root, stdout=log, stderr=log)
+                                          str(root / "polyarch.toml")], cwd=root, stdout=log, stderr=log,
+                                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
         deadline = time.monotonic() + 120
         while "listening on" not in self.log.read_text(errors="replace"):
             if time.monotonic() > deadline or self.proc.poll() is not None:

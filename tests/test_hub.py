@@ -231,10 +231,10 @@ def test_a_result_that_breaks_the_writer_is_set_aside_and_the_rest_flow(hub: Hub
 
     real = publisher_module.write_result
 
-    def writer(root, record, *rest):
+    def writer(root, record, *rest, **given):
         if record.commit == A:
             raise ValueError("a result nobody can write")
-        return real(root, record, *rest)
+        return real(root, record, *rest, **given)
 
     monkeypatch.setattr(publisher_module, "write_result", writer)
     hub.submit("demo", A, "", ["amd64"], "test")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -103,27 +104,76 @@ def test_write_result_and_its_json(tmp_path: Path) -> None:
     assert ResultRecord.from_dict(data) == record
 
 
+def _recording_the_disk(monkeypatch) -> list[tuple[str, str]]:
+    """What reaches the disk, in order: ("fsync", "") for a file or a folder ("fsync-dir",
+    its name), ("rename", the file's name and, for a summary.json, arm64's status in it)."""
+    from dispatcher.common import files
+
+    events: list[tuple[str, str]] = []
+    real_replace, real_fsync = os.replace, os.fsync
+
+    def replace(src, dst):
+        name = Path(dst).name
+        if name == "summary.json":
+            name += ":" + json.loads(Path(src).read_bytes())["architectures"]["arm64"]
+        events.append(("rename", name))
+        real_replace(src, dst)
+
+    def fsync(fd):
+        events.append(("fsync", ""))
+        real_fsync(fd)
+
+    def fsync_dir(folder):
+        events.append(("fsync-dir", Path(folder).name))
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            real_fsync(fd)
+        finally:
+            os.close(fd)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(files, "fsync_dir", fsync_dir)
+    return events
+
+
 def test_arch_json_is_written_last_after_a_summary_that_counts_it(tmp_path: Path, monkeypatch) -> None:
-    from dispatcher.results import writing
-
-    order = []
-    real = writing.atomic_write
-
-    def recording(target: Path, data: bytes, durable: bool = True) -> None:
-        if target.name == "summary.json":
-            order.append(("summary.json", json.loads(data)["architectures"]["arm64"]))
-        else:
-            order.append((target.name, None))
-        real(target, data, durable)
-
-    monkeypatch.setattr(writing, "atomic_write", recording)
+    events = _recording_the_disk(monkeypatch)
     junit = b'<testsuite tests="1"><testcase name="t"/></testsuite>'
     record = ResultRecord(repo="demo", branch="main", commit=SHA, arch="arm64", runner="r1", status=Status.FLAKY,
                           exit_code=0, started_at=1.0, finished_at=2.0, attempt=2, tests=parse_junit(junit),
                           earlier=(Attempt(1, "r0", Status.FAILED, 1, 0.5, 0.9, "exit 1", b"first"),))
     write_result(tmp_path, record, b"log", junit, summary_dict("demo", SHA, "main", {"arm64": Status.FLAKY}))
-    assert order == [("arm64.attempt1.log", None), ("arm64.log", None), ("arm64.junit.xml", None),
-                     ("summary.json", "flaky"), ("arm64.json", None)]
+    renames = [name for kind, name in events if kind == "rename"]
+    assert renames == ["arm64.attempt1.log", "arm64.log", "arm64.junit.xml", "summary.json:flaky", "arm64.json"]
+    # Every file durable before any is renamed, and the renames before arm64.json durable
+    # (their folder fsynced) before it is renamed.
+    first_rename = events.index(("rename", "arm64.attempt1.log"))
+    assert [kind for kind, _ in events[:first_rename]] == ["fsync"] * 5
+    assert ("fsync-dir", SHA) in events[events.index(("rename", "summary.json:flaky")):
+                                        events.index(("rename", "arm64.json"))]
+    assert events[-1] == ("fsync-dir", SHA)
+
+
+def test_a_batch_of_results_renames_every_arch_json_after_all_else_with_shared_folder_fsyncs(
+        tmp_path: Path, monkeypatch) -> None:
+    from dispatcher.common.files import Batch
+
+    events = _recording_the_disk(monkeypatch)
+    batch = Batch()
+    for arch, status in (("amd64", Status.PASSED), ("arm64", Status.FAILED)):
+        record = ResultRecord(repo="demo", branch="main", commit=SHA, arch=arch, runner="r1", status=status,
+                              exit_code=0, started_at=1.0, finished_at=2.0, attempt=1)
+        write_result(tmp_path, record, b"log", b"", summary_dict("demo", SHA, "main", {"amd64": Status.PASSED,
+                                                                                        "arm64": Status.FAILED}),
+                     batch=batch)
+    assert not (tmp_path / "demo" / SHA / "amd64.json").exists()  # nothing visible before the commit
+    batch.commit()
+    renames = [name for kind, name in events if kind == "rename"]
+    # One summary.json (the later of two identical writes), every <arch>.json last.
+    assert renames == ["amd64.log", "arm64.log", "summary.json:failed", "amd64.json", "arm64.json"]
+    assert [kind for kind, _ in events].count("fsync-dir") == 2  # one per step, not one per file
+    assert not [p for p in (tmp_path / "demo" / SHA).iterdir() if p.name.startswith(".polyarch-tmp-")]
 
 
 def test_from_dict_tolerates_missing_optional_keys() -> None:

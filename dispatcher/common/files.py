@@ -50,6 +50,78 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
         log.warning("writing %s took %.1f s (as %s): the disk is slow", path, took, Path(tmp).name)
 
 
+class Batch:
+    """Many atomic writes made durable together: each file is written to a temporary
+    beside it, and `commit` fsyncs every temporary, then renames them `step` by step
+    (lowest first), fsyncing each folder once per step. A reader sees a step's files only
+    after every file of the steps before it is in place and durable, as if each had been
+    written by `atomic_write` in that order; a crash leaves temporaries, never half a
+    file. With results arriving faster than one fsync per file and per folder allows
+    (a hundred a second: 3 files and 3 folder fsyncs each), this is what keeps the files
+    up with them: the folder fsyncs are shared by every file of a step in that folder.
+    """
+
+    def __init__(self) -> None:
+        self._staged: dict[tuple[int, Path], tuple[str, int]] = {}  # (step, path) -> (temporary, mode)
+        self._removed: dict[int, list[Path]] = {}  # step -> files to delete in it
+
+    def write(self, path: Path, data: bytes, step: int = 0, mode: int = 0o644) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        earlier = self._staged.pop((step, path), None)  # written twice (a summary): the last counts
+        if earlier is not None:
+            os.unlink(earlier[0])
+        self._staged[(step, path)] = (tmp, mode)
+
+    def remove(self, path: Path, step: int = 0) -> None:
+        self._removed.setdefault(step, []).append(Path(path))
+
+    def commit(self) -> None:
+        began = time.monotonic()
+        try:
+            for tmp, _mode in self._staged.values():
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            for step in sorted({s for s, _ in self._staged} | set(self._removed)):
+                folders = set()
+                for gone in self._removed.get(step, ()):
+                    gone.unlink(missing_ok=True)
+                    folders.add(gone.parent)
+                for (s, path), (tmp, mode) in list(self._staged.items()):
+                    if s == step:
+                        os.chmod(tmp, mode)
+                        os.replace(tmp, path)
+                        del self._staged[(s, path)]
+                        folders.add(path.parent)
+                for folder in sorted(folders):
+                    fsync_dir(folder)
+        finally:
+            self.abort()
+        took = time.monotonic() - began
+        if took > SLOW_WRITE_SECONDS:
+            log.warning("writing a batch of files took %.1f s: the disk is slow", took)
+
+    def abort(self) -> None:
+        """Drop what is not renamed yet."""
+        for tmp, _mode in self._staged.values():
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        self._staged.clear()
+        self._removed.clear()
+
+
 def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:

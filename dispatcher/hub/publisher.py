@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Optional
 from dispatcher.common.config import Config
 from dispatcher.hub.dashboard import Dashboard
 from dispatcher.common.errors import StateError
-from dispatcher.common.files import remove_stale_temporaries
+from dispatcher.common.files import Batch, remove_stale_temporaries
 from dispatcher.hub.hooks import HookPlan, HookRunner
 from dispatcher.hub.store.hook_runs import Owed
 from dispatcher.hub.metrics import Metrics
@@ -195,6 +195,7 @@ class Publisher:
         if not commits:
             return
         with self._lock:  # never beside a first write of the same result
+            batch = Batch()
             try:
                 for repo, sha in sorted(commits):
                     for job in self.store.queries.jobs(repo, sha, 1):
@@ -202,8 +203,10 @@ class Publisher:
                             continue
                         earlier = self.store.attempts.of(job.id) if job.retries or job.reruns else ()
                         rewrite_record(self.results_dir, record_of(job, earlier),
-                                       summary_of(self.store, job.repo, job.sha, job.branch))
+                                       summary_of(self.store, job.repo, job.sha, job.branch), batch)
+                batch.commit()
             except (OSError, StateError) as exc:
+                batch.abort()
                 log.error("cannot rewrite result files for a new branch under %s: %s; will retry", self.results_dir, exc)
                 with self._touch_lock:
                     self._rebranched |= commits
@@ -259,18 +262,22 @@ class Publisher:
                 if not batch:
                     return
                 written: list[FinishedJob] = []
+                files = Batch()  # the whole batch's files made durable together (files.py)
                 try:
                     for finished in batch:
-                        if self._publish_or_set_aside(finished):
+                        if self._publish_or_set_aside(finished, files):
                             written.append(finished)
+                    files.commit()
                     # The pages before the mark: a crash in between leaves the results
                     # unmarked, and the restart writes their files and pages again.
                     self._update_pages(written)
                     self.store.jobs.mark_published(*(f.job.id for f in written), hooks=self._hooks_owed(written))
                 except (OSError, StateError) as exc:
-                    failed = batch[len(written)] if len(written) < len(batch) else batch[-1]
-                    log.error("cannot write result files for %s %s %s under %s: %s; will retry",
-                              failed.job.repo, failed.job.sha[:12], failed.job.arch, self.results_dir, exc)
+                    files.abort()
+                    first = batch[0].job
+                    log.error("cannot write result files for %s %s %s%s under %s: %s; will retry", first.repo,
+                              first.sha[:12], first.arch, f" and {len(batch) - 1} more" if len(batch) > 1 else "",
+                              self.results_dir, exc)
                     self._next = time.monotonic() + PUBLISH_RETRY
                     return
                 self._children_of(written)
@@ -337,12 +344,12 @@ class Publisher:
         if pending:
             self._offered = max(self._offered, self.hooks.offer(pending))
 
-    def _publish_or_set_aside(self, finished: FinishedJob) -> bool:
+    def _publish_or_set_aside(self, finished: FinishedJob, files: Batch) -> bool:
         """Write one result's files; False when the result itself cannot be written (not
         the disk: that raises, and is retried), which sets it aside with the reason so
         that every other result keeps flowing and a restart never replays it."""
         try:
-            self._publish(finished)
+            self._publish(finished, files)
             return True
         except (OSError, StateError):
             raise
@@ -352,8 +359,8 @@ class Publisher:
             self.store.jobs.set_aside(job.id, f"{type(exc).__name__}: {exc}")
             return False
 
-    def _publish(self, finished: FinishedJob) -> None:
+    def _publish(self, finished: FinishedJob, files: Batch) -> None:
         """The result's files, <arch>.json last, after a summary.json that counts it."""
         job = finished.job
         write_result(self.results_dir, record_of(job, finished.attempts), finished.log, finished.junit,
-                     summary_of(self.store, job.repo, job.sha, job.branch))
+                     summary_of(self.store, job.repo, job.sha, job.branch), batch=files)
