@@ -113,8 +113,11 @@ class Mirror:
             return BranchUpdate(branch, change, (self.info(head),), 0)
         # Force-pushed (or deleted and pushed again elsewhere): the commits of the new
         # history that the old head did not have; the dispatcher ignores any it knows.
-        total = int(self.repo.git.rev_list("--count", f"{cursor}..{head}"))
         commits = self._log(f"{cursor}..{head}", max_backfill)
+        # Fewer than the limit is all of them; only a full list may have left some out
+        # (a git process saved on every push: 2-3 ms before the commits are reported).
+        total = int(self.repo.git.rev_list("--count", f"{cursor}..{head}")) if len(commits) >= max_backfill \
+            else len(commits)
         return BranchUpdate(branch, change, commits, max(0, total - len(commits)))
 
     def info(self, sha: str) -> CommitInfo:
