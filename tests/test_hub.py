@@ -224,6 +224,34 @@ def test_a_commit_queued_by_id_is_described_by_its_runner(hub: Hub) -> None:
     assert hub.store.queries.jobs("demo", B)[0].subject == "fix" and not runner.lease().describe
 
 
+def test_results_recorded_while_files_are_written_get_theirs_before_anyone_s_pages(hub: Hub, monkeypatch) -> None:
+    # B's result comes in while A's files are being written: B's files must not wait
+    # behind A's pages, and the pages are then written once for both.
+    import dispatcher.hub.publisher as publisher_module
+
+    hub.submit("demo", A, "", ["amd64"], "test")
+    hub.submit("demo", B, "", ["amd64"], "test")
+    one, other = FakeRunner(hub, "r1").register(), FakeRunner(hub, "r2").register()
+    first, second = one.lease(), other.lease()
+    one.report(first, Reported.PASSED)
+    real = publisher_module.write_result
+    arrived = []
+
+    def writer(root, record, *rest, **given):
+        if not arrived:
+            arrived.append(other.report(second, Reported.PASSED))
+        return real(root, record, *rest, **given)
+
+    pages = []
+    results = hub.publisher.results_dir / "demo"
+    monkeypatch.setattr(publisher_module, "write_result", writer)
+    monkeypatch.setattr(hub.publisher.dashboard, "update",
+                        lambda touched: pages.append((set(touched), {p.parent.name for p in results.glob("*/amd64.json")})))
+    hub.publisher.publish_pending()
+    assert pages == [({("demo", A), ("demo", B)}, {A, B})]
+    assert hub.store.jobs.unpublished() == []
+
+
 def test_a_result_that_breaks_the_writer_is_set_aside_and_the_rest_flow(hub: Hub, monkeypatch) -> None:
     # Fault injection below the publisher: writing one result raises (as a poison JUnit
     # did before it was parsed defensively); that result must not block the others.

@@ -36,6 +36,8 @@ BACKFILL_SLICE = 0.05  # seconds of first-start dashboard pages between two look
 # rewrites them once instead of three times (queued, running, final), and the job does
 # not share a small machine's CPU with page rendering while it starts.
 PAGES_DELAY = 0.25
+FILES_ROUNDS = 8  # batches of result files written before their pages, while results keep coming
+UNPUBLISHED_BATCH = 100
 
 
 class Publisher:
@@ -255,25 +257,33 @@ class Publisher:
             self._backfill = None
 
     def publish_pending(self) -> None:
-        """Write the files of every durable result that has none yet. Safe to call often."""
+        """Write the files of every durable result that has none yet. Safe to call often.
+
+        Files first: results recorded while a batch's files were written get theirs next,
+        up to FILES_ROUNDS batches, and then the pages of them all are written once. Under
+        load the pages cost once per round instead of delaying every later result's files
+        (a result waited behind the pages of the one before)."""
         with self._lock:
             while True:
-                batch = self.store.jobs.unpublished()
-                if not batch:
-                    return
                 written: list[FinishedJob] = []
-                files = Batch()  # the whole batch's files made durable together (files.py)
+                seen: set[int] = set()
+                batch: list[FinishedJob] = []
                 try:
-                    for finished in batch:
-                        if self._publish_or_set_aside(finished, files):
-                            written.append(finished)
-                    files.commit()
+                    for _ in range(FILES_ROUNDS):
+                        unseen = [f for f in self.store.jobs.unpublished(UNPUBLISHED_BATCH + len(seen))
+                                  if f.job.id not in seen]
+                        if not unseen:
+                            break
+                        batch = unseen
+                        seen |= {f.job.id for f in batch}
+                        written += self._write_files(batch)
+                    if not seen:
+                        return
                     # The pages before the mark: a crash in between leaves the results
                     # unmarked, and the restart writes their files and pages again.
                     self._update_pages(written)
                     self.store.jobs.mark_published(*(f.job.id for f in written), hooks=self._hooks_owed(written))
                 except (OSError, StateError) as exc:
-                    files.abort()
                     first = batch[0].job
                     log.error("cannot write result files for %s %s %s%s under %s: %s; will retry", first.repo,
                               first.sha[:12], first.arch, f" and {len(batch) - 1} more" if len(batch) > 1 else "",
@@ -288,6 +298,18 @@ class Publisher:
                     log.info("result %s %s %s: %s (attempt %d, runner %s)", job.repo, job.sha[:12], job.arch,
                              (job.status or Status.ERROR).value, job.attempt, job.runner)
                 self._offer_hooks()
+
+    def _write_files(self, batch: list[FinishedJob]) -> list[FinishedJob]:
+        """The files of a batch of results, made durable together (common/files.py); the
+        results written (one that breaks the writer is set aside instead)."""
+        files = Batch()
+        try:
+            written = [finished for finished in batch if self._publish_or_set_aside(finished, files)]
+            files.commit()
+        except BaseException:
+            files.abort()
+            raise
+        return written
 
     def _children_of(self, written: list[FinishedJob]) -> None:
         """A result that arrives after its children's: their summary.json (new_failures,
