@@ -128,6 +128,11 @@ class JobWork:
         self._armed = Armed(warm, cgroups)
         runner.spares.refill()
 
+    @property
+    def armed(self) -> bool:
+        """Leased ahead and ready to release: its jail waits for its turn."""
+        return self._armed is not None
+
     def _disarm(self) -> None:
         """An armed jail that will not be released: it exits unrun; its cgroups go."""
         armed, self._armed = self._armed, None

@@ -382,8 +382,9 @@ class Runner:
         send the result and clean up after this one (in the other worktree slot)."""
         ahead, self.ahead = self.ahead, None
         if ahead is not None:
+            armed = ahead.armed  # else still being checked out: the result goes now, not after it
             self.started = self._start(ahead)
-            if self.started is not None:
+            if self.started is not None and armed:
                 self.started.launched.wait(STARTED_WAIT)
         cleaning = time.time()
         work.cleanup()
