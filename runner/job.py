@@ -114,15 +114,14 @@ class JobWork:
             return
         env = sandbox.environment(job_environment(os.environ, runner.settings.pass_env, self._variables(ready.paths)))
         cgroups = sandbox.cgroups_for(self.job.lease_id)
+        warm: Optional[Warm] = None
         try:
             warm = runner.spares.take()
-            try:
-                warm.arm(sandbox.argv(with_junit(ready.chosen.test_command), ready.paths, warm.report_fd, cgroups),
-                         job_env(env, runner.settings.job_tty))
-            except BaseException:
-                warm.discard()
-                raise
+            warm.arm(sandbox.argv(with_junit(ready.chosen.test_command), ready.paths, warm.report_fd, cgroups),
+                     job_env(env, runner.settings.job_tty))
         except BaseException:
+            if warm is not None:
+                warm.discard()
             sandbox.forget(cgroups)
             raise
         self._armed = Armed(warm, cgroups)

@@ -21,33 +21,13 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = Tru
     """Write `data` to `path` so that a reader sees the old file or the new one, never half.
 
     Temporary file in the same folder (same file system, so rename is atomic), fsync of
-    the file, rename, fsync of the folder so the rename itself survives a power cut.
-    `durable=False` skips both fsyncs, for files that need only outlive a process, not
-    the machine; a reader still never sees half a file.
+    the file, rename, fsync of the folder so the rename itself survives a power cut: a
+    Batch of one file. `durable=False` skips both fsyncs, for files that need only
+    outlive a process, not the machine; a reader still never sees half a file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    began = time.monotonic()
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    if durable:
-        fsync_dir(path.parent)
-    took = time.monotonic() - began
-    if took > SLOW_WRITE_SECONDS:
-        log.warning("writing %s took %.1f s (as %s): the disk is slow", path, took, Path(tmp).name)
+    batch = Batch(durable)
+    batch.write(path, data, mode=mode)
+    batch.commit()
 
 
 class Batch:
@@ -61,7 +41,8 @@ class Batch:
     up with them: the folder fsyncs are shared by every file of a step in that folder.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = True) -> None:
+        self.durable = durable  # False: no fsync at all (files that need only outlive a process)
         self._staged: dict[tuple[int, Path], tuple[str, int]] = {}  # (step, path) -> (temporary, mode)
         self._removed: dict[int, list[Path]] = {}  # step -> files to delete in it
 
@@ -85,8 +66,9 @@ class Batch:
 
     def commit(self) -> None:
         began = time.monotonic()
+        written = [path for _, path in self._staged]
         try:
-            for tmp, _mode in self._staged.values():
+            for tmp, _mode in self._staged.values() if self.durable else ():
                 fd = os.open(tmp, os.O_RDONLY)
                 try:
                     os.fsync(fd)
@@ -103,13 +85,14 @@ class Batch:
                         os.replace(tmp, path)
                         del self._staged[(s, path)]
                         folders.add(path.parent)
-                for folder in sorted(folders):
+                for folder in sorted(folders) if self.durable else ():
                     fsync_dir(folder)
         finally:
             self.abort()
         took = time.monotonic() - began
         if took > SLOW_WRITE_SECONDS:
-            log.warning("writing a batch of files took %.1f s: the disk is slow", took)
+            # A reader meanwhile saw the old files and `.polyarch-tmp-*` beside them.
+            log.warning("writing %s took %.1f s: the disk is slow", ", ".join(sorted(map(str, written))), took)
 
     def abort(self) -> None:
         """Drop what is not renamed yet."""

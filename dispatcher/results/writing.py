@@ -23,7 +23,6 @@ def write_result(root: Path, record: ResultRecord, log: bytes, junit: bytes,
                  summary: Mapping[str, Any], batch: Optional[Batch] = None) -> Path:
     """Write every file of `record` (and its commit's `summary`); returns <arch>.json's path.
     Into `batch` when given (its commit writes them), else at once."""
-    own = batch is None
     files = Batch() if batch is None else batch
     where = dict(repo=record.repo, commit=record.commit, arch=record.arch)
     for attempt in record.earlier:
@@ -43,7 +42,7 @@ def write_result(root: Path, record: ResultRecord, log: bytes, junit: bytes,
     files.write(path(root, File.SUMMARY, record.repo, record.commit), dumps(summary), FILES_STEP)
     result = path(root, File.RESULT, **where)
     files.write(result, dumps(record.to_dict()), RESULT_STEP)
-    if own:
+    if batch is None:
         files.commit()
     return result
 
